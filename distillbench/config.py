@@ -1,0 +1,106 @@
+"""Run configuration: training settings, method hyper-parameters, and typed ``--set`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillbench.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the Trainer stages; per-task defaults come from the task (TED reference scripts)."""
+
+    learning_rate: float = 5e-5
+    teacher_learning_rate: float = 2e-5
+    epochs: float = 3.0
+    teacher_epochs: float | None = None  # None: same as epochs
+    max_steps: int = -1
+    teacher_max_steps: int = -1
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_seq_length: int = 128
+    max_train_samples: int | None = None
+    save_steps: int = 200
+    logging_steps: int = 20
+
+
+# Bounded presets: named, documented budgets (the README demo uses "demo").
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {"max_steps": 60, "teacher_max_steps": 80, "batch_size": 32, "max_seq_length": 128, "logging_steps": 10},
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``distillbench run`` needs; its content (minus paths) keys the run and its record."""
+
+    method: str
+    task: str
+    teacher: str = "minilm-l6"
+    teacher_finetuned: str | None = None
+    student: str | None = None
+    student_layers: int | None = None
+    student_layer_ids: str | None = None
+    seed: int = 42
+    data_dir: str | None = None  # not part of the run key: the data's sha256 is
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method_overrides: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None
+
+
+def _coerce(text: str, annotation: Any, key: str) -> Any:
+    """Parse ``text`` as the field's declared type (int, float, bool, str, their Optionals)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing))  # dataclass annotations are strings under PEP 563
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    if options:
+        if text.lower() in ("none", "null") and type(None) in options:
+            return None
+        annotation = next(o for o in options if o is not type(None))
+    try:
+        if annotation is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if annotation is int:
+            return int(text)
+        if annotation is float:
+            return float(text)
+        return annotation(text)
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise UserError(f"--set {key}={text}: expected a value of type {name}") from None
+
+
+def parse_overrides(pairs: list[str], method_fields: dict[str, dataclasses.Field]) -> tuple[dict, dict]:
+    """Split ``key=value`` pairs into (training overrides, method overrides), typed by their fields."""
+    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    train: dict[str, Any] = {}
+    method: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got {pair!r}")
+        if key in method_fields:
+            method[key] = _coerce(value, method_fields[key].type, key)
+        elif key in train_fields:
+            train[key] = _coerce(value, train_fields[key].type, key)
+        else:
+            known = ", ".join(sorted([*method_fields, *train_fields]))
+            raise UserError(f"--set {key}: unknown hyper-parameter (known: {known})")
+    return train, method
+
+
+def build_train_config(task_defaults: dict[str, Any], preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Dataclass defaults ← task defaults ← preset ← explicit overrides (CLI flags and ``--set``)."""
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    values = {**task_defaults, **(PRESETS[preset] if preset else {}), **overrides}
+    return TrainConfig(**values)

@@ -1,0 +1,93 @@
+"""The module the Trainer trains, and the Trainer that logs each loss term.
+
+``Distiller`` holds the student, the frozen teacher and the method's modules, so the optimizer,
+checkpoints and device placement see every trainable piece without extra code. Its forward asks the
+models only for what the method ``needs`` and returns the method's named terms and their sum. In eval
+mode it is just the student, so evaluation costs no teacher forward.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, Trainer
+
+from distillbench.method import Method, Outputs
+from distillbench.models import QKVCapture, freeze
+from distillbench.task import Task
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher + method modules; ``forward`` returns ``{"loss", "terms"}`` in training."""
+
+    def __init__(self, student: PreTrainedModel, teacher: PreTrainedModel | None, method: Method, task: Task) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = freeze(teacher) if teacher is not None else None
+        self.method_modules = method.modules
+        self.method = method
+        self.task = task
+        needs = method.needs
+        self._model_kwargs = {
+            "output_hidden_states": "hidden_states" in needs,
+            "output_attentions": "attentions" in needs,
+        }
+        self._student_qkv = QKVCapture(student) if "qkv" in needs else None
+        self._teacher_qkv = QKVCapture(teacher) if "qkv" in needs and teacher is not None else None
+
+    def train(self, mode: bool = True) -> Distiller:
+        """Keep the teacher and every fully frozen method module in eval mode (no dropout noise)."""
+        super().train(mode)
+        frozen = [m for m in self.method_modules.values() if not any(p.requires_grad for p in m.parameters())]
+        for module in [self.teacher, *frozen]:
+            if module is not None:
+                module.eval()
+        return self
+
+    def _run(self, model: PreTrainedModel, capture: QKVCapture | None, batch: dict[str, Tensor]) -> Outputs:
+        raw = model(**batch, **self._model_kwargs)
+        return Outputs(raw=raw, distill=self.task.distill_targets(raw, batch),
+                       qkv=capture.collect() if capture else None)
+
+    def forward(self, **batch: Tensor) -> Any:
+        if not self.training:
+            return self.student(**batch)
+        student = self._run(self.student, self._student_qkv, batch)
+        teacher = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = self._run(self.teacher, self._teacher_qkv, batch)
+        terms = self.method.loss(student, teacher, batch)
+        return {"loss": torch.stack(list(terms.values())).sum(), "terms": terms}
+
+
+class DistillTrainer(Trainer):
+    """``transformers.Trainer`` that also logs every named loss term (``loss/<term>``) it sees.
+
+    Any module whose training forward returns ``{"loss", "terms"}`` (the Distiller, a method stage)
+    is trained by this one class; plain Hugging Face models (teacher fine-tuning) pass through.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_counts = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if isinstance(outputs, dict) and "terms" in outputs:
+            for name, value in outputs["terms"].items():
+                self._term_sums[name] += float(value.detach())
+            self._term_counts += 1
+        loss = outputs["loss"]
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._term_counts:
+            logs.update({f"loss/{k}": v / self._term_counts for k, v in self._term_sums.items()})
+            self._term_sums.clear()
+            self._term_counts = 0
+        super().log(logs, *args, **kwargs)

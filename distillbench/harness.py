@@ -1,0 +1,363 @@
+"""The path of one run: plan (validate everything, write nothing) → cached stages → distill → record.
+
+Stages are cached under a key of everything that changes their result, so a teacher fine-tuned once is
+reused by every method; every stage is trained by the same ``train_module`` (``transformers.Trainer``).
+The harness knows the method and task APIs only: no method or task is named here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import DatasetDict
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedModel, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from distillbench import provenance
+from distillbench.config import RunConfig, TrainConfig
+from distillbench.distiller import Distiller, DistillTrainer
+from distillbench.errors import UserError
+from distillbench.method import Method, ModelPair, Stage, get_method
+from distillbench.models import (
+    StudentSpec,
+    build_student,
+    load_config,
+    load_for_task,
+    resolve_model,
+    state_sha256,
+    student_config,
+    weights_sha256,
+)
+from distillbench.records import RECORD_VERSION, write_json_atomic
+from distillbench.task import Task, get_task, resolve_data_dir
+
+CACHE_ENV = "DISTILLBENCH_CACHE"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "distillbench")).expanduser()
+
+
+def stable_key(parts: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over the canonical JSON of ``parts``."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Paths:
+    results_dir: Path = Path("results")
+    output_dir: Path | None = None
+    cache_dir: Path = field(default_factory=cache_root)
+    show_progress: bool = True
+
+
+@dataclass
+class Plan:
+    """A validated run: everything resolved, nothing written yet."""
+
+    config: RunConfig
+    paths: Paths
+    task: Task
+    method: Method
+    teacher_source: str
+    student_spec: StudentSpec
+    data_sha256: str
+    key: str
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.config.task}-{self.config.method}-seed{self.config.seed}-{self.key}"
+
+
+def plan_run(config: RunConfig, paths: Paths) -> Plan:
+    """Resolve names, models, data and hyper-parameters; every user error surfaces here."""
+    method_cls = get_method(config.method)
+    task_cls = get_task(config.task)
+    task = task_cls(resolve_data_dir(config.data_dir))
+    task.data_files()  # raises on missing files before anything is written
+    teacher_source = resolve_model(config.teacher)
+    teacher_config = load_config(teacher_source)
+    student_spec = StudentSpec.parse(config.student, config.student_layers, config.student_layer_ids,
+                                     teacher_config.num_hidden_layers)
+    s_config = student_config(student_spec, teacher_config)
+    if s_config.vocab_size != teacher_config.vocab_size:
+        raise UserError(f"student vocabulary ({s_config.vocab_size}) differs from the teacher's "
+                        f"({teacher_config.vocab_size}); both must share one tokenizer")
+    hp = method_cls.hparams_for(config.task, config.method_overrides)
+    method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
+    data_sha = task.data_sha256()
+    key = stable_key({
+        "method": config.method, "task": config.task, "hparams": dataclasses.asdict(hp),
+        "train": dataclasses.asdict(config.train), "seed": config.seed, "teacher": teacher_identity(config),
+        "student": student_spec.describe(), "data": data_sha,
+    })
+    return Plan(config, paths, task, method, teacher_source, student_spec, data_sha, key)
+
+
+def teacher_identity(config: RunConfig) -> dict[str, Any]:
+    return {"source": config.teacher, "finetuned": config.teacher_finetuned}
+
+
+class Runner:
+    """Executes a :class:`Plan`: shared data, cached stages, the distillation stage, the record."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.config = plan.config
+        self.train_cfg: TrainConfig = plan.config.train
+        self.task = plan.task
+        self.tokenizer = AutoTokenizer.from_pretrained(plan.teacher_source)
+        self.data = self._tokenised_data()
+        self.stage_log: dict[str, Any] = {}
+
+    # data ---------------------------------------------------------------------------------------
+    def _tokenised_data(self) -> DatasetDict:
+        data = self.task.preprocess(self.task.load(), self.tokenizer, self.train_cfg.max_seq_length)
+        limit = self.train_cfg.max_train_samples
+        if limit is not None and limit < len(data["train"]):
+            data["train"] = data["train"].shuffle(seed=self.config.seed).select(range(limit))
+        return data
+
+    def _eval_data(self):
+        splits = self.task.eval_splits
+        return self.data[splits[0]] if len(splits) == 1 else {s: self.data[s] for s in splits}
+
+    # training -----------------------------------------------------------------------------------
+    def train_module(self, module: torch.nn.Module, out_dir: Path, learning_rate: float, epochs: float,
+                     max_steps: int, evaluate: bool) -> DistillTrainer:
+        """Train any module with the Trainer, resuming from the last checkpoint in ``out_dir``."""
+        cfg = self.train_cfg
+        args = TrainingArguments(
+            output_dir=str(out_dir), per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.eval_batch_size, learning_rate=learning_rate,
+            num_train_epochs=epochs, max_steps=max_steps, warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay, eval_strategy="epoch" if evaluate else "no", save_strategy="steps",
+            save_steps=cfg.save_steps, save_total_limit=1, logging_steps=cfg.logging_steps, seed=self.config.seed,
+            report_to="none", remove_unused_columns=False, label_names=["labels"],
+            disable_tqdm=not self.plan.paths.show_progress, use_cpu=not torch.cuda.is_available(),
+        )
+        trainer = DistillTrainer(
+            model=module, args=args, train_dataset=self.data["train"], eval_dataset=self._eval_data(),
+            data_collator=DataCollatorWithPadding(self.tokenizer),
+            compute_metrics=lambda p: self.task.compute_metrics(p.predictions, p.label_ids),
+        )
+        checkpoint = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+        trainer.train(resume_from_checkpoint=checkpoint)
+        return trainer
+
+    def evaluate(self, trainer: DistillTrainer) -> dict[str, float]:
+        """Final dev metrics, reusing the last per-epoch evaluation when it ran at the last step."""
+        history = epoch_history(trainer.state.log_history, self.task)
+        if history and history[-1]["step"] == trainer.state.global_step:
+            return history[-1]["metrics"]
+        return flatten_metrics(trainer.evaluate(), self.task)
+
+    # stages -------------------------------------------------------------------------------------
+    def finetuned(self, role: str) -> tuple[Path, dict[str, Any]]:
+        """The teacher or the student fine-tuned on the task's labels, cached; returns (folder, info)."""
+        cfg, config = self.train_cfg, self.config
+        if role == "teacher" and config.teacher_finetuned:
+            source = resolve_model(config.teacher_finetuned)
+            return Path(source), {"source": source, "weights_sha256": weights_sha256(source), "trained": False}
+        if role == "teacher":
+            init: dict[str, Any] = {"source": self.plan.teacher_source,
+                                    "weights_sha256": weights_sha256(self.plan.teacher_source)}
+            lr, epochs, steps = cfg.teacher_learning_rate, cfg.teacher_epochs or cfg.epochs, cfg.teacher_max_steps
+        else:
+            init = {"student": self.plan.student_spec.describe(), "teacher_source": self.plan.teacher_source}
+            lr, epochs, steps = cfg.learning_rate, cfg.epochs, cfg.max_steps
+        settings = {"role": role, "init": init, "task": config.task, "data": self.plan.data_sha256, "lr": lr,
+                    "epochs": epochs, "max_steps": steps, "seed": config.seed,
+                    "train": {k: getattr(cfg, k) for k in ("batch_size", "warmup_steps", "weight_decay",
+                                                           "max_seq_length", "max_train_samples")}}
+        folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
+        done = folder / "done.json"
+        if done.is_file():
+            info = json.loads(done.read_text())
+            self.stage_log[f"{role}-finetune"] = info
+            return folder / "model", info
+        started = time.time()
+        set_seed(config.seed)
+        if role == "teacher":
+            model = load_for_task(self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False)
+        else:
+            model = build_student(self.plan.student_spec, self.plan.teacher_source, self.task.model_class,
+                                  self.task.model_kwargs(), False)
+        init["initial_state_sha256"] = state_sha256(model)
+        trainer = self.train_module(model, folder / "trainer", lr, epochs, steps, evaluate=True)
+        metrics = self.evaluate(trainer)
+        model.save_pretrained(folder / "model")
+        self.tokenizer.save_pretrained(folder / "model")
+        shutil.rmtree(folder / "trainer")  # the finished model is kept; its resume checkpoints are not
+        info = {"key": folder.name, "settings": settings, "metrics": metrics,
+                "epochs": epoch_history(trainer.state.log_history, self.task),
+                "wall_time_s": time.time() - started, "weights_sha256": weights_sha256(str(folder / "model"))}
+        write_json_atomic(done, info)
+        self.stage_log[f"{role}-finetune"] = info
+        if role == "teacher":
+            self._write_stage_record(role, info, trainer)
+        return folder / "model", info
+
+    def _write_stage_record(self, role: str, info: dict[str, Any], trainer: DistillTrainer) -> None:
+        record = self._base_record(method="finetune", role=role, key=info["key"])
+        record.update({"metrics": info["metrics"], "epochs": info["epochs"],
+                       "best_epoch": best_epoch(info["epochs"], self.task),
+                       "loss_terms": final_loss_terms(trainer.state.log_history),
+                       "train": {**dataclasses.asdict(self.train_cfg), "learning_rate": info["settings"]["lr"],
+                                 "epochs": info["settings"]["epochs"], "max_steps": info["settings"]["max_steps"]},
+                       "hparams": {}, "model": info["settings"]["init"] | {"finetuned_sha256": info["weights_sha256"]},
+                       "wall_time_s": info["wall_time_s"]})
+        write_json_atomic(self.plan.paths.results_dir / "runs" / f"{info['key']}.json", record)
+
+    def method_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
+        """Run one declared method stage on the fine-tuned model it names, cached by its key."""
+        base_dir, base_info = self.finetuned(stage.model)
+        cfg = self.train_cfg
+        lr = stage.learning_rate or (cfg.teacher_learning_rate if stage.model == "teacher" else cfg.learning_rate)
+        settings = {"stage": stage.name, "base": base_info.get("key", str(base_dir)), "hparams": stage.hparams,
+                    "lr": lr, "epochs": cfg.epochs, "max_steps": cfg.max_steps, "seed": self.config.seed,
+                    "data": self.plan.data_sha256, "batch_size": cfg.batch_size}
+        folder = self.plan.paths.cache_dir / "stages" / f"{self.config.task}-{stage.name}-{stable_key(settings)}"
+        done = folder / "done.json"
+        if not done.is_file():
+            started = time.time()
+            set_seed(self.config.seed)
+            model = load_for_task(str(base_dir), self.task.model_class, self.task.model_kwargs(), False)
+            module = stage.build(model, self.task)
+            trainer = self.train_module(module, folder / "trainer", lr, cfg.epochs, cfg.max_steps, evaluate=False)
+            save_file({k: v.contiguous() for k, v in module.extra.state_dict().items()}, folder / "extra.safetensors")
+            shutil.rmtree(folder / "trainer")
+            write_json_atomic(done, {"key": folder.name, "settings": settings, "wall_time_s": time.time() - started,
+                                     "loss_terms": final_loss_terms(trainer.state.log_history)})
+        self.stage_log[stage.name] = json.loads(done.read_text())
+        return load_file(folder / "extra.safetensors")
+
+    # the run ------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.time()
+        plan, config, method, task = self.plan, self.config, self.plan.method, self.task
+        attentions = "attentions" in method.needs
+        teacher = teacher_info = None
+        if method.uses_teacher:
+            teacher_dir, teacher_info = self.finetuned("teacher")
+            teacher = load_for_task(str(teacher_dir), task.model_class, task.model_kwargs(), attentions)
+        method.setup({stage.name: self.method_stage(stage) for stage in method.stages()})
+        set_seed(config.seed)
+        if method.student_start == "finetuned":
+            student_dir, _ = self.finetuned("student")
+            student = load_for_task(str(student_dir), task.model_class, task.model_kwargs(), attentions)
+        else:
+            student = build_student(plan.student_spec, plan.teacher_source, task.model_class, task.model_kwargs(),
+                                    attentions)
+        student_init_sha = state_sha256(student)
+        out_dir = plan.paths.output_dir or Path("outputs") / plan.run_name
+        resumed_from = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+        distiller = Distiller(student, teacher, method, task)
+        cfg = self.train_cfg
+        trainer = self.train_module(distiller, out_dir, cfg.learning_rate, cfg.epochs, cfg.max_steps, evaluate=True)
+        metrics = self.evaluate(trainer)
+        student.save_pretrained(out_dir / "student")
+        self.tokenizer.save_pretrained(out_dir / "student")
+        epochs = epoch_history(trainer.state.log_history, task)
+        record = self._base_record(method=config.method, role="student", key=plan.key)
+        record.update({
+            "hparams": dataclasses.asdict(method.hp), "train": dataclasses.asdict(cfg), "metrics": metrics,
+            "epochs": epochs, "best_epoch": best_epoch(epochs, task),
+            "loss_terms": final_loss_terms(trainer.state.log_history),
+            "loss_history": loss_history(trainer.state.log_history),
+            "teacher": teacher_info, "stages": self.stage_log,
+            "model": {"student": plan.student_spec.describe(), "student_start": method.student_start,
+                      "initial_state_sha256": student_init_sha, "teacher_source": plan.teacher_source,
+                      "teacher_source_sha256": weights_sha256(plan.teacher_source),
+                      "output_dir": str(out_dir / "student")},
+            "resumed_from": resumed_from, "wall_time_s": time.time() - started,
+        })
+        path = plan.paths.results_dir / "runs" / f"{plan.run_name}.json"
+        write_json_atomic(path, record)
+        return record | {"_path": str(path)}
+
+    def _base_record(self, method: str, role: str, key: str) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "kind": "run", "version": RECORD_VERSION, "status": "complete", "run_id": key, "method": method,
+            "task": self.config.task, "role": role, "setting": "task-specific", "seed": self.config.seed,
+            "preset": self.config.preset, "main_metric": main_metric_key(self.task),
+            "greater_is_better": self.task.greater_is_better,
+            "data": {"sha256": plan.data_sha256, "files": [str(p) for p in self.task.data_files()],
+                     "train_examples": len(self.data["train"]),
+                     "eval_examples": {s: len(self.data[s]) for s in self.task.eval_splits}},
+            "git": provenance.git_state(), "packages": provenance.package_versions(),
+            "hardware": provenance.hardware(), "command": sys.argv,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+# history helpers ---------------------------------------------------------------------------------
+def main_metric_key(task: Task) -> str:
+    splits = task.eval_splits
+    return task.main_metric if len(splits) == 1 else f"{splits[0]}/{task.main_metric}"
+
+
+def flatten_metrics(logs: dict[str, Any], task: Task) -> dict[str, float]:
+    """Trainer's ``eval_[split_]name`` keys → ``name`` (one split) or ``split/name`` (several)."""
+    result: dict[str, float] = {}
+    splits = task.eval_splits
+    for key, value in logs.items():
+        if not key.startswith("eval_") or key.endswith(("_runtime", "_per_second", "_loss")) or key == "eval_epoch":
+            continue
+        name = key.removeprefix("eval_")
+        if len(splits) > 1:
+            split = next((s for s in splits if name.startswith(f"{s}_")), None)
+            if split is None:
+                continue
+            name = f"{split}/{name.removeprefix(f'{split}_')}"
+        result[name] = float(value)
+    return result
+
+
+def epoch_history(log_history: list[dict[str, Any]], task: Task) -> list[dict[str, Any]]:
+    """One entry per evaluation (epoch, step, metrics); several splits of one step are merged."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for entry in log_history:
+        metrics = flatten_metrics(entry, task)
+        if metrics:
+            row = by_step.setdefault(entry["step"], {"epoch": entry.get("epoch"), "step": entry["step"],
+                                                     "metrics": {}})
+            row["metrics"].update(metrics)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def best_epoch(history: list[dict[str, Any]], task: Task) -> dict[str, Any] | None:
+    """The evaluation with the best main metric (the TED reference reports this, via --save_best)."""
+    key = main_metric_key(task)
+    scored = [h for h in history if key in h["metrics"]]
+    if not scored:
+        return None
+    pick = max if task.greater_is_better else min
+    return pick(scored, key=lambda h: h["metrics"][key])
+
+
+def final_loss_terms(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """The last logged value of the total loss and of every named term."""
+    last: dict[str, float] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if key == "loss" or key.startswith("loss/"):
+                last[key] = float(value)
+    return last
+
+
+def loss_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in e.items() if k in ("step", "epoch", "loss") or k.startswith("loss/")}
+            for e in log_history if "loss" in e]

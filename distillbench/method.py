@@ -1,0 +1,173 @@
+"""The method API: what a distillation method declares, and nothing about how it is trained.
+
+A method is a class registered with :func:`register_method`. It declares
+
+* ``HParams`` — a dataclass of hyper-parameters with defaults (``--set`` is typed against it),
+* ``task_defaults`` — per-task overrides of those defaults (e.g. the TED reference's alphas),
+* ``search_space(trial)`` — its Optuna space, next to the parameters it tunes,
+* ``needs`` — which internals the harness must expose (``hidden_states``, ``attentions``, ``qkv``),
+* ``build_modules()`` — extra trainable (or frozen) modules: projections, filters,
+* ``stages()`` — extra training stages that must run first (TED Stage I), as data,
+* ``loss(student, teacher, batch)`` — a dict of named loss terms that the harness sums and logs.
+
+The training loop, devices, checkpoints and logging belong to the harness (``transformers.Trainer``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import Tensor, nn
+
+from distillbench.errors import UserError
+from distillbench.registry import Registry
+
+if TYPE_CHECKING:
+    import optuna
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from distillbench.task import Task
+
+STUDENT_STARTS = ("pretrained", "finetuned")
+
+
+@dataclass
+class Outputs:
+    """What one forward pass of a model exposes to a method's loss.
+
+    ``raw`` is the Hugging Face model output (``loss``, ``logits``, optional ``hidden_states`` /
+    ``attentions``); ``qkv`` holds, per layer, the (query, key, value) projections captured by forward
+    hooks when the method ``needs`` them; ``distill`` is the task's list of distillable outputs
+    (classification logits, QA start/end logits, MLM logits at masked positions).
+    """
+
+    raw: Any
+    distill: list[Tensor]
+    qkv: list[tuple[Tensor, Tensor, Tensor]] | None = None
+
+    @property
+    def loss(self) -> Tensor:
+        return self.raw.loss
+
+    @property
+    def hidden_states(self) -> tuple[Tensor, ...]:
+        return self.raw.hidden_states
+
+    @property
+    def attentions(self) -> tuple[Tensor, ...]:
+        return self.raw.attentions
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage a method needs before distillation, declared as data.
+
+    The harness fine-tunes ``model`` (``"teacher"`` or ``"student"``) on the task first (cached), hands
+    it to ``build`` which returns a module whose ``forward(**batch)`` returns ``{"loss", "terms"}`` and
+    which exposes the trained parts as ``.extra`` (an ``nn.ModuleDict``). The harness trains it with the
+    same Trainer path as every other stage, caches ``extra``'s state dict under a key of everything that
+    changes it (``hparams`` included), and gives it back to the method as ``stage_states[name]``.
+    ``learning_rate`` picks the model's own learning rate when ``None``.
+    """
+
+    name: str
+    model: str
+    build: Callable[[PreTrainedModel, Task], nn.Module]
+    hparams: dict[str, Any] = field(default_factory=dict)
+    learning_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """The configurations of the student and the teacher a method will see (no weights needed)."""
+
+    student: PretrainedConfig
+    teacher: PretrainedConfig | None
+
+
+class Method:
+    """Base class of every distillation method; subclasses read like a page of their paper."""
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()
+    uses_teacher: ClassVar[bool] = True
+    task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @dataclass
+    class HParams:
+        student_start: str = "pretrained"
+
+    def __init__(self, hp: Any, task: Task, pair: ModelPair) -> None:
+        """Validate the pair before anything trains; modules come later, from :meth:`setup`."""
+        self.hp = hp
+        self.task = task
+        self.pair = pair
+        self.stage_states: dict[str, dict[str, Tensor]] = {}
+        self.modules = nn.ModuleDict()
+        if getattr(hp, "student_start", "pretrained") not in STUDENT_STARTS:
+            raise UserError(f"student_start must be one of {STUDENT_STARTS}, got {hp.student_start!r}")
+        self.validate()
+
+    def setup(self, stage_states: dict[str, dict[str, Tensor]]) -> None:
+        """Build the extra modules once the stages have run (their trained states are passed in)."""
+        self.stage_states = stage_states
+        self.modules = nn.ModuleDict(self.build_modules())
+
+    @classmethod
+    def summary(cls) -> str:
+        """First line of the docstring: what ``distillbench list`` prints."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def hparams_for(cls, task_name: str, overrides: dict[str, Any]) -> Any:
+        """Defaults ← per-task defaults ← user overrides, as an ``HParams`` instance."""
+        values = {**cls.task_defaults.get(task_name, {}), **overrides}
+        try:
+            return cls.HParams(**values)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"{cls.name}: {error}") from None
+
+    @classmethod
+    def hparam_fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls.HParams)}
+
+    @staticmethod
+    def search_space(trial: optuna.Trial) -> dict[str, Any]:
+        """Optuna search space over this method's hyper-parameters (none by default)."""
+        return {}
+
+    @property
+    def student_start(self) -> str:
+        """``pretrained``: the student starts from its initial weights; ``finetuned``: from the student
+        fine-tuned on the task (the TED reference's choice for TED, not for KD/LWD)."""
+        return getattr(self.hp, "student_start", "pretrained")
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` when the student/teacher pair cannot be mapped by this method."""
+
+    def stages(self) -> list[Stage]:
+        """Stages to run before distillation (none by default)."""
+        return []
+
+    def build_modules(self) -> dict[str, nn.Module]:
+        """Extra modules (projections, filters); the harness trains, saves and places them."""
+        return {}
+
+    def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Named loss terms; the harness optimises their sum and logs each one."""
+        raise NotImplementedError
+
+
+method_registry: Registry[type[Method]] = Registry("method", "distillbench.methods", "distillbench.methods")
+register_method = method_registry.register
+
+
+def get_method(name: str) -> type[Method]:
+    return method_registry.get(name)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    return method_registry.list(pattern)

@@ -1,0 +1,112 @@
+"""The task API: data, preprocessing, head, task loss, distillable outputs and metric.
+
+A task never knows which method runs. It tells the harness how to turn raw examples into tensors,
+which ``AutoModelFor…`` head to load (and with which arguments), what a method may distil
+(``distill_targets``), how to build an extra head on any hidden representation (TED's per-filter heads)
+and how to score predictions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from torch import Tensor, nn
+
+from distillbench.errors import UserError
+from distillbench.registry import Registry
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+DATA_ENV = "DISTILLBENCH_DATA"
+
+
+class Task:
+    """Base class of every task family; a concrete task is registered with :func:`register_task`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    model_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    output_type: ClassVar[str] = "categorical"  # or "regression": how logit-level KD compares outputs
+    main_metric: ClassVar[str]
+    greater_is_better: ClassVar[bool] = True
+    eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
+    train_defaults: ClassVar[dict[str, Any]] = {}
+    paper_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+
+    @classmethod
+    def summary(cls) -> str:
+        return cls.description
+
+    def load(self) -> DatasetDict:
+        """Raw ``train`` + evaluation splits. Bad or missing files raise :class:`UserError`."""
+        raise NotImplementedError
+
+    def data_files(self) -> list[Path]:
+        """The local files the data came from, hashed into every cache key and record."""
+        return []
+
+    def data_sha256(self) -> str:
+        """sha256 over the data files (name + bytes), or over the task name when read from the hub."""
+        digest = hashlib.sha256()
+        files = self.data_files()
+        if not files:
+            digest.update(f"hub:{self.name}".encode())
+        for path in files:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    def preprocess(self, raw: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> DatasetDict:
+        """Tokenised splits with only model inputs and ``labels`` (padding is left to the collator)."""
+        raise NotImplementedError
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``model_class.from_pretrained`` (``num_labels``, ``problem_type`` …)."""
+        return {}
+
+    def distill_targets(self, outputs: Any, batch: dict[str, Tensor]) -> list[Tensor]:
+        """The outputs logit-level KD compares (classification logits by default)."""
+        return [outputs.logits]
+
+    def make_head(self, config: PretrainedConfig, input_dim: int) -> nn.Module:
+        """A fresh task head on top of ``input_dim``-wide token states (TED Stage I filter heads)."""
+        raise NotImplementedError
+
+    def head_loss(self, head_output: Any, batch: dict[str, Tensor]) -> Tensor:
+        """The task loss of a :meth:`make_head` head."""
+        raise NotImplementedError
+
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """``--data-dir`` wins, then ``$DISTILLBENCH_DATA``; ``None`` means: use the hub."""
+    value = data_dir or os.environ.get(DATA_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise UserError(f"data directory {path} does not exist (set --data-dir or {DATA_ENV})")
+    return path
+
+
+task_registry: Registry[type[Task]] = Registry("task", "distillbench.tasks", "distillbench.tasks")
+register_task = task_registry.register
+
+
+def get_task(name: str) -> type[Task]:
+    return task_registry.get(name)
+
+
+def list_tasks(pattern: str = "*") -> list[str]:
+    return task_registry.list(pattern)

@@ -1,0 +1,214 @@
+"""GLUE (Wang et al. 2019): the nine sentence(-pair) tasks, read from the official TSV layout.
+
+Files are read from ``<data_dir>/glue/<TASK>/`` (or ``<data_dir>/<TASK>/``) with ``QUOTE_NONE``, since
+GLUE text contains unbalanced ``"``; without a data directory the hub's ``nyu-mll/glue`` is used.
+Metrics follow the GLUE definitions: accuracy; F1 + accuracy for MRPC/QQP; Matthews correlation for
+CoLA; Pearson + Spearman for STS-B; MNLI on dev matched and mismatched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import DatasetDict, load_dataset
+from torch import Tensor, nn
+
+from distillbench import metrics
+from distillbench.errors import UserError
+from distillbench.task import Task, register_task
+
+
+@dataclass(frozen=True)
+class GlueSpec:
+    """Where a GLUE task's data lives and how it is scored."""
+
+    name: str
+    folder: str
+    text_columns: tuple[str, ...]
+    label_column: str
+    labels: tuple[str, ...] | None  # None: regression
+    metric_names: tuple[str, ...]
+    eval_files: dict[str, str] = field(default_factory=lambda: {"validation": "dev.tsv"})
+    column_names: tuple[str, ...] | None = None  # for files without a header row (CoLA)
+    hub_text_columns: tuple[str, ...] | None = None
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+# Per-task training defaults follow the TED reference scripts (../shared/reference/TED.md).
+SPECS = (
+    GlueSpec("cola", "CoLA", ("sentence",), "label", ("0", "1"), ("mcc",),
+             column_names=("source", "label", "original_label", "sentence"),
+             train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 2e-5, "epochs": 6, "batch_size": 32}),
+    GlueSpec("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",),
+             train_defaults={"learning_rate": 4e-5, "teacher_learning_rate": 2e-5, "epochs": 6, "batch_size": 32}),
+    GlueSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("accuracy", "f1"),
+             hub_text_columns=("sentence1", "sentence2"),
+             train_defaults={"learning_rate": 7e-5, "teacher_learning_rate": 3e-5, "epochs": 6, "batch_size": 32}),
+    GlueSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"),
+             train_defaults={"learning_rate": 1e-4, "teacher_learning_rate": 2e-5, "epochs": 6, "batch_size": 16,
+                             "warmup_steps": 100}),
+    GlueSpec("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("accuracy", "f1"),
+             train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 2e-5, "epochs": 8, "batch_size": 64,
+                             "warmup_steps": 5000}),
+    GlueSpec("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"),
+             ("accuracy",),
+             eval_files={"validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"},
+             hub_text_columns=("premise", "hypothesis"),
+             train_defaults={"learning_rate": 7e-5, "teacher_learning_rate": 2e-5, "epochs": 3, "batch_size": 64,
+                             "warmup_steps": 1500}),
+    GlueSpec("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment"), ("accuracy",),
+             train_defaults={"learning_rate": 5e-5, "teacher_learning_rate": 1e-5, "epochs": 3, "batch_size": 32,
+                             "warmup_steps": 500}),
+    GlueSpec("rte", "RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), ("accuracy",),
+             train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 3e-5, "epochs": 6, "batch_size": 16}),
+    GlueSpec("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",),
+             train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 3e-5, "epochs": 6, "batch_size": 32}),
+)
+
+METRIC_FUNCTIONS = {
+    "accuracy": metrics.accuracy,
+    "f1": metrics.binary_f1,
+    "mcc": metrics.matthews,
+    "pearson": metrics.pearson,
+    "spearman": metrics.spearman,
+}
+
+
+class SequenceHead(nn.Module):
+    """BERT's classification head on any token states: first token → dense → tanh → dropout → linear."""
+
+    def __init__(self, input_dim: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(input_dim, input_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(input_dim, num_labels)
+
+    def forward(self, states: Tensor) -> Tensor:
+        pooled = torch.tanh(self.dense(states[:, 0]))
+        return self.classifier(self.dropout(pooled))
+
+
+class GlueTask(Task):
+    """One GLUE task; concrete classes are generated from :data:`SPECS` below."""
+
+    spec: GlueSpec
+
+    @property
+    def is_regression(self) -> bool:
+        return self.spec.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.spec.labels is None else len(self.spec.labels)
+
+    def _folder(self) -> Path:
+        assert self.data_dir is not None
+        for candidate in (self.data_dir / "glue" / self.spec.folder, self.data_dir / self.spec.folder):
+            if candidate.is_dir():
+                return candidate
+        raise UserError(f"no {self.spec.folder} folder under {self.data_dir} (expected glue/{self.spec.folder}/)")
+
+    def _split_files(self) -> dict[str, Path]:
+        folder = self._folder()
+        files = {"train": folder / "train.tsv"} | {s: folder / f for s, f in self.spec.eval_files.items()}
+        for path in files.values():
+            if not path.is_file():
+                raise UserError(f"missing data file {path}")
+        return files
+
+    def data_files(self) -> list[Path]:
+        return [] if self.data_dir is None else list(self._split_files().values())
+
+    def load(self) -> DatasetDict:
+        if self.data_dir is None:
+            return self._load_hub()
+        files = self._split_files()
+        raw = DatasetDict({split: self._read_tsv(path) for split, path in files.items()})
+        return raw.map(self._encode_label, desc="labels")
+
+    def _read_tsv(self, path: Path):
+        spec = self.spec
+        header: dict[str, Any] = {"header": None, "column_names": list(spec.column_names)} if spec.column_names else {}
+        try:
+            data = load_dataset(
+                "csv", data_files=str(path), split="train", delimiter="\t", quoting=3,
+                encoding="utf-8-sig", keep_default_na=False, **header,
+            )
+        except Exception as error:  # pandas' tokenizer errors arrive wrapped by datasets
+            cause = error.__cause__ or error
+            raise UserError(f"malformed TSV {path}: {str(cause).strip().splitlines()[-1]}") from None
+        needed = (*spec.text_columns, spec.label_column)
+        missing = [c for c in needed if c not in data.column_names]
+        if missing:
+            raise UserError(f"malformed TSV {path}: missing column(s) {', '.join(missing)}")
+        data = data.select_columns(list(needed))
+        for column in needed:
+            values = data.data.column(column).to_pylist()
+            bad = next((i for i, v in enumerate(values) if v is None or v == ""), None)
+            if bad is not None and (column == spec.label_column or values[bad] is None):
+                raise UserError(f"malformed TSV {path}: data row {bad + 1} has no {column!r} field")
+        return data.rename_columns({c: f"text{i}" for i, c in enumerate(spec.text_columns)})
+
+    def _encode_label(self, row: dict[str, Any]) -> dict[str, Any]:
+        value = str(row.pop(self.spec.label_column))
+        if self.spec.labels is None:
+            return {"labels": float(value)}
+        if value not in self.spec.labels:
+            raise UserError(f"{self.name}: unknown label {value!r} (expected one of {self.spec.labels})")
+        return {"labels": self.spec.labels.index(value)}
+
+    def _load_hub(self) -> DatasetDict:
+        spec = self.spec
+        raw = load_dataset("nyu-mll/glue", self.name)
+        columns = spec.hub_text_columns or spec.text_columns
+        splits = {"train": raw["train"]} | {s: raw[s] for s in spec.eval_files}
+        renamed = {c: f"text{i}" for i, c in enumerate(columns)} | {"label": "labels"}
+        return DatasetDict({s: d.select_columns(list(renamed)).rename_columns(renamed) for s, d in splits.items()})
+
+    def preprocess(self, raw: DatasetDict, tokenizer, max_seq_length: int) -> DatasetDict:
+        text_columns = [f"text{i}" for i in range(len(self.spec.text_columns))]
+
+        def tokenize(batch: dict[str, list]) -> dict[str, list]:
+            texts = [batch[c] for c in text_columns]
+            return tokenizer(*texts, truncation=True, max_length=max_seq_length)
+
+        return raw.map(tokenize, batched=True, remove_columns=text_columns, desc=f"tokenising {self.name}")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        problem = "regression" if self.is_regression else "single_label_classification"
+        return {"num_labels": self.num_labels, "problem_type": problem}
+
+    def make_head(self, config, input_dim: int) -> nn.Module:
+        return SequenceHead(input_dim, self.num_labels, config.hidden_dropout_prob)
+
+    def head_loss(self, head_output: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        labels = batch["labels"]
+        if self.is_regression:
+            return nn.functional.mse_loss(head_output.squeeze(-1), labels.to(head_output.dtype))
+        return nn.functional.cross_entropy(head_output, labels)
+
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        predictions = predictions.squeeze(-1) if self.is_regression else predictions.argmax(-1)
+        return {name: METRIC_FUNCTIONS[name](predictions, labels) for name in self.spec.metric_names}
+
+
+def _register(spec: GlueSpec) -> None:
+    cls = type(f"Glue_{spec.name}", (GlueTask,), {
+        "spec": spec,
+        "description": f"GLUE {spec.folder} ({'/'.join(spec.metric_names)})",
+        "output_type": "regression" if spec.labels is None else "categorical",
+        "main_metric": spec.metric_names[-1] if spec.labels is None else spec.metric_names[0],
+        "eval_splits": tuple(spec.eval_files),
+        "train_defaults": spec.train_defaults,
+        "paper_metrics": spec.metric_names,
+        "__module__": __name__,
+    })
+    register_task(spec.name)(cls)
+
+
+for _spec in SPECS:
+    _register(_spec)
