@@ -67,18 +67,23 @@ def split_heads(states: Tensor, heads: int) -> Tensor:
     return states.view(batch, length, heads, width // heads).transpose(1, 2)
 
 
-def self_relation_log_probs(states: Tensor, heads: int, attention_mask: Tensor) -> Tensor:
-    """log softmax(X Xᵀ / √d) per relation head, padding keys masked: [B, heads, L, L]."""
-    x = split_heads(states, heads)
-    scores = x @ x.transpose(-1, -2) / math.sqrt(x.shape[-1])
+def relation_log_probs(left: Tensor, right: Tensor, heads: int, attention_mask: Tensor) -> Tensor:
+    """log softmax(A Bᵀ / √d) per head, padding keys masked: [B, heads, L, L].
+
+    With A = Q, B = K this is the attention distribution itself; with A = B = X (Q, K or V) it is
+    MiniLM's self-relation.
+    """
+    a, b = split_heads(left, heads), split_heads(right, heads)
+    scores = a @ b.transpose(-1, -2) / math.sqrt(a.shape[-1])
     key_mask = attention_mask[:, None, None, :].bool()
     scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
     return F.log_softmax(scores, dim=-1)
 
 
-def relation_kl(student_states: Tensor, teacher_states: Tensor, heads: int, attention_mask: Tensor) -> Tensor:
-    """MiniLM(v2) self-relation transfer: KL(teacher relation ‖ student relation), averaged over batch,
-    relation heads and real query positions."""
-    teacher_log = self_relation_log_probs(teacher_states, heads, attention_mask)
-    student_log = self_relation_log_probs(student_states, heads, attention_mask)
+def relation_kl(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], heads: int,
+                attention_mask: Tensor) -> Tensor:
+    """KL(teacher relation ‖ student relation) of (left, right) pairs, averaged over batch, heads and
+    real query positions (MiniLM's attention and self-relation transfer)."""
+    teacher_log = relation_log_probs(*teacher, heads, attention_mask)
+    student_log = relation_log_probs(*student, heads, attention_mask)
     return kl_between_distributions(teacher_log.exp(), student_log.exp(), attention_mask)

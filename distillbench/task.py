@@ -36,6 +36,7 @@ class Task:
     main_metric: ClassVar[str]
     greater_is_better: ClassVar[bool] = True
     eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
+    label_keys: ClassVar[tuple[str, ...]] = ("labels",)  # batch keys that are targets, not model inputs
     train_defaults: ClassVar[dict[str, Any]] = {}
     paper_metrics: ClassVar[tuple[str, ...]] = ()
 

@@ -1,0 +1,153 @@
+"""TED — task-aware layer-wise distillation (Liang et al., ICML 2023, arXiv 2210.01351).
+
+Layer-wise distillation makes a small student copy *all* of the teacher's hidden knowledge, much of
+it irrelevant to the task. TED puts a task-aware filter g after selected layers of both models.
+
+Stage I (once per model, backbone frozen): every filter gets its own task head, and the filters learn
+to keep what the task needs,
+
+    L_I = (1/M) Σ_i L_task( head_i( g_i(h^(i)) ) ).
+
+Stage II (teacher and its filters frozen; student backbone and student filters train):
+
+    L_II = L_task + α_kl · T² · KL(p_t/T ‖ p_s/T) + α_mse · (1/M) Σ_i MSE( g_s,i(h_s^(i)), g_t,i(h_t^(i)) ).
+
+A filter sits after layer ``idx`` where (idx+1) % interval == 0; the teacher's interval is chosen so
+both models get M filters (6-layer teacher, 3-layer student: teacher interval 2, student interval 1).
+A filter is Linear(hidden → d) or Linear-act-Linear; the student's projects to the teacher's width d.
+As in the reference, Stage II starts from the fine-tuned student that Stage I filtered
+(``student_start="finetuned"``), while KD/LWD start from the pretrained student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+
+from distillbench import Method, Outputs, Stage, Task, register_method
+from distillbench.errors import UserError
+from distillbench.losses import mse
+from distillbench.methods.kd import logit_kd
+
+
+def make_filter(width: int, output_dim: int, nonlinear: bool, activation: str) -> nn.Module:
+    """The reference filter: Linear, or Linear(width→width) → act → Linear(width→output_dim)."""
+    if nonlinear:
+        return nn.Sequential(nn.Linear(width, width), ACT2FN[activation], nn.Linear(width, output_dim))
+    return nn.Linear(width, output_dim)
+
+
+def filter_layers(num_layers: int, num_filters: int) -> list[int]:
+    """Layers (0-based) followed by a filter: every ``num_layers / num_filters``-th layer."""
+    if num_filters <= 0 or num_layers % num_filters:
+        raise UserError(f"ted: cannot place {num_filters} filters evenly on {num_layers} layers "
+                        "(the layer count must be a multiple of the filter count)")
+    interval = num_layers // num_filters
+    return [idx for idx in range(num_layers) if (idx + 1) % interval == 0]
+
+
+def filter_bank(config: Any, count: int, output_dim: int, nonlinear: bool) -> nn.ModuleList:
+    return nn.ModuleList(make_filter(config.hidden_size, output_dim, nonlinear, config.hidden_act)
+                         for _ in range(count))
+
+
+class FilterLearner(nn.Module):
+    """Stage I: a frozen fine-tuned backbone, trainable filters, one task head per filter."""
+
+    def __init__(self, model: PreTrainedModel, task: Task, layers: list[int], output_dim: int,
+                 nonlinear: bool) -> None:
+        super().__init__()
+        self.backbone = model.base_model
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad_(False)
+        self.layers = layers
+        self.task = task
+        self.extra = nn.ModuleDict({
+            "filters": filter_bank(model.config, len(layers), output_dim, nonlinear),
+            "heads": nn.ModuleList(task.make_head(model.config, output_dim) for _ in layers),
+        })
+
+    def forward(self, **batch: Tensor) -> dict[str, Any]:
+        inputs = {k: v for k, v in batch.items() if k not in self.task.label_keys}
+        hidden = self.backbone(**inputs, output_hidden_states=True).hidden_states
+        losses = [self.task.head_loss(head(filt(hidden[layer + 1])), batch)
+                  for layer, filt, head in zip(self.layers, self.extra["filters"], self.extra["heads"], strict=True)]
+        loss = sum(losses) / len(losses)
+        return {"loss": loss, "terms": {"filter_task": loss.detach()}}
+
+
+@register_method("ted")
+class TED(Method):
+    """TED: Stage I task-aware filters, Stage II task + kl_alpha·KD + mse_alpha·filtered-state MSE."""
+
+    needs = frozenset({"hidden_states"})
+
+    @dataclass
+    class HParams:
+        kl_alpha: float = 1.0
+        mse_alpha: float = 1.0
+        temperature: float = 2.0
+        num_filters: int = 0  # 0: one filter per student layer
+        filter_output_dim: int = 0  # 0: the teacher's hidden width
+        filter_nonlinear: bool = False
+        student_start: str = "finetuned"
+
+    # The TED reference's Stage II weights per task (kl / mse).
+    task_defaults = {
+        "mnli": {"kl_alpha": 5.0, "mse_alpha": 7500.0}, "qqp": {"kl_alpha": 20.0, "mse_alpha": 1000.0},
+        "qnli": {"kl_alpha": 20.0, "mse_alpha": 100.0}, "sst2": {"kl_alpha": 20.0, "mse_alpha": 20.0},
+        "rte": {"kl_alpha": 20.0, "mse_alpha": 50.0}, "cola": {"kl_alpha": 0.0, "mse_alpha": 10.0},
+        "mrpc": {"kl_alpha": 20.0, "mse_alpha": 100.0}, "stsb": {"kl_alpha": 20.0, "mse_alpha": 50.0},
+        "squad": {"kl_alpha": 10.0, "mse_alpha": 5000.0}, "squad_v2": {"kl_alpha": 10.0, "mse_alpha": 5000.0},
+    }
+
+    @staticmethod
+    def search_space(trial) -> dict:
+        return {"kl_alpha": trial.suggest_float("kl_alpha", 0.1, 50.0, log=True),
+                "mse_alpha": trial.suggest_float("mse_alpha", 1.0, 10000.0, log=True)}
+
+    def validate(self) -> None:
+        student, teacher = self.pair.student, self.pair.teacher
+        count = self.hp.num_filters or student.num_hidden_layers
+        self.student_layers = filter_layers(student.num_hidden_layers, count)
+        self.teacher_layers = filter_layers(teacher.num_hidden_layers, count)
+        self.output_dim = self.hp.filter_output_dim or teacher.hidden_size
+
+    def stages(self) -> list[Stage]:
+        settings = {"output_dim": self.output_dim, "nonlinear": self.hp.filter_nonlinear}
+        return [
+            Stage("ted-filters-teacher", "teacher",
+                  partial(self._learner, layers=self.teacher_layers), {**settings, "layers": self.teacher_layers}),
+            Stage("ted-filters-student", "student",
+                  partial(self._learner, layers=self.student_layers), {**settings, "layers": self.student_layers}),
+        ]
+
+    def _learner(self, model: PreTrainedModel, task: Task, layers: list[int]) -> FilterLearner:
+        return FilterLearner(model, task, layers, self.output_dim, self.hp.filter_nonlinear)
+
+    def build_modules(self) -> dict[str, nn.Module]:
+        modules = {}
+        for role, config, layers in (("teacher", self.pair.teacher, self.teacher_layers),
+                                     ("student", self.pair.student, self.student_layers)):
+            bank = filter_bank(config, len(layers), self.output_dim, self.hp.filter_nonlinear)
+            state = self.stage_states[f"ted-filters-{role}"]
+            bank.load_state_dict({k.removeprefix("filters."): v for k, v in state.items() if k.startswith("filters.")})
+            modules[f"{role}_filters"] = bank
+        modules["teacher_filters"].requires_grad_(False)
+        return modules
+
+    def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        assert teacher is not None
+        s_filters, t_filters = self.modules["student_filters"], self.modules["teacher_filters"]
+        pairs = [(s_filter(student.hidden_states[s + 1]), t_filter(teacher.hidden_states[t + 1]).detach())
+                 for s, t, s_filter, t_filter in zip(self.student_layers, self.teacher_layers, s_filters, t_filters,
+                                                     strict=True)]
+        terms = {"task": student.loss, "mse": self.hp.mse_alpha * sum(mse(s, t) for s, t in pairs) / len(pairs)}
+        if self.hp.kl_alpha:
+            terms["kd"] = self.hp.kl_alpha * logit_kd(student, teacher, self.task.output_type, self.hp.temperature)
+        return terms
