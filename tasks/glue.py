@@ -8,6 +8,7 @@ CoLA; Pearson + Spearman for STS-B; MNLI on dev matched and mismatched.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,26 +133,27 @@ class GlueTask(Task):
 
     def _read_tsv(self, path: Path):
         spec = self.spec
+        columns = self._check_tsv(path)
         header: dict[str, Any] = {"header": None, "column_names": list(spec.column_names)} if spec.column_names else {}
-        try:
-            data = load_dataset(
-                "csv", data_files=str(path), split="train", delimiter="\t", quoting=3,
-                encoding="utf-8-sig", keep_default_na=False, **header,
-            )
-        except Exception as error:  # pandas' tokenizer errors arrive wrapped by datasets
-            cause = error.__cause__ or error
-            raise UserError(f"malformed TSV {path}: {str(cause).strip().splitlines()[-1]}") from None
+        data = load_dataset("csv", data_files=str(path), split="train", delimiter="\t", quoting=3,
+                            encoding="utf-8-sig", keep_default_na=False, **header)
         needed = (*spec.text_columns, spec.label_column)
-        missing = [c for c in needed if c not in data.column_names]
+        missing = [c for c in needed if c not in columns]
         if missing:
             raise UserError(f"malformed TSV {path}: missing column(s) {', '.join(missing)}")
         data = data.select_columns(list(needed))
-        for column in needed:
-            values = data.data.column(column).to_pylist()
-            bad = next((i for i, v in enumerate(values) if v is None or v == ""), None)
-            if bad is not None and (column == spec.label_column or values[bad] is None):
-                raise UserError(f"malformed TSV {path}: data row {bad + 1} has no {column!r} field")
         return data.rename_columns({c: f"text{i}" for i, c in enumerate(spec.text_columns)})
+
+    def _check_tsv(self, path: Path) -> list[str]:
+        """Every row must have the header's field count (QUOTE_NONE): a clear error before parsing."""
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            columns = list(self.spec.column_names) if self.spec.column_names else next(rows, [])
+            for line, row in enumerate(rows, start=1 if self.spec.column_names else 2):
+                if len(row) != len(columns):
+                    raise UserError(f"malformed TSV {path}: line {line} has {len(row)} fields, "
+                                    f"expected {len(columns)}")
+        return columns
 
     def _encode_label(self, row: dict[str, Any]) -> dict[str, Any]:
         value = str(row.pop(self.spec.label_column))

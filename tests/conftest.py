@@ -1,0 +1,95 @@
+"""Tiny, self-made fixtures: a word-level BERT tokenizer, random 4-layer BERTs, GLUE-layout TSVs.
+
+Nothing here needs ../shared or the hub, so the suite runs on a clean clone in a few minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ("the a cat dog bird sat ran flew on under over mat tree roof red big small quick slow is was not "
+         "and or but very today yesterday home park house").split()
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+PUNCT = ['"', ".", ",", "'", "?"]
+
+
+def sentence(rng: random.Random, n: int | None = None) -> str:
+    words = [rng.choice(WORDS) for _ in range(n or rng.randint(4, 12))]
+    if rng.random() < 0.3:
+        words.insert(rng.randrange(len(words)), '"')  # unbalanced quotes, as in real GLUE text
+    return " ".join(words) + " ."
+
+
+def write_tsv(path: Path, header: list[str] | None, rows: list[list[str]], bom: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (["\t".join(header)] if header else []) + ["\t".join(r) for r in rows]
+    path.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def make_glue(root: Path, seed: int = 0, train: int = 48, dev: int = 16) -> Path:
+    """MRPC (BOM header), STS-B (regression), RTE (string labels) and CoLA (no header) fixtures."""
+    rng = random.Random(seed)
+    glue = root / "glue"
+    for split, n in (("train", train), ("dev", dev)):
+        pairs = [(sentence(rng), sentence(rng)) for _ in range(n)]
+        write_tsv(glue / "MRPC" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+                  [[str(i % 2), str(i), str(i + 1), a, b] for i, (a, b) in enumerate(pairs)], bom=True)
+        write_tsv(glue / "STS-B" / f"{split}.tsv",
+                  ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+                   "score"],
+                  [[str(i), "g", "f", "y", "0", "s", "s", a, b, f"{(i * 0.37) % 5:.3f}"]
+                   for i, (a, b) in enumerate(pairs)])
+        write_tsv(glue / "RTE" / f"{split}.tsv", ["index", "sentence1", "sentence2", "label"],
+                  [[str(i), a, b, ("entailment", "not_entailment")[i % 2]] for i, (a, b) in enumerate(pairs)])
+        write_tsv(glue / "CoLA" / f"{split}.tsv", None,
+                  [["src", str(i % 2), "", a] for i, (a, _) in enumerate(pairs)])
+    return root
+
+
+def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int = 4) -> Path:
+    """A random BERT backbone plus a word-level tokenizer, saved as a Hugging Face folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS + PUNCT)}
+    tokenizer = BertTokenizer(vocab=vocab)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_glue(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory with its own stage cache, so runs never touch the repository."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISTILLBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def tiny_run_args(tiny_bert: Path, glue_dir: Path, method: str, task: str = "mrpc", *extra: str) -> list[str]:
+    """CLI arguments of a few-step run on the tiny fixtures."""
+    return ["run", "--method", method, "--task", task, "--teacher", str(tiny_bert), "--data-dir", str(glue_dir),
+            "--max-steps", "3", "--set", "teacher_max_steps=3", "--set", "batch_size=8", "--set", "save_steps=2",
+            "--set", "logging_steps=1", "--set", "eval_batch_size=16", "--no-progress", *extra]

@@ -1,0 +1,51 @@
+"""GLUE metrics against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from distillbench import get_task, metrics
+
+
+def test_accuracy_and_binary_f1():
+    predictions = np.array([1, 0, 1, 1, 0, 1])
+    labels = np.array([1, 0, 0, 1, 1, 1])
+    assert metrics.accuracy(predictions, labels) == pytest.approx(4 / 6)
+    # positive class: tp=3, fp=1, fn=1 → precision 3/4, recall 3/4, F1 3/4
+    assert metrics.binary_f1(predictions, labels) == pytest.approx(0.75)
+
+
+def test_matthews_correlation():
+    predictions = np.array([1, 0, 1, 1, 0, 1])
+    labels = np.array([1, 0, 0, 1, 1, 1])
+    tp, tn, fp, fn = 3, 1, 1, 1
+    expected = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert metrics.matthews(predictions, labels) == pytest.approx(expected)
+
+
+def test_pearson_and_spearman():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    y = np.array([1.0, 3.0, 2.0, 5.0])
+    mx, my = x.mean(), y.mean()
+    pearson = ((x - mx) * (y - my)).sum() / math.sqrt(((x - mx) ** 2).sum() * ((y - my) ** 2).sum())
+    assert metrics.pearson(x, y) == pytest.approx(pearson)
+    # ranks of y: 1, 3, 2, 4 → d = 0, 1, 1, 0 → rho = 1 - 6·2 / (4·15)
+    assert metrics.spearman(x, y) == pytest.approx(1 - 6 * 2 / (4 * 15))
+
+
+def test_perplexity_is_exp_of_mean_nll():
+    assert metrics.perplexity(math.log(7.0)) == pytest.approx(7.0)
+
+
+def test_task_metrics_use_argmax_or_regression_output():
+    mrpc = get_task("mrpc")(None)
+    logits = np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 1.0]])
+    assert mrpc.compute_metrics(logits, np.array([1, 0, 0])) == {"accuracy": pytest.approx(2 / 3),
+                                                                  "f1": pytest.approx(2 / 3)}
+    stsb = get_task("stsb")(None)
+    result = stsb.compute_metrics(np.array([[1.0], [2.0], [3.0]]), np.array([1.0, 2.5, 2.9]))
+    assert set(result) == {"pearson", "spearman"} and result["spearman"] == pytest.approx(1.0)
+    assert get_task("cola").main_metric == "mcc" and get_task("stsb").main_metric == "spearman"
