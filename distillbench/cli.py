@@ -26,15 +26,24 @@ class OneLineParser(argparse.ArgumentParser):
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, help="a registered method (see `distillbench list`)")
     parser.add_argument("--task", required=True, help="a registered task (see `distillbench list`)")
-    parser.add_argument("--teacher", default="minilm-l6",
-                        help="pretrained teacher: minilm-l6 (PyPI package), a local folder or a hub id")
+    parser.add_argument(
+        "--teacher",
+        default="minilm-l6",
+        help="pretrained teacher: minilm-l6 (PyPI package), a local folder or a hub id",
+    )
     parser.add_argument("--teacher-finetuned", help="an already fine-tuned teacher folder: skip the teacher stage")
     parser.add_argument("--student", help="pretrained student folder/hub id, or random:N for N random layers")
     parser.add_argument("--student-layers", type=int, help="copy N teacher layers, uniformly spaced (default: half)")
     parser.add_argument("--student-layer-ids", help="copy exactly these teacher layers, e.g. 1,3,5 (0-based)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a method or training hyper-parameter (typed), repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a method or training hyper-parameter (typed), repeatable",
+    )
     parser.add_argument("--epochs", type=float, help="training epochs of every stage")
     parser.add_argument("--max-steps", type=int, help="stop the student stages after this many steps")
     parser.add_argument("--preset", help="a named bounded budget, e.g. demo (see README)")
@@ -58,8 +67,8 @@ def command_run(args: argparse.Namespace) -> int:
     from distillbench.config import RunConfig, build_train_config, parse_overrides
     from distillbench.harness import Paths, Runner, cache_root, plan_run
     from distillbench.method import get_method
-    from distillbench.task import get_task
     from distillbench.summary import run_summary
+    from distillbench.task import get_task
 
     method_cls, task_cls = get_method(args.method), get_task(args.task)
     train_overrides, method_overrides = parse_overrides(args.overrides, method_cls.hparam_fields())
@@ -68,13 +77,25 @@ def command_run(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         train_overrides["max_steps"] = args.max_steps
     config = RunConfig(
-        method=args.method, task=args.task, teacher=args.teacher, teacher_finetuned=args.teacher_finetuned,
-        student=args.student, student_layers=args.student_layers, student_layer_ids=args.student_layer_ids,
-        seed=args.seed, data_dir=args.data_dir, preset=args.preset, method_overrides=method_overrides,
+        method=args.method,
+        task=args.task,
+        teacher=args.teacher,
+        teacher_finetuned=args.teacher_finetuned,
+        student=args.student,
+        student_layers=args.student_layers,
+        student_layer_ids=args.student_layer_ids,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        preset=args.preset,
+        method_overrides=method_overrides,
         train=build_train_config(task_cls.train_defaults, args.preset, train_overrides),
     )
-    paths = Paths(results_dir=args.results_dir, output_dir=args.output_dir,
-                  cache_dir=args.cache_dir or cache_root(), show_progress=not args.no_progress)
+    paths = Paths(
+        results_dir=args.results_dir,
+        output_dir=args.output_dir,
+        cache_dir=args.cache_dir or cache_root(),
+        show_progress=not args.no_progress,
+    )
     record = Runner(plan_run(config, paths)).run()
     print(run_summary(record))
     return 0

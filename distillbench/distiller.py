@@ -49,8 +49,9 @@ class Distiller(nn.Module):
 
     def _run(self, model: PreTrainedModel, capture: QKVCapture | None, batch: dict[str, Tensor]) -> Outputs:
         raw = model(**batch, **self._model_kwargs)
-        return Outputs(raw=raw, distill=self.task.distill_targets(raw, batch),
-                       qkv=capture.collect() if capture else None)
+        return Outputs(
+            raw=raw, distill=self.task.distill_targets(raw, batch), qkv=capture.collect() if capture else None
+        )
 
     def forward(self, **batch: Tensor) -> Any:
         if not self.training:
@@ -84,6 +85,15 @@ class DistillTrainer(Trainer):
             self._term_counts += 1
         loss = outputs["loss"]
         return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Evaluation leaves the RNG untouched (its DataLoader draws a seed from it), so training after
+        an evaluation is the same whether or not it was resumed from a checkpoint saved at that step."""
+        state = torch.get_rng_state()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            torch.set_rng_state(state)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs and self._term_counts:

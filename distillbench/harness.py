@@ -21,8 +21,7 @@ from typing import Any
 import torch
 from datasets import DatasetDict
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedModel, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments, set_seed
 
 from distillbench import provenance
 from distillbench.config import RunConfig, TrainConfig
@@ -47,6 +46,15 @@ CACHE_ENV = "DISTILLBENCH_CACHE"
 
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "distillbench")).expanduser()
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` whose trainer state was written (the Trainer writes it last), so a
+    run killed in the middle of saving resumes from the previous, complete checkpoint."""
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[1]))) if complete else None
 
 
 def stable_key(parts: dict[str, Any]) -> str:
@@ -88,20 +96,30 @@ def plan_run(config: RunConfig, paths: Paths) -> Plan:
     task.data_files()  # raises on missing files before anything is written
     teacher_source = resolve_model(config.teacher)
     teacher_config = load_config(teacher_source)
-    student_spec = StudentSpec.parse(config.student, config.student_layers, config.student_layer_ids,
-                                     teacher_config.num_hidden_layers)
+    student_spec = StudentSpec.parse(
+        config.student, config.student_layers, config.student_layer_ids, teacher_config.num_hidden_layers
+    )
     s_config = student_config(student_spec, teacher_config)
     if s_config.vocab_size != teacher_config.vocab_size:
-        raise UserError(f"student vocabulary ({s_config.vocab_size}) differs from the teacher's "
-                        f"({teacher_config.vocab_size}); both must share one tokenizer")
+        raise UserError(
+            f"student vocabulary ({s_config.vocab_size}) differs from the teacher's "
+            f"({teacher_config.vocab_size}); both must share one tokenizer"
+        )
     hp = method_cls.hparams_for(config.task, config.method_overrides)
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
     data_sha = task.data_sha256()
-    key = stable_key({
-        "method": config.method, "task": config.task, "hparams": dataclasses.asdict(hp),
-        "train": dataclasses.asdict(config.train), "seed": config.seed, "teacher": teacher_identity(config),
-        "student": student_spec.describe(), "data": data_sha,
-    })
+    key = stable_key(
+        {
+            "method": config.method,
+            "task": config.task,
+            "hparams": dataclasses.asdict(hp),
+            "train": dataclasses.asdict(config.train),
+            "seed": config.seed,
+            "teacher": teacher_identity(config),
+            "student": student_spec.describe(),
+            "data": data_sha,
+        }
+    )
     return Plan(config, paths, task, method, teacher_source, student_spec, data_sha, key)
 
 
@@ -134,26 +152,47 @@ class Runner:
         return self.data[splits[0]] if len(splits) == 1 else {s: self.data[s] for s in splits}
 
     # training -----------------------------------------------------------------------------------
-    def train_module(self, module: torch.nn.Module, out_dir: Path, learning_rate: float, epochs: float,
-                     max_steps: int, evaluate: bool) -> DistillTrainer:
+    def train_module(
+        self,
+        module: torch.nn.Module,
+        out_dir: Path,
+        learning_rate: float,
+        epochs: float,
+        max_steps: int,
+        evaluate: bool,
+    ) -> DistillTrainer:
         """Train any module with the Trainer, resuming from the last checkpoint in ``out_dir``."""
         cfg = self.train_cfg
         args = TrainingArguments(
-            output_dir=str(out_dir), per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.eval_batch_size, learning_rate=learning_rate,
-            num_train_epochs=epochs, max_steps=max_steps, warmup_steps=cfg.warmup_steps,
-            weight_decay=cfg.weight_decay, eval_strategy="epoch" if evaluate else "no", save_strategy="steps",
-            save_steps=cfg.save_steps, save_total_limit=1, logging_steps=cfg.logging_steps, seed=self.config.seed,
-            report_to="none", remove_unused_columns=False, label_names=["labels"],
-            disable_tqdm=not self.plan.paths.show_progress, use_cpu=not torch.cuda.is_available(),
+            output_dir=str(out_dir),
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.eval_batch_size,
+            learning_rate=learning_rate,
+            num_train_epochs=epochs,
+            max_steps=max_steps,
+            warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay,
+            eval_strategy="epoch" if evaluate else "no",
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            save_total_limit=1,
+            logging_steps=cfg.logging_steps,
+            seed=self.config.seed,
+            report_to="none",
+            remove_unused_columns=False,
+            label_names=["labels"],
+            disable_tqdm=not self.plan.paths.show_progress,
+            use_cpu=not torch.cuda.is_available(),
         )
         trainer = DistillTrainer(
-            model=module, args=args, train_dataset=self.data["train"], eval_dataset=self._eval_data(),
+            model=module,
+            args=args,
+            train_dataset=self.data["train"],
+            eval_dataset=self._eval_data(),
             data_collator=DataCollatorWithPadding(self.tokenizer),
             compute_metrics=lambda p: self.task.compute_metrics(p.predictions, p.label_ids),
         )
-        checkpoint = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
-        trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.train(resume_from_checkpoint=last_complete_checkpoint(out_dir))
         return trainer
 
     def evaluate(self, trainer: DistillTrainer) -> dict[str, float]:
@@ -171,16 +210,28 @@ class Runner:
             source = resolve_model(config.teacher_finetuned)
             return Path(source), {"source": source, "weights_sha256": weights_sha256(source), "trained": False}
         if role == "teacher":
-            init: dict[str, Any] = {"source": self.plan.teacher_source,
-                                    "weights_sha256": weights_sha256(self.plan.teacher_source)}
+            init: dict[str, Any] = {
+                "source": self.plan.teacher_source,
+                "weights_sha256": weights_sha256(self.plan.teacher_source),
+            }
             lr, epochs, steps = cfg.teacher_learning_rate, cfg.teacher_epochs or cfg.epochs, cfg.teacher_max_steps
         else:
             init = {"student": self.plan.student_spec.describe(), "teacher_source": self.plan.teacher_source}
             lr, epochs, steps = cfg.learning_rate, cfg.epochs, cfg.max_steps
-        settings = {"role": role, "init": init, "task": config.task, "data": self.plan.data_sha256, "lr": lr,
-                    "epochs": epochs, "max_steps": steps, "seed": config.seed,
-                    "train": {k: getattr(cfg, k) for k in ("batch_size", "warmup_steps", "weight_decay",
-                                                           "max_seq_length", "max_train_samples")}}
+        settings = {
+            "role": role,
+            "init": init,
+            "task": config.task,
+            "data": self.plan.data_sha256,
+            "lr": lr,
+            "epochs": epochs,
+            "max_steps": steps,
+            "seed": config.seed,
+            "train": {
+                k: getattr(cfg, k)
+                for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
+            },
+        }
         folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
         done = folder / "done.json"
         if done.is_file():
@@ -192,17 +243,23 @@ class Runner:
         if role == "teacher":
             model = load_for_task(self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False)
         else:
-            model = build_student(self.plan.student_spec, self.plan.teacher_source, self.task.model_class,
-                                  self.task.model_kwargs(), False)
+            model = build_student(
+                self.plan.student_spec, self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False
+            )
         init["initial_state_sha256"] = state_sha256(model)
         trainer = self.train_module(model, folder / "trainer", lr, epochs, steps, evaluate=True)
         metrics = self.evaluate(trainer)
         model.save_pretrained(folder / "model")
         self.tokenizer.save_pretrained(folder / "model")
         shutil.rmtree(folder / "trainer")  # the finished model is kept; its resume checkpoints are not
-        info = {"key": folder.name, "settings": settings, "metrics": metrics,
-                "epochs": epoch_history(trainer.state.log_history, self.task),
-                "wall_time_s": time.time() - started, "weights_sha256": weights_sha256(str(folder / "model"))}
+        info = {
+            "key": folder.name,
+            "settings": settings,
+            "metrics": metrics,
+            "epochs": epoch_history(trainer.state.log_history, self.task),
+            "wall_time_s": time.time() - started,
+            "weights_sha256": weights_sha256(str(folder / "model")),
+        }
         write_json_atomic(done, info)
         self.stage_log[f"{role}-finetune"] = info
         if role == "teacher":
@@ -211,13 +268,23 @@ class Runner:
 
     def _write_stage_record(self, role: str, info: dict[str, Any], trainer: DistillTrainer) -> None:
         record = self._base_record(method="finetune", role=role, key=info["key"])
-        record.update({"metrics": info["metrics"], "epochs": info["epochs"],
-                       "best_epoch": best_epoch(info["epochs"], self.task),
-                       "loss_terms": final_loss_terms(trainer.state.log_history),
-                       "train": {**dataclasses.asdict(self.train_cfg), "learning_rate": info["settings"]["lr"],
-                                 "epochs": info["settings"]["epochs"], "max_steps": info["settings"]["max_steps"]},
-                       "hparams": {}, "model": info["settings"]["init"] | {"finetuned_sha256": info["weights_sha256"]},
-                       "wall_time_s": info["wall_time_s"]})
+        record.update(
+            {
+                "metrics": info["metrics"],
+                "epochs": info["epochs"],
+                "best_epoch": best_epoch(info["epochs"], self.task),
+                "loss_terms": final_loss_terms(trainer.state.log_history),
+                "train": {
+                    **dataclasses.asdict(self.train_cfg),
+                    "learning_rate": info["settings"]["lr"],
+                    "epochs": info["settings"]["epochs"],
+                    "max_steps": info["settings"]["max_steps"],
+                },
+                "hparams": {},
+                "model": info["settings"]["init"] | {"finetuned_sha256": info["weights_sha256"]},
+                "wall_time_s": info["wall_time_s"],
+            }
+        )
         write_json_atomic(self.plan.paths.results_dir / "runs" / f"{info['key']}.json", record)
 
     def method_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
@@ -225,9 +292,17 @@ class Runner:
         base_dir, base_info = self.finetuned(stage.model)
         cfg = self.train_cfg
         lr = stage.learning_rate or (cfg.teacher_learning_rate if stage.model == "teacher" else cfg.learning_rate)
-        settings = {"stage": stage.name, "base": base_info.get("key", str(base_dir)), "hparams": stage.hparams,
-                    "lr": lr, "epochs": cfg.epochs, "max_steps": cfg.max_steps, "seed": self.config.seed,
-                    "data": self.plan.data_sha256, "batch_size": cfg.batch_size}
+        settings = {
+            "stage": stage.name,
+            "base": base_info.get("key", str(base_dir)),
+            "hparams": stage.hparams,
+            "lr": lr,
+            "epochs": cfg.epochs,
+            "max_steps": cfg.max_steps,
+            "seed": self.config.seed,
+            "data": self.plan.data_sha256,
+            "batch_size": cfg.batch_size,
+        }
         folder = self.plan.paths.cache_dir / "stages" / f"{self.config.task}-{stage.name}-{stable_key(settings)}"
         done = folder / "done.json"
         if not done.is_file():
@@ -238,8 +313,15 @@ class Runner:
             trainer = self.train_module(module, folder / "trainer", lr, cfg.epochs, cfg.max_steps, evaluate=False)
             save_file({k: v.contiguous() for k, v in module.extra.state_dict().items()}, folder / "extra.safetensors")
             shutil.rmtree(folder / "trainer")
-            write_json_atomic(done, {"key": folder.name, "settings": settings, "wall_time_s": time.time() - started,
-                                     "loss_terms": final_loss_terms(trainer.state.log_history)})
+            write_json_atomic(
+                done,
+                {
+                    "key": folder.name,
+                    "settings": settings,
+                    "wall_time_s": time.time() - started,
+                    "loss_terms": final_loss_terms(trainer.state.log_history),
+                },
+            )
         self.stage_log[stage.name] = json.loads(done.read_text())
         return load_file(folder / "extra.safetensors")
 
@@ -258,11 +340,12 @@ class Runner:
             student_dir, _ = self.finetuned("student")
             student = load_for_task(str(student_dir), task.model_class, task.model_kwargs(), attentions)
         else:
-            student = build_student(plan.student_spec, plan.teacher_source, task.model_class, task.model_kwargs(),
-                                    attentions)
+            student = build_student(
+                plan.student_spec, plan.teacher_source, task.model_class, task.model_kwargs(), attentions
+            )
         student_init_sha = state_sha256(student)
         out_dir = plan.paths.output_dir or Path("outputs") / plan.run_name
-        resumed_from = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+        resumed_from = last_complete_checkpoint(out_dir)
         distiller = Distiller(student, teacher, method, task)
         cfg = self.train_cfg
         trainer = self.train_module(distiller, out_dir, cfg.learning_rate, cfg.epochs, cfg.max_steps, evaluate=True)
@@ -271,18 +354,29 @@ class Runner:
         self.tokenizer.save_pretrained(out_dir / "student")
         epochs = epoch_history(trainer.state.log_history, task)
         record = self._base_record(method=config.method, role="student", key=plan.key)
-        record.update({
-            "hparams": dataclasses.asdict(method.hp), "train": dataclasses.asdict(cfg), "metrics": metrics,
-            "epochs": epochs, "best_epoch": best_epoch(epochs, task),
-            "loss_terms": final_loss_terms(trainer.state.log_history),
-            "loss_history": loss_history(trainer.state.log_history),
-            "teacher": teacher_info, "stages": self.stage_log,
-            "model": {"student": plan.student_spec.describe(), "student_start": method.student_start,
-                      "initial_state_sha256": student_init_sha, "teacher_source": plan.teacher_source,
-                      "teacher_source_sha256": weights_sha256(plan.teacher_source),
-                      "output_dir": str(out_dir / "student")},
-            "resumed_from": resumed_from, "wall_time_s": time.time() - started,
-        })
+        record.update(
+            {
+                "hparams": dataclasses.asdict(method.hp),
+                "train": dataclasses.asdict(cfg),
+                "metrics": metrics,
+                "epochs": epochs,
+                "best_epoch": best_epoch(epochs, task),
+                "loss_terms": final_loss_terms(trainer.state.log_history),
+                "loss_history": loss_history(trainer.state.log_history),
+                "teacher": teacher_info,
+                "stages": self.stage_log,
+                "model": {
+                    "student": plan.student_spec.describe(),
+                    "student_start": method.student_start,
+                    "initial_state_sha256": student_init_sha,
+                    "teacher_source": plan.teacher_source,
+                    "teacher_source_sha256": weights_sha256(plan.teacher_source),
+                    "output_dir": str(out_dir / "student"),
+                },
+                "resumed_from": resumed_from,
+                "wall_time_s": time.time() - started,
+            }
+        )
         path = plan.paths.results_dir / "runs" / f"{plan.run_name}.json"
         write_json_atomic(path, record)
         return record | {"_path": str(path)}
@@ -290,15 +384,28 @@ class Runner:
     def _base_record(self, method: str, role: str, key: str) -> dict[str, Any]:
         plan = self.plan
         return {
-            "kind": "run", "version": RECORD_VERSION, "status": "complete", "run_id": key, "method": method,
-            "task": self.config.task, "role": role, "setting": "task-specific", "seed": self.config.seed,
-            "preset": self.config.preset, "main_metric": main_metric_key(self.task),
+            "kind": "run",
+            "version": RECORD_VERSION,
+            "status": "complete",
+            "run_id": key,
+            "method": method,
+            "task": self.config.task,
+            "role": role,
+            "setting": "task-specific",
+            "seed": self.config.seed,
+            "preset": self.config.preset,
+            "main_metric": main_metric_key(self.task),
             "greater_is_better": self.task.greater_is_better,
-            "data": {"sha256": plan.data_sha256, "files": [str(p) for p in self.task.data_files()],
-                     "train_examples": len(self.data["train"]),
-                     "eval_examples": {s: len(self.data[s]) for s in self.task.eval_splits}},
-            "git": provenance.git_state(), "packages": provenance.package_versions(),
-            "hardware": provenance.hardware(), "command": sys.argv,
+            "data": {
+                "sha256": plan.data_sha256,
+                "files": [str(p) for p in self.task.data_files()],
+                "train_examples": len(self.data["train"]),
+                "eval_examples": {s: len(self.data[s]) for s in self.task.eval_splits},
+            },
+            "git": provenance.git_state(),
+            "packages": provenance.package_versions(),
+            "hardware": provenance.hardware(),
+            "command": sys.argv,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
@@ -332,8 +439,7 @@ def epoch_history(log_history: list[dict[str, Any]], task: Task) -> list[dict[st
     for entry in log_history:
         metrics = flatten_metrics(entry, task)
         if metrics:
-            row = by_step.setdefault(entry["step"], {"epoch": entry.get("epoch"), "step": entry["step"],
-                                                     "metrics": {}})
+            row = by_step.setdefault(entry["step"], {"epoch": entry.get("epoch"), "step": entry["step"], "metrics": {}})
             row["metrics"].update(metrics)
     return [by_step[s] for s in sorted(by_step)]
 
@@ -359,5 +465,8 @@ def final_loss_terms(log_history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def loss_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in e.items() if k in ("step", "epoch", "loss") or k.startswith("loss/")}
-            for e in log_history if "loss" in e]
+    return [
+        {k: v for k, v in e.items() if k in ("step", "epoch", "loss") or k.startswith("loss/")}
+        for e in log_history
+        if "loss" in e
+    ]

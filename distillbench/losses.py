@@ -80,8 +80,9 @@ def relation_log_probs(left: Tensor, right: Tensor, heads: int, attention_mask: 
     return F.log_softmax(scores, dim=-1)
 
 
-def relation_kl(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], heads: int,
-                attention_mask: Tensor) -> Tensor:
+def relation_kl(
+    student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], heads: int, attention_mask: Tensor
+) -> Tensor:
     """KL(teacher relation ‖ student relation) of (left, right) pairs, averaged over batch, heads and
     real query positions (MiniLM's attention and self-relation transfer)."""
     teacher_log = relation_log_probs(*teacher, heads, attention_mask)

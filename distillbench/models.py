@@ -76,7 +76,9 @@ def state_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def load_for_task(name_or_path: str, model_class: str, task_kwargs: dict[str, Any], attentions: bool) -> PreTrainedModel:
+def load_for_task(
+    name_or_path: str, model_class: str, task_kwargs: dict[str, Any], attentions: bool
+) -> PreTrainedModel:
     """Load a model with the task's head; eager attention when a method needs attention maps."""
     cls = getattr(transformers, model_class)
     extra = {"attn_implementation": "eager"} if attentions else {}
@@ -120,8 +122,12 @@ class StudentSpec:
         return cls("layers", layer_ids=tuple(uniform_layer_map(count, teacher_layers)))
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "source": self.source, "layer_ids": list(self.layer_ids),
-                "num_layers": self.num_layers}
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "layer_ids": list(self.layer_ids),
+            "num_layers": self.num_layers,
+        }
 
 
 def _positive_int(text: str, what: str, allow_zero: bool = False) -> int:
@@ -164,8 +170,17 @@ def build_student(
 
 
 QKV_NAME = re.compile(r"layer\.(\d+)\..*\b(query|key|value|q_proj|k_proj|v_proj|q_lin|k_lin|v_lin)$")
-QKV_ORDER = {"query": 0, "q_proj": 0, "q_lin": 0, "key": 1, "k_proj": 1, "k_lin": 1,
-             "value": 2, "v_proj": 2, "v_lin": 2}
+QKV_ORDER = {
+    "query": 0,
+    "q_proj": 0,
+    "q_lin": 0,
+    "key": 1,
+    "k_proj": 1,
+    "k_lin": 1,
+    "value": 2,
+    "v_proj": 2,
+    "v_lin": 2,
+}
 
 
 class QKVCapture:

@@ -11,8 +11,18 @@ from typing import Any
 
 import torch
 
-PACKAGES = ("distillbench", "torch", "transformers", "datasets", "accelerate", "optuna", "numpy", "pandas",
-            "scikit-learn", "scipy")
+PACKAGES = (
+    "distillbench",
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "optuna",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+)
 
 
 def _git(*args: str) -> str | None:

@@ -41,13 +41,17 @@ class KD(Method):
 
     # The TED reference's KD weights per task (../shared/reference/TED.md).
     task_defaults = {t: {"kl_alpha": 20.0} for t in ("qqp", "qnli", "sst2", "rte", "cola", "mrpc", "stsb")} | {
-        "mnli": {"kl_alpha": 5.0}, "squad": {"kl_alpha": 10.0}, "squad_v2": {"kl_alpha": 10.0},
+        "mnli": {"kl_alpha": 5.0},
+        "squad": {"kl_alpha": 10.0},
+        "squad_v2": {"kl_alpha": 10.0},
     }
 
     @staticmethod
     def search_space(trial) -> dict:
-        return {"kl_alpha": trial.suggest_float("kl_alpha", 0.1, 50.0, log=True),
-                "temperature": trial.suggest_float("temperature", 1.0, 8.0)}
+        return {
+            "kl_alpha": trial.suggest_float("kl_alpha", 0.1, 50.0, log=True),
+            "temperature": trial.suggest_float("temperature", 1.0, 8.0),
+        }
 
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         assert teacher is not None

@@ -50,17 +50,24 @@ class LWD(Method):
 
     # The TED reference's LWD weights per task (kl / mse).
     task_defaults = {
-        "mnli": {"kl_alpha": 5.0, "mse_alpha": 100.0}, "qqp": {"kl_alpha": 20.0, "mse_alpha": 20.0},
-        "qnli": {"kl_alpha": 20.0, "mse_alpha": 10.0}, "sst2": {"kl_alpha": 20.0, "mse_alpha": 20.0},
-        "rte": {"kl_alpha": 20.0, "mse_alpha": 20.0}, "cola": {"kl_alpha": 0.0, "mse_alpha": 5.0},
-        "mrpc": {"kl_alpha": 20.0, "mse_alpha": 5.0}, "stsb": {"kl_alpha": 20.0, "mse_alpha": 5.0},
-        "squad": {"kl_alpha": 10.0, "mse_alpha": 100.0}, "squad_v2": {"kl_alpha": 10.0, "mse_alpha": 100.0},
+        "mnli": {"kl_alpha": 5.0, "mse_alpha": 100.0},
+        "qqp": {"kl_alpha": 20.0, "mse_alpha": 20.0},
+        "qnli": {"kl_alpha": 20.0, "mse_alpha": 10.0},
+        "sst2": {"kl_alpha": 20.0, "mse_alpha": 20.0},
+        "rte": {"kl_alpha": 20.0, "mse_alpha": 20.0},
+        "cola": {"kl_alpha": 0.0, "mse_alpha": 5.0},
+        "mrpc": {"kl_alpha": 20.0, "mse_alpha": 5.0},
+        "stsb": {"kl_alpha": 20.0, "mse_alpha": 5.0},
+        "squad": {"kl_alpha": 10.0, "mse_alpha": 100.0},
+        "squad_v2": {"kl_alpha": 10.0, "mse_alpha": 100.0},
     }
 
     @staticmethod
     def search_space(trial) -> dict:
-        return {"kl_alpha": trial.suggest_float("kl_alpha", 0.1, 50.0, log=True),
-                "mse_alpha": trial.suggest_float("mse_alpha", 0.1, 500.0, log=True)}
+        return {
+            "kl_alpha": trial.suggest_float("kl_alpha", 0.1, 50.0, log=True),
+            "mse_alpha": trial.suggest_float("mse_alpha", 0.1, 500.0, log=True),
+        }
 
     def validate(self) -> None:
         if self.hp.projection not in ("always", "auto"):
@@ -79,12 +86,12 @@ class LWD(Method):
 
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         assert teacher is not None
-        pairs = [(self.project(i, student.hidden_states[i + 1]), teacher.hidden_states[m + 1])
-                 for i, m in enumerate(self.layer_map)]
+        pairs = [
+            (self.project(i, student.hidden_states[i + 1]), teacher.hidden_states[m + 1])
+            for i, m in enumerate(self.layer_map)
+        ]
         layerwise = sum(mse(s, t.detach()) for s, t in pairs) / len(pairs)
         terms = {"task": student.loss, "mse": self.hp.mse_alpha * layerwise}
         if self.hp.kl_alpha:
             terms["kd"] = self.hp.kl_alpha * logit_kd(student, teacher, self.task.output_type, self.hp.temperature)
         return terms
-
-

@@ -36,16 +36,20 @@ class _RelationMethod(Method):
 
     @staticmethod
     def search_space(trial) -> dict:
-        return {"minilm_alpha": trial.suggest_float("minilm_alpha", 0.1, 100.0, log=True),
-                "kl_alpha": trial.suggest_float("kl_alpha", 0.0, 20.0)}
+        return {
+            "minilm_alpha": trial.suggest_float("minilm_alpha", 0.1, 100.0, log=True),
+            "kl_alpha": trial.suggest_float("kl_alpha", 0.0, 20.0),
+        }
 
     def relation_loss(self, student: Outputs, teacher: Outputs, mask: Tensor) -> Tensor:
         raise NotImplementedError
 
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         assert teacher is not None
-        terms = {"task": student.loss,
-                 "relation": self.hp.minilm_alpha * self.relation_loss(student, teacher, batch["attention_mask"])}
+        terms = {
+            "task": student.loss,
+            "relation": self.hp.minilm_alpha * self.relation_loss(student, teacher, batch["attention_mask"]),
+        }
         if self.hp.kl_alpha:
             terms["kd"] = self.hp.kl_alpha * logit_kd(student, teacher, self.task.output_type, self.hp.temperature)
         return terms
@@ -65,8 +69,10 @@ class MiniLM(_RelationMethod):
     def validate(self) -> None:
         s_heads, t_heads = self.pair.student.num_attention_heads, self.pair.teacher.num_attention_heads
         if s_heads != t_heads:
-            raise UserError(f"minilm needs equal attention head counts (student {s_heads}, teacher {t_heads}); "
-                            "use minilmv2, whose relation heads are configurable")
+            raise UserError(
+                f"minilm needs equal attention head counts (student {s_heads}, teacher {t_heads}); "
+                "use minilmv2, whose relation heads are configurable"
+            )
 
     def relation_loss(self, student: Outputs, teacher: Outputs, mask: Tensor) -> Tensor:
         heads = self.pair.student.num_attention_heads
@@ -94,11 +100,14 @@ class MiniLMv2(_RelationMethod):
         self.heads = self.hp.relation_heads or teacher.num_attention_heads
         for name, config in (("student", student), ("teacher", teacher)):
             if config.hidden_size % self.heads:
-                raise UserError(f"minilmv2: {name} width {config.hidden_size} is not divisible by "
-                                f"{self.heads} relation heads")
+                raise UserError(
+                    f"minilmv2: {name} width {config.hidden_size} is not divisible by {self.heads} relation heads"
+                )
         if not -teacher.num_hidden_layers <= self.hp.teacher_layer < teacher.num_hidden_layers:
-            raise UserError(f"minilmv2: teacher_layer {self.hp.teacher_layer} is outside the teacher's "
-                            f"{teacher.num_hidden_layers} layers")
+            raise UserError(
+                f"minilmv2: teacher_layer {self.hp.teacher_layer} is outside the teacher's "
+                f"{teacher.num_hidden_layers} layers"
+            )
 
     def relation_loss(self, student: Outputs, teacher: Outputs, mask: Tensor) -> Tensor:
         s_qkv, t_qkv = student.qkv[-1], teacher.qkv[self.hp.teacher_layer]

@@ -45,38 +45,44 @@ def make_filter(width: int, output_dim: int, nonlinear: bool, activation: str) -
 def filter_layers(num_layers: int, num_filters: int) -> list[int]:
     """Layers (0-based) followed by a filter: every ``num_layers / num_filters``-th layer."""
     if num_filters <= 0 or num_layers % num_filters:
-        raise UserError(f"ted: cannot place {num_filters} filters evenly on {num_layers} layers "
-                        "(the layer count must be a multiple of the filter count)")
+        raise UserError(
+            f"ted: cannot place {num_filters} filters evenly on {num_layers} layers "
+            "(the layer count must be a multiple of the filter count)"
+        )
     interval = num_layers // num_filters
     return [idx for idx in range(num_layers) if (idx + 1) % interval == 0]
 
 
 def filter_bank(config: Any, count: int, output_dim: int, nonlinear: bool) -> nn.ModuleList:
-    return nn.ModuleList(make_filter(config.hidden_size, output_dim, nonlinear, config.hidden_act)
-                         for _ in range(count))
+    return nn.ModuleList(
+        make_filter(config.hidden_size, output_dim, nonlinear, config.hidden_act) for _ in range(count)
+    )
 
 
 class FilterLearner(nn.Module):
     """Stage I: a frozen fine-tuned backbone, trainable filters, one task head per filter."""
 
-    def __init__(self, model: PreTrainedModel, task: Task, layers: list[int], output_dim: int,
-                 nonlinear: bool) -> None:
+    def __init__(self, model: PreTrainedModel, task: Task, layers: list[int], output_dim: int, nonlinear: bool) -> None:
         super().__init__()
         self.backbone = model.base_model
         for parameter in self.backbone.parameters():
             parameter.requires_grad_(False)
         self.layers = layers
         self.task = task
-        self.extra = nn.ModuleDict({
-            "filters": filter_bank(model.config, len(layers), output_dim, nonlinear),
-            "heads": nn.ModuleList(task.make_head(model.config, output_dim) for _ in layers),
-        })
+        self.extra = nn.ModuleDict(
+            {
+                "filters": filter_bank(model.config, len(layers), output_dim, nonlinear),
+                "heads": nn.ModuleList(task.make_head(model.config, output_dim) for _ in layers),
+            }
+        )
 
     def forward(self, **batch: Tensor) -> dict[str, Any]:
         inputs = {k: v for k, v in batch.items() if k not in self.task.label_keys}
         hidden = self.backbone(**inputs, output_hidden_states=True).hidden_states
-        losses = [self.task.head_loss(head(filt(hidden[layer + 1])), batch)
-                  for layer, filt, head in zip(self.layers, self.extra["filters"], self.extra["heads"], strict=True)]
+        losses = [
+            self.task.head_loss(head(filt(hidden[layer + 1])), batch)
+            for layer, filt, head in zip(self.layers, self.extra["filters"], self.extra["heads"], strict=True)
+        ]
         loss = sum(losses) / len(losses)
         return {"loss": loss, "terms": {"filter_task": loss.detach()}}
 
@@ -99,17 +105,24 @@ class TED(Method):
 
     # The TED reference's Stage II weights per task (kl / mse).
     task_defaults = {
-        "mnli": {"kl_alpha": 5.0, "mse_alpha": 7500.0}, "qqp": {"kl_alpha": 20.0, "mse_alpha": 1000.0},
-        "qnli": {"kl_alpha": 20.0, "mse_alpha": 100.0}, "sst2": {"kl_alpha": 20.0, "mse_alpha": 20.0},
-        "rte": {"kl_alpha": 20.0, "mse_alpha": 50.0}, "cola": {"kl_alpha": 0.0, "mse_alpha": 10.0},
-        "mrpc": {"kl_alpha": 20.0, "mse_alpha": 100.0}, "stsb": {"kl_alpha": 20.0, "mse_alpha": 50.0},
-        "squad": {"kl_alpha": 10.0, "mse_alpha": 5000.0}, "squad_v2": {"kl_alpha": 10.0, "mse_alpha": 5000.0},
+        "mnli": {"kl_alpha": 5.0, "mse_alpha": 7500.0},
+        "qqp": {"kl_alpha": 20.0, "mse_alpha": 1000.0},
+        "qnli": {"kl_alpha": 20.0, "mse_alpha": 100.0},
+        "sst2": {"kl_alpha": 20.0, "mse_alpha": 20.0},
+        "rte": {"kl_alpha": 20.0, "mse_alpha": 50.0},
+        "cola": {"kl_alpha": 0.0, "mse_alpha": 10.0},
+        "mrpc": {"kl_alpha": 20.0, "mse_alpha": 100.0},
+        "stsb": {"kl_alpha": 20.0, "mse_alpha": 50.0},
+        "squad": {"kl_alpha": 10.0, "mse_alpha": 5000.0},
+        "squad_v2": {"kl_alpha": 10.0, "mse_alpha": 5000.0},
     }
 
     @staticmethod
     def search_space(trial) -> dict:
-        return {"kl_alpha": trial.suggest_float("kl_alpha", 0.1, 50.0, log=True),
-                "mse_alpha": trial.suggest_float("mse_alpha", 1.0, 10000.0, log=True)}
+        return {
+            "kl_alpha": trial.suggest_float("kl_alpha", 0.1, 50.0, log=True),
+            "mse_alpha": trial.suggest_float("mse_alpha", 1.0, 10000.0, log=True),
+        }
 
     def validate(self) -> None:
         student, teacher = self.pair.student, self.pair.teacher
@@ -121,10 +134,18 @@ class TED(Method):
     def stages(self) -> list[Stage]:
         settings = {"output_dim": self.output_dim, "nonlinear": self.hp.filter_nonlinear}
         return [
-            Stage("ted-filters-teacher", "teacher",
-                  partial(self._learner, layers=self.teacher_layers), {**settings, "layers": self.teacher_layers}),
-            Stage("ted-filters-student", "student",
-                  partial(self._learner, layers=self.student_layers), {**settings, "layers": self.student_layers}),
+            Stage(
+                "ted-filters-teacher",
+                "teacher",
+                partial(self._learner, layers=self.teacher_layers),
+                {**settings, "layers": self.teacher_layers},
+            ),
+            Stage(
+                "ted-filters-student",
+                "student",
+                partial(self._learner, layers=self.student_layers),
+                {**settings, "layers": self.student_layers},
+            ),
         ]
 
     def _learner(self, model: PreTrainedModel, task: Task, layers: list[int]) -> FilterLearner:
@@ -132,8 +153,10 @@ class TED(Method):
 
     def build_modules(self) -> dict[str, nn.Module]:
         modules = {}
-        for role, config, layers in (("teacher", self.pair.teacher, self.teacher_layers),
-                                     ("student", self.pair.student, self.student_layers)):
+        for role, config, layers in (
+            ("teacher", self.pair.teacher, self.teacher_layers),
+            ("student", self.pair.student, self.student_layers),
+        ):
             bank = filter_bank(config, len(layers), self.output_dim, self.hp.filter_nonlinear)
             state = self.stage_states[f"ted-filters-{role}"]
             bank.load_state_dict({k.removeprefix("filters."): v for k, v in state.items() if k.startswith("filters.")})
@@ -144,9 +167,12 @@ class TED(Method):
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         assert teacher is not None
         s_filters, t_filters = self.modules["student_filters"], self.modules["teacher_filters"]
-        pairs = [(s_filter(student.hidden_states[s + 1]), t_filter(teacher.hidden_states[t + 1]).detach())
-                 for s, t, s_filter, t_filter in zip(self.student_layers, self.teacher_layers, s_filters, t_filters,
-                                                     strict=True)]
+        pairs = [
+            (s_filter(student.hidden_states[s + 1]), t_filter(teacher.hidden_states[t + 1]).detach())
+            for s, t, s_filter, t_filter in zip(
+                self.student_layers, self.teacher_layers, s_filters, t_filters, strict=True
+            )
+        ]
         terms = {"task": student.loss, "mse": self.hp.mse_alpha * sum(mse(s, t) for s, t in pairs) / len(pairs)}
         if self.hp.kl_alpha:
             terms["kd"] = self.hp.kl_alpha * logit_kd(student, teacher, self.task.output_type, self.hp.temperature)

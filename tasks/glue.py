@@ -41,33 +41,115 @@ class GlueSpec:
 
 # Per-task training defaults follow the TED reference scripts (../shared/reference/TED.md).
 SPECS = (
-    GlueSpec("cola", "CoLA", ("sentence",), "label", ("0", "1"), ("mcc",),
-             column_names=("source", "label", "original_label", "sentence"),
-             train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 2e-5, "epochs": 6, "batch_size": 32}),
-    GlueSpec("sst2", "SST-2", ("sentence",), "label", ("0", "1"), ("accuracy",),
-             train_defaults={"learning_rate": 4e-5, "teacher_learning_rate": 2e-5, "epochs": 6, "batch_size": 32}),
-    GlueSpec("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("accuracy", "f1"),
-             hub_text_columns=("sentence1", "sentence2"),
-             train_defaults={"learning_rate": 7e-5, "teacher_learning_rate": 3e-5, "epochs": 6, "batch_size": 32}),
-    GlueSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"),
-             train_defaults={"learning_rate": 1e-4, "teacher_learning_rate": 2e-5, "epochs": 6, "batch_size": 16,
-                             "warmup_steps": 100}),
-    GlueSpec("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("accuracy", "f1"),
-             train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 2e-5, "epochs": 8, "batch_size": 64,
-                             "warmup_steps": 5000}),
-    GlueSpec("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"),
-             ("accuracy",),
-             eval_files={"validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"},
-             hub_text_columns=("premise", "hypothesis"),
-             train_defaults={"learning_rate": 7e-5, "teacher_learning_rate": 2e-5, "epochs": 3, "batch_size": 64,
-                             "warmup_steps": 1500}),
-    GlueSpec("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment"), ("accuracy",),
-             train_defaults={"learning_rate": 5e-5, "teacher_learning_rate": 1e-5, "epochs": 3, "batch_size": 32,
-                             "warmup_steps": 500}),
-    GlueSpec("rte", "RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), ("accuracy",),
-             train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 3e-5, "epochs": 6, "batch_size": 16}),
-    GlueSpec("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), ("accuracy",),
-             train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 3e-5, "epochs": 6, "batch_size": 32}),
+    GlueSpec(
+        "cola",
+        "CoLA",
+        ("sentence",),
+        "label",
+        ("0", "1"),
+        ("mcc",),
+        column_names=("source", "label", "original_label", "sentence"),
+        train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 2e-5, "epochs": 6, "batch_size": 32},
+    ),
+    GlueSpec(
+        "sst2",
+        "SST-2",
+        ("sentence",),
+        "label",
+        ("0", "1"),
+        ("accuracy",),
+        train_defaults={"learning_rate": 4e-5, "teacher_learning_rate": 2e-5, "epochs": 6, "batch_size": 32},
+    ),
+    GlueSpec(
+        "mrpc",
+        "MRPC",
+        ("#1 String", "#2 String"),
+        "Quality",
+        ("0", "1"),
+        ("accuracy", "f1"),
+        hub_text_columns=("sentence1", "sentence2"),
+        train_defaults={"learning_rate": 7e-5, "teacher_learning_rate": 3e-5, "epochs": 6, "batch_size": 32},
+    ),
+    GlueSpec(
+        "stsb",
+        "STS-B",
+        ("sentence1", "sentence2"),
+        "score",
+        None,
+        ("pearson", "spearman"),
+        train_defaults={
+            "learning_rate": 1e-4,
+            "teacher_learning_rate": 2e-5,
+            "epochs": 6,
+            "batch_size": 16,
+            "warmup_steps": 100,
+        },
+    ),
+    GlueSpec(
+        "qqp",
+        "QQP",
+        ("question1", "question2"),
+        "is_duplicate",
+        ("0", "1"),
+        ("accuracy", "f1"),
+        train_defaults={
+            "learning_rate": 6e-5,
+            "teacher_learning_rate": 2e-5,
+            "epochs": 8,
+            "batch_size": 64,
+            "warmup_steps": 5000,
+        },
+    ),
+    GlueSpec(
+        "mnli",
+        "MNLI",
+        ("sentence1", "sentence2"),
+        "gold_label",
+        ("entailment", "neutral", "contradiction"),
+        ("accuracy",),
+        eval_files={"validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"},
+        hub_text_columns=("premise", "hypothesis"),
+        train_defaults={
+            "learning_rate": 7e-5,
+            "teacher_learning_rate": 2e-5,
+            "epochs": 3,
+            "batch_size": 64,
+            "warmup_steps": 1500,
+        },
+    ),
+    GlueSpec(
+        "qnli",
+        "QNLI",
+        ("question", "sentence"),
+        "label",
+        ("entailment", "not_entailment"),
+        ("accuracy",),
+        train_defaults={
+            "learning_rate": 5e-5,
+            "teacher_learning_rate": 1e-5,
+            "epochs": 3,
+            "batch_size": 32,
+            "warmup_steps": 500,
+        },
+    ),
+    GlueSpec(
+        "rte",
+        "RTE",
+        ("sentence1", "sentence2"),
+        "label",
+        ("entailment", "not_entailment"),
+        ("accuracy",),
+        train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 3e-5, "epochs": 6, "batch_size": 16},
+    ),
+    GlueSpec(
+        "wnli",
+        "WNLI",
+        ("sentence1", "sentence2"),
+        "label",
+        ("0", "1"),
+        ("accuracy",),
+        train_defaults={"learning_rate": 6e-5, "teacher_learning_rate": 3e-5, "epochs": 6, "batch_size": 32},
+    ),
 )
 
 METRIC_FUNCTIONS = {
@@ -135,8 +217,16 @@ class GlueTask(Task):
         spec = self.spec
         columns = self._check_tsv(path)
         header: dict[str, Any] = {"header": None, "column_names": list(spec.column_names)} if spec.column_names else {}
-        data = load_dataset("csv", data_files=str(path), split="train", delimiter="\t", quoting=3,
-                            encoding="utf-8-sig", keep_default_na=False, **header)
+        data = load_dataset(
+            "csv",
+            data_files=str(path),
+            split="train",
+            delimiter="\t",
+            quoting=3,
+            encoding="utf-8-sig",
+            keep_default_na=False,
+            **header,
+        )
         needed = (*spec.text_columns, spec.label_column)
         missing = [c for c in needed if c not in columns]
         if missing:
@@ -151,8 +241,7 @@ class GlueTask(Task):
             columns = list(self.spec.column_names) if self.spec.column_names else next(rows, [])
             for line, row in enumerate(rows, start=1 if self.spec.column_names else 2):
                 if len(row) != len(columns):
-                    raise UserError(f"malformed TSV {path}: line {line} has {len(row)} fields, "
-                                    f"expected {len(columns)}")
+                    raise UserError(f"malformed TSV {path}: line {line} has {len(row)} fields, expected {len(columns)}")
         return columns
 
     def _encode_label(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -199,16 +288,20 @@ class GlueTask(Task):
 
 
 def _register(spec: GlueSpec) -> None:
-    cls = type(f"Glue_{spec.name}", (GlueTask,), {
-        "spec": spec,
-        "description": f"GLUE {spec.folder} ({'/'.join(spec.metric_names)})",
-        "output_type": "regression" if spec.labels is None else "categorical",
-        "main_metric": spec.metric_names[-1] if spec.labels is None else spec.metric_names[0],
-        "eval_splits": tuple(spec.eval_files),
-        "train_defaults": spec.train_defaults,
-        "paper_metrics": spec.metric_names,
-        "__module__": __name__,
-    })
+    cls = type(
+        f"Glue_{spec.name}",
+        (GlueTask,),
+        {
+            "spec": spec,
+            "description": f"GLUE {spec.folder} ({'/'.join(spec.metric_names)})",
+            "output_type": "regression" if spec.labels is None else "categorical",
+            "main_metric": spec.metric_names[-1] if spec.labels is None else spec.metric_names[0],
+            "eval_splits": tuple(spec.eval_files),
+            "train_defaults": spec.train_defaults,
+            "paper_metrics": spec.metric_names,
+            "__module__": __name__,
+        },
+    )
     register_task(spec.name)(cls)
 
 

@@ -16,8 +16,39 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = ("the a cat dog bird sat ran flew on under over mat tree roof red big small quick slow is was not "
-         "and or but very today yesterday home park house").split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "bird",
+    "sat",
+    "ran",
+    "flew",
+    "on",
+    "under",
+    "over",
+    "mat",
+    "tree",
+    "roof",
+    "red",
+    "big",
+    "small",
+    "quick",
+    "slow",
+    "is",
+    "was",
+    "not",
+    "and",
+    "or",
+    "but",
+    "very",
+    "today",
+    "yesterday",
+    "home",
+    "park",
+    "house",
+]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PUNCT = ['"', ".", ",", "'", "?"]
 
@@ -41,17 +72,34 @@ def make_glue(root: Path, seed: int = 0, train: int = 48, dev: int = 16) -> Path
     glue = root / "glue"
     for split, n in (("train", train), ("dev", dev)):
         pairs = [(sentence(rng), sentence(rng)) for _ in range(n)]
-        write_tsv(glue / "MRPC" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-                  [[str(i % 2), str(i), str(i + 1), a, b] for i, (a, b) in enumerate(pairs)], bom=True)
-        write_tsv(glue / "STS-B" / f"{split}.tsv",
-                  ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
-                   "score"],
-                  [[str(i), "g", "f", "y", "0", "s", "s", a, b, f"{(i * 0.37) % 5:.3f}"]
-                   for i, (a, b) in enumerate(pairs)])
-        write_tsv(glue / "RTE" / f"{split}.tsv", ["index", "sentence1", "sentence2", "label"],
-                  [[str(i), a, b, ("entailment", "not_entailment")[i % 2]] for i, (a, b) in enumerate(pairs)])
-        write_tsv(glue / "CoLA" / f"{split}.tsv", None,
-                  [["src", str(i % 2), "", a] for i, (a, _) in enumerate(pairs)])
+        write_tsv(
+            glue / "MRPC" / f"{split}.tsv",
+            ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+            [[str(i % 2), str(i), str(i + 1), a, b] for i, (a, b) in enumerate(pairs)],
+            bom=True,
+        )
+        write_tsv(
+            glue / "STS-B" / f"{split}.tsv",
+            [
+                "index",
+                "genre",
+                "filename",
+                "year",
+                "old_index",
+                "source1",
+                "source2",
+                "sentence1",
+                "sentence2",
+                "score",
+            ],
+            [[str(i), "g", "f", "y", "0", "s", "s", a, b, f"{(i * 0.37) % 5:.3f}"] for i, (a, b) in enumerate(pairs)],
+        )
+        write_tsv(
+            glue / "RTE" / f"{split}.tsv",
+            ["index", "sentence1", "sentence2", "label"],
+            [[str(i), a, b, ("entailment", "not_entailment")[i % 2]] for i, (a, b) in enumerate(pairs)],
+        )
+        write_tsv(glue / "CoLA" / f"{split}.tsv", None, [["src", str(i % 2), "", a] for i, (a, _) in enumerate(pairs)])
     return root
 
 
@@ -62,8 +110,14 @@ def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int =
 
     vocab = {token: i for i, token in enumerate(SPECIALS + WORDS + PUNCT)}
     tokenizer = BertTokenizer(vocab=vocab)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -90,6 +144,28 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def tiny_run_args(tiny_bert: Path, glue_dir: Path, method: str, task: str = "mrpc", *extra: str) -> list[str]:
     """CLI arguments of a few-step run on the tiny fixtures."""
-    return ["run", "--method", method, "--task", task, "--teacher", str(tiny_bert), "--data-dir", str(glue_dir),
-            "--max-steps", "3", "--set", "teacher_max_steps=3", "--set", "batch_size=8", "--set", "save_steps=2",
-            "--set", "logging_steps=1", "--set", "eval_batch_size=16", "--no-progress", *extra]
+    return [
+        "run",
+        "--method",
+        method,
+        "--task",
+        task,
+        "--teacher",
+        str(tiny_bert),
+        "--data-dir",
+        str(glue_dir),
+        "--max-steps",
+        "3",
+        "--set",
+        "teacher_max_steps=3",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "save_steps=2",
+        "--set",
+        "logging_steps=1",
+        "--set",
+        "eval_batch_size=16",
+        "--no-progress",
+        *extra,
+    ]

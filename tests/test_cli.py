@@ -9,14 +9,29 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_run_args, write_tsv
 
+from conftest import tiny_run_args, write_tsv
 from distillbench import list_methods
 from distillbench.cli import main
 
 REQUIRED_RECORD_KEYS = {
-    "method", "task", "hparams", "train", "seed", "metrics", "best_epoch", "epochs", "loss_terms", "teacher",
-    "git", "packages", "data", "model", "wall_time_s", "hardware", "status",
+    "method",
+    "task",
+    "hparams",
+    "train",
+    "seed",
+    "metrics",
+    "best_epoch",
+    "epochs",
+    "loss_terms",
+    "teacher",
+    "git",
+    "packages",
+    "data",
+    "model",
+    "wall_time_s",
+    "hardware",
+    "status",
 }
 
 
@@ -30,20 +45,27 @@ def only_record(results: Path) -> dict:
 def test_cli_subprocess_run_writes_a_complete_record(tiny_bert, glue_dir, workdir):
     env = {**os.environ, "DISTILLBENCH_CACHE": str(workdir / "cache")}
     args = tiny_run_args(tiny_bert, glue_dir, "kd")
-    result = subprocess.run([sys.executable, "-m", "distillbench.cli", *args], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "distillbench.cli", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "student final" in result.stdout
     record = only_record(workdir / "results")
-    assert REQUIRED_RECORD_KEYS <= set(record)
+    assert set(record) >= REQUIRED_RECORD_KEYS
     assert record["method"] == "kd" and record["task"] == "mrpc" and record["seed"] == 42
     assert set(record["metrics"]) == {"accuracy", "f1"}
     assert {"loss", "loss/task", "loss/kd"} <= set(record["loss_terms"])
     assert record["hparams"]["kl_alpha"] == 20.0  # the TED reference's MRPC default
     assert record["teacher"]["metrics"]["accuracy"] >= 0
     assert len(record["data"]["sha256"]) == 64 and record["model"]["teacher_source_sha256"]
-    teacher_records = [p for p in (workdir / "results" / "runs").glob("*.json")
-                       if json.loads(p.read_text())["role"] == "teacher"]
+    teacher_records = [
+        p for p in (workdir / "results" / "runs").glob("*.json") if json.loads(p.read_text())["role"] == "teacher"
+    ]
     assert len(teacher_records) == 1
 
 
@@ -60,7 +82,11 @@ def test_ted_stage_one_is_cached_and_reused(tiny_bert, glue_dir, workdir, capsys
     assert main(tiny_run_args(tiny_bert, glue_dir, "ted")) == 0
     stages = sorted(p.name for p in (workdir / "cache" / "stages").iterdir())
     assert [s.split("-", 1)[1].rsplit("-", 1)[0] for s in stages] == [
-        "student-finetune", "teacher-finetune", "ted-filters-student", "ted-filters-teacher"]
+        "student-finetune",
+        "teacher-finetune",
+        "ted-filters-student",
+        "ted-filters-teacher",
+    ]
     before = {p: p.stat().st_mtime_ns for p in (workdir / "cache" / "stages").rglob("*.safetensors")}
     assert main([*tiny_run_args(tiny_bert, glue_dir, "ted"), "--set", "mse_alpha=3"]) == 0
     after = {p: p.stat().st_mtime_ns for p in (workdir / "cache" / "stages").rglob("*.safetensors")}
@@ -108,8 +134,6 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_bert, glue_dir,
             args[args.index(flag) + 1] = value
         else:
             args += [flag, value]
-    if change == ["--set", "kl_alpha"]:
-        args = args[:-1] + ["kl_alpha"]
     code, err = run_bad(args, capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
@@ -131,14 +155,16 @@ def test_malformed_tsv_row(tiny_bert, glue_dir, workdir, capsys, tmp_path):
     bad = tmp_path / "bad"
     rows = [["1", "1", "2", "a cat sat .", "a dog sat ."], ["0", "3", "4", "a cat", "the dog", "extra"]]
     for split in ("train", "dev"):
-        write_tsv(bad / "glue" / "MRPC" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-                  rows)
+        write_tsv(bad / "glue" / "MRPC" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], rows)
     code, err = run_bad(tiny_run_args(tiny_bert, bad, "kd"), capsys)
     assert code == 2 and err.startswith("error: malformed TSV") and err.count("\n") == 1
     short = tmp_path / "short"
     for split in ("train", "dev"):
-        write_tsv(short / "glue" / "MRPC" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-                  [rows[0], ["1", "5", "6", "only one sentence"]])
+        write_tsv(
+            short / "glue" / "MRPC" / f"{split}.tsv",
+            ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+            [rows[0], ["1", "5", "6", "only one sentence"]],
+        )
     code, err = run_bad(tiny_run_args(tiny_bert, short, "kd"), capsys)
     assert code == 2 and "malformed TSV" in err and "line 3 has 4 fields, expected 5" in err
     assert not (workdir / "results").exists()

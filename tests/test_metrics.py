@@ -43,8 +43,10 @@ def test_perplexity_is_exp_of_mean_nll():
 def test_task_metrics_use_argmax_or_regression_output():
     mrpc = get_task("mrpc")(None)
     logits = np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 1.0]])
-    assert mrpc.compute_metrics(logits, np.array([1, 0, 0])) == {"accuracy": pytest.approx(2 / 3),
-                                                                  "f1": pytest.approx(2 / 3)}
+    assert mrpc.compute_metrics(logits, np.array([1, 0, 0])) == {
+        "accuracy": pytest.approx(2 / 3),
+        "f1": pytest.approx(2 / 3),
+    }
     stsb = get_task("stsb")(None)
     result = stsb.compute_metrics(np.array([[1.0], [2.0], [3.0]]), np.array([1.0, 2.5, 2.9]))
     assert set(result) == {"pearson", "spearman"} and result["spearman"] == pytest.approx(1.0)

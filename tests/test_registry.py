@@ -46,8 +46,9 @@ def test_third_party_method_plugs_in_through_the_entry_point_group(tmp_path, mon
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     point = EntryPoint(name="toy", value="toy_plugin", group="distillbench.methods")
-    monkeypatch.setattr("distillbench.registry.entry_points",
-                        lambda group: [point] if group == "distillbench.methods" else [])
+    monkeypatch.setattr(
+        "distillbench.registry.entry_points", lambda group: [point] if group == "distillbench.methods" else []
+    )
     monkeypatch.setattr(method_registry, "_discovered", False)
     try:
         assert get_method("toy").summary() == "A toy plug-in method."

@@ -1,0 +1,155 @@
+"""Method internals: layer maps, freezing in both TED stages, MiniLM's attention, declared spaces."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig
+
+from distillbench import ModelPair, UserError, get_method, get_task, list_methods
+from distillbench.config import RunConfig, TrainConfig, parse_overrides
+from distillbench.distiller import Distiller
+from distillbench.harness import Paths, Runner, plan_run
+from distillbench.losses import relation_log_probs
+from distillbench.methods.lwd import parse_layer_map
+from distillbench.methods.ted import FilterLearner, filter_layers
+from distillbench.models import QKVCapture
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def runner(tiny_bert, glue_dir, tmp_path) -> Runner:
+    train = TrainConfig(
+        max_steps=2,
+        teacher_max_steps=2,
+        batch_size=8,
+        save_steps=100,
+        logging_steps=1,
+        learning_rate=1e-3,
+        teacher_learning_rate=1e-3,
+    )
+    config = RunConfig(method="ted", task="mrpc", teacher=str(tiny_bert), data_dir=str(glue_dir), train=train)
+    paths = Paths(
+        results_dir=tmp_path / "results", output_dir=tmp_path / "out", cache_dir=tmp_path / "cache", show_progress=False
+    )
+    return Runner(plan_run(config, paths))
+
+
+def load(folder) -> torch.nn.Module:
+    return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=2)
+
+
+def test_filter_and_layer_maps():
+    assert filter_layers(6, 3) == [1, 3, 5]
+    assert filter_layers(3, 3) == [0, 1, 2]
+    assert filter_layers(12, 12) == list(range(12))
+    with pytest.raises(UserError, match="cannot place 4 filters"):
+        filter_layers(6, 4)
+    assert parse_layer_map("uniform", 3, 6) == [1, 3, 5]
+    assert parse_layer_map("0,2,5", 3, 6) == [0, 2, 5]
+    with pytest.raises(UserError, match="need 3 teacher layers"):
+        parse_layer_map("0,7,5", 3, 6)
+
+
+def test_ted_stage_one_trains_filters_and_leaves_the_backbone_bit_identical(runner, tmp_path):
+    teacher_dir, _ = runner.finetuned("teacher")
+    model = load(teacher_dir)
+    learner = FilterLearner(model, get_task("mrpc")(None), [1, 3], output_dim=32, nonlinear=False)
+    backbone, extra = snapshot(learner.backbone), snapshot(learner.extra)
+    runner.train_module(learner, tmp_path / "stage1", 1e-2, 1, 2, evaluate=False)
+    assert same(snapshot(learner.backbone), backbone)
+    assert not same(
+        snapshot(learner.extra["filters"]),
+        {k.removeprefix("filters."): v for k, v in extra.items() if k.startswith("filters.")},
+    )
+
+
+def test_ted_stage_two_freezes_teacher_and_its_filters_and_trains_student_filters(runner, tmp_path):
+    method = runner.plan.method
+    method.setup({stage.name: runner.method_stage(stage) for stage in method.stages()})
+    teacher_dir, _ = runner.finetuned("teacher")
+    student_dir, _ = runner.finetuned("student")
+    teacher, student = load(teacher_dir), load(student_dir)
+    before = {
+        "teacher": snapshot(teacher),
+        "teacher_filters": snapshot(method.modules["teacher_filters"]),
+        "student": snapshot(student),
+        "student_filters": snapshot(method.modules["student_filters"]),
+    }
+    distiller = Distiller(student, teacher, method, runner.task)
+    runner.train_module(distiller, tmp_path / "stage2", 1e-2, 1, 2, evaluate=False)
+    assert same(snapshot(teacher), before["teacher"])
+    assert same(snapshot(method.modules["teacher_filters"]), before["teacher_filters"])
+    assert not same(snapshot(method.modules["student_filters"]), before["student_filters"])
+    assert not same(snapshot(student), before["student"])
+    assert not teacher.training  # the frozen teacher never sees dropout
+
+
+def test_ted_stage_two_loads_the_filters_stage_one_learned(runner):
+    method = runner.plan.method
+    states = {stage.name: runner.method_stage(stage) for stage in method.stages()}
+    method.setup(states)
+    learned = states["ted-filters-student"]["filters.0.weight"]
+    assert torch.equal(method.modules["student_filters"][0].weight, learned)
+
+
+def test_minilm_attention_from_captured_qk_equals_eager_attention(tiny_bert):
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_bert), num_labels=2, attn_implementation="eager"
+    ).eval()
+    capture = QKVCapture(model)
+    ids = torch.tensor([[2, 5, 7, 9, 3, 0], [2, 6, 8, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        eager = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[-1]
+    q, k, _ = capture.collect()[-1]
+    ours = relation_log_probs(q, k, model.config.num_attention_heads, mask).exp()
+    assert torch.allclose(ours, eager, atol=1e-5)
+
+
+def test_minilm_requires_equal_heads_and_minilmv2_does_not():
+    task = get_task("mrpc")(None)
+    teacher = BertConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=4)
+    student = BertConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=2)
+    pair = ModelPair(student=student, teacher=teacher)
+    with pytest.raises(UserError, match="equal attention head counts"):
+        get_method("minilm")(get_method("minilm").HParams(), task, pair)
+    v2 = get_method("minilmv2")
+    assert v2(v2.HParams(relation_heads=8), task, pair).heads == 8
+    with pytest.raises(UserError, match="not divisible by 5 relation heads"):
+        v2(v2.HParams(relation_heads=5), task, pair)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_declared_search_space_names_only_existing_hparams(name):
+    method = get_method(name)
+    trial = optuna.create_study().ask()
+    assert set(method.search_space(trial)) <= set(method.hparam_fields())
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_set_validation_per_method(name):
+    method = get_method(name)
+    fields = method.hparam_fields()
+    for field in fields.values():
+        sample = {"float": "0.5", "int": "2", "bool": "true", "str": "pretrained"}
+        kind = next(k for k in sample if k in str(field.type))
+        _, parsed = parse_overrides([f"{field.name}={sample[kind]}"], fields)
+        assert type(parsed[field.name]).__name__ == kind
+    with pytest.raises(UserError, match="unknown hyper-parameter"):
+        parse_overrides(["no_such_knob=1"], fields)
+    numeric = [f for f in fields.values() if "float" in str(f.type)]
+    for field in numeric:
+        with pytest.raises(UserError, match="expected a value of type float"):
+            parse_overrides([f"{field.name}=abc"], fields)
+    assert dataclasses.is_dataclass(method.HParams)
