@@ -60,6 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(commands.add_parser("run", help="fine-tune the teacher (cached) and distil a student"))
     listing = commands.add_parser("list", help="registered methods and tasks")
     listing.add_argument("pattern", nargs="?", default="*")
+    table = commands.add_parser("table", help="a paper-style leaderboard from run records")
+    table.add_argument("--tasks", help="comma-separated task names (default: all with records)")
+    table.add_argument("--methods", help="comma-separated method names (default: all)")
+    table.add_argument("--format", default="md", help="md, latex, csv or html")
+    table.add_argument("--score", default="final", help="final (last epoch) or best (best epoch, as TED reports)")
+    table.add_argument("--reference", action="store_true", help="add the TED reference block with deltas")
+    table.add_argument("--include-dirty", action="store_true", help="keep records from a dirty git tree")
+    table.add_argument("--results-dir", type=Path, default=Path("results"))
+    table.add_argument("--out", type=Path, help="write here instead of stdout")
+    plot = commands.add_parser("plot", help="seaborn figures (PNG + SVG) from records or a study")
+    plot.add_argument("kind", help="methods (bars per task × method), loss (curves of one run) or study")
+    plot.add_argument("--run", type=Path, help="the run record for `loss`")
+    plot.add_argument("--score", default="final", help="final or best, for `methods`")
+    plot.add_argument("--storage", help="Optuna storage URL, for `study`")
+    plot.add_argument("--study-name", help="Optuna study name, for `study`")
+    plot.add_argument("--results-dir", type=Path, default=Path("results"))
+    plot.add_argument("--out-dir", type=Path, help="default: <results-dir>/plots")
+    leaderboard = commands.add_parser("leaderboard", help="regenerate results/leaderboard.md and the README section")
+    leaderboard.add_argument("--results-dir", type=Path, default=Path("results"))
+    leaderboard.add_argument("--readme", type=Path, default=Path("README.md"))
     return parser
 
 
@@ -114,7 +134,86 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "list": command_list}
+def _names(text: str | None, known: list[str], kind: str) -> list[str] | None:
+    if not text:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"unknown {kind} {unknown[0]!r}; known {kind}s: {', '.join(known)}")
+    return names
+
+
+def command_table(args: argparse.Namespace) -> int:
+    from distillbench.leaderboard import FORMATS, SCORES, aggregate, build_table, collect, reference_table, render
+    from distillbench.method import list_methods
+    from distillbench.task import list_tasks
+
+    if args.format not in FORMATS:
+        raise UserError(f"unknown format {args.format!r}; choose one of {', '.join(FORMATS)}")
+    if args.score not in SCORES:
+        raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
+    tasks = _names(args.tasks, list_tasks(), "task")
+    methods = _names(args.methods, list_methods(), "method")
+    selection = collect(args.results_dir, args.include_dirty)
+    print(selection.report(), file=sys.stderr)
+    stats = aggregate(selection.records, args.score)
+    title = f"dev set, {args.score} epoch"
+    text = render(build_table(stats, tasks, methods, title), args.format)
+    if args.reference:
+        reference = reference_table(aggregate(selection.records, "best"), tasks)
+        block = reference.to_markdown(index=False) if args.format == "md" else reference.to_csv(index=False)
+        text += f"\nTED reference (not measured here; measured best epoch - reference):\n{block}\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+def command_plot(args: argparse.Namespace) -> int:
+    import json
+
+    from distillbench import plots
+    from distillbench.leaderboard import SCORES, collect
+
+    out_dir = args.out_dir or args.results_dir / "plots"
+    if args.kind == "methods":
+        if args.score not in SCORES:
+            raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
+        paths = plots.method_bars(collect(args.results_dir).records, out_dir, args.score)
+    elif args.kind == "loss":
+        if not args.run or not args.run.is_file():
+            raise UserError("plot loss needs --run PATH of an existing run record")
+        record = json.loads(args.run.read_text()) | {"_path": str(args.run)}
+        paths = plots.loss_curves(record, out_dir)
+    elif args.kind == "study":
+        from distillbench.tuning import load_study
+
+        study = load_study(args.storage, args.study_name)
+        paths = plots.study_history(study.trials_dataframe(attrs=("number", "value", "state")),
+                                    study.direction.name.lower(), out_dir, study.study_name)
+    else:
+        raise UserError(f"unknown plot {args.kind!r}; choose methods, loss or study")
+    for path in paths:
+        print(path)
+    return 0
+
+
+def command_leaderboard(args: argparse.Namespace) -> int:
+    from distillbench.report import leaderboard_markdown, replace_readme_section
+
+    body = leaderboard_markdown(args.results_dir)
+    (args.results_dir / "leaderboard.md").write_text(f"# Leaderboard\n\n{body}")
+    if args.readme.is_file():
+        args.readme.write_text(replace_readme_section(args.readme.read_text(), body))
+    print(body)
+    return 0
+
+
+COMMANDS = {"run": command_run, "list": command_list, "table": command_table, "plot": command_plot,
+            "leaderboard": command_leaderboard}
 
 
 def main(argv: list[str] | None = None) -> int:

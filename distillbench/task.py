@@ -38,7 +38,10 @@ class Task:
     eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
     label_keys: ClassVar[tuple[str, ...]] = ("labels",)  # batch keys that are targets, not model inputs
     train_defaults: ClassVar[dict[str, Any]] = {}
-    paper_metrics: ClassVar[tuple[str, ...]] = ()
+    paper_metrics: ClassVar[tuple[str, ...]] = ()  # record metric keys a table shows, in paper order
+    column_label: ClassVar[str] = ""  # a table's column header, e.g. "MRPC acc/F1"
+    benchmark: ClassVar[str] = ""  # tasks of one benchmark share an average column ("GLUE")
+    percent: ClassVar[bool] = True  # shown ×100 (False: shown as is, e.g. perplexity)
 
     def __init__(self, data_dir: Path | None) -> None:
         self.data_dir = data_dir

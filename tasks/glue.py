@@ -179,6 +179,7 @@ class GlueTask(Task):
     """One GLUE task; concrete classes are generated from :data:`SPECS` below."""
 
     spec: GlueSpec
+    benchmark = "GLUE"
 
     @property
     def is_regression(self) -> bool:
@@ -287,6 +288,16 @@ class GlueTask(Task):
         return {name: METRIC_FUNCTIONS[name](predictions, labels) for name in self.spec.metric_names}
 
 
+SHORT_NAMES = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
+
+
+def _paper_metrics(spec: GlueSpec) -> tuple[str, ...]:
+    """Record keys shown in tables, in paper order (MNLI: matched then mismatched)."""
+    if len(spec.eval_files) == 1:
+        return spec.metric_names
+    return tuple(f"{split}/{m}" for m in spec.metric_names for split in spec.eval_files)
+
+
 def _register(spec: GlueSpec) -> None:
     cls = type(
         f"Glue_{spec.name}",
@@ -298,7 +309,9 @@ def _register(spec: GlueSpec) -> None:
             "main_metric": spec.metric_names[-1] if spec.labels is None else spec.metric_names[0],
             "eval_splits": tuple(spec.eval_files),
             "train_defaults": spec.train_defaults,
-            "paper_metrics": spec.metric_names,
+            "paper_metrics": _paper_metrics(spec),
+        "column_label": f"{spec.folder} {'/'.join(SHORT_NAMES[m] for m in spec.metric_names)}"
+        + (" m/mm" if len(spec.eval_files) > 1 else ""),
             "__module__": __name__,
         },
     )

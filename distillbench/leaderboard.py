@@ -1,0 +1,259 @@
+"""Paper-style leaderboards from run records: filter, group, aggregate over seeds, render with pandas.
+
+Records are the only input. A record is *usable* when it is complete, carries a clean git commit, and
+agrees on configuration with the rest of its group; everything else is counted and reported, never
+silently mixed in. Reference numbers (the TED paper's code) are a separate block, never a measured row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distillbench.errors import UserError
+from distillbench.models import PACKAGED_MODELS
+from distillbench.records import read_records
+from distillbench.task import get_task, list_tasks
+
+FORMATS = ("md", "latex", "csv", "html")
+SCORES = ("final", "best")
+CONFIG_EXCLUDED = ("seed", "finished_at", "wall_time_s", "command", "hardware", "git", "packages", "_path")
+
+
+def model_label(source: str | None) -> str:
+    """Short name of a model: the packaged alias when it is one, else the folder or hub id."""
+    if not source:
+        return "?"
+    for alias, (module, _) in PACKAGED_MODELS.items():
+        if f"{module}/model" in source.replace("\\", "/"):
+            return alias
+    return Path(source).name
+
+
+def student_label(model: dict[str, Any]) -> str:
+    spec = model.get("student") or {}
+    if spec.get("kind") == "layers":
+        return f"{model_label(model.get('teacher_source'))} layers {','.join(map(str, spec['layer_ids']))}"
+    if spec.get("kind") == "random":
+        return f"random {spec['num_layers']}L"
+    return model_label(spec.get("source"))
+
+
+def teacher_label(record: dict[str, Any]) -> str:
+    model = record.get("model") or {}
+    return model_label(model.get("teacher_source") or model.get("source"))
+
+
+@dataclass
+class Selection:
+    """Usable records plus what was left out and why."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    excluded: Counter = field(default_factory=Counter)
+
+    def report(self) -> str:
+        kept = f"{len(self.records)} records used"
+        if not self.excluded:
+            return kept
+        return kept + "; excluded: " + ", ".join(f"{n} {why}" for why, n in sorted(self.excluded.items()))
+
+
+def row_key(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    method = "teacher" if record.get("role") == "teacher" else record["method"]
+    student = "-" if record.get("role") == "teacher" else student_label(record.get("model") or {})
+    return (record["task"], method, teacher_label(record), student, record.get("setting", "task-specific"))
+
+
+def config_fingerprint(record: dict[str, Any]) -> str:
+    """Everything that should agree between seeds of one group: hparams, training settings, data."""
+    train = {k: v for k, v in (record.get("train") or {}).items() if k not in ("save_steps", "logging_steps")}
+    return json.dumps({"hparams": record.get("hparams"), "train": train, "data": (record.get("data") or {}).get(
+        "sha256"), "preset": record.get("preset")}, sort_keys=True, default=str)
+
+
+def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Selection:
+    """Drop incomplete and dirty-tree records; within a group keep the configuration most seeds share."""
+    selection = Selection()
+    candidates = []
+    for record in records:
+        if record.get("status") != "complete" or not record.get("metrics") or record.get("task") is None:
+            selection.excluded["incomplete"] += 1
+        elif not (record.get("git") or {}).get("commit"):
+            selection.excluded["without a git commit"] += 1
+        elif (record.get("git") or {}).get("dirty") and not include_dirty:
+            selection.excluded["from a dirty tree"] += 1
+        else:
+            candidates.append(record)
+    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for record in candidates:
+        groups[row_key(record)][config_fingerprint(record)].append(record)
+    for variants in groups.values():
+        ranked = sorted(variants.values(), key=lambda rs: (len(rs), max(r.get("finished_at", "") for r in rs)))
+        selection.records.extend(ranked[-1])
+        selection.excluded["disagreeing on configuration"] += sum(len(rs) for rs in ranked[:-1])
+    selection.excluded = +selection.excluded
+    return selection
+
+
+def score_of(record: dict[str, Any], score: str) -> dict[str, float]:
+    if score == "best" and record.get("best_epoch"):
+        return record["best_epoch"]["metrics"]
+    return record["metrics"]
+
+
+def aggregate(records: list[dict[str, Any]], score: str = "final") -> pd.DataFrame:
+    """One row per (task, method, teacher, student, setting, metric): mean, std (ddof 1), n seeds."""
+    rows = []
+    grouped: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        grouped[row_key(record)].append(record)
+    for key, members in grouped.items():
+        metrics = sorted({m for r in members for m in score_of(r, score)})
+        for metric in metrics:
+            values = [score_of(r, score)[metric] for r in members if metric in score_of(r, score)]
+            rows.append(dict(zip(("task", "method", "teacher", "student", "setting"), key, strict=True),
+                             metric=metric, mean=float(np.mean(values)),
+                             std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, n=len(values),
+                             seeds=sorted({r["seed"] for r in members})))
+    columns = ["task", "method", "teacher", "student", "setting", "metric", "mean", "std", "n", "seeds"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def load_reference() -> dict[str, Any]:
+    return json.loads(files("distillbench").joinpath("data/ted_reference.json").read_text())
+
+
+@dataclass
+class Table:
+    """A rendered-ready leaderboard: the cell strings, the best cells, and the numbers behind them."""
+
+    cells: pd.DataFrame
+    best: set[tuple[int, str]]
+    title: str
+
+
+def _cell(stats: list[tuple[float, float, int]], percent: bool) -> str:
+    scale = 100.0 if percent else 1.0
+    parts = []
+    for mean, std, n in stats:
+        text = f"{mean * scale:.1f}" if percent else f"{mean:.2f}"
+        if n > 1:
+            text += f"±{std * scale:.1f}" if percent else f"±{std:.2f}"
+        parts.append(text)
+    return "/".join(parts)
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    order = ["teacher", "finetune", "kd", "lwd", "minilm", "minilmv2", "ted"]
+    return (order.index(method), method) if method in order else (len(order), method)
+
+
+def build_table(stats: pd.DataFrame, tasks: list[str] | None = None, methods: list[str] | None = None,
+                title: str = "") -> Table:
+    """Rows = (method, teacher, student, setting); one column per task with its paper metrics; a
+    benchmark average (e.g. GLUE avg) over the tasks present; the best student per column is marked."""
+    if tasks:
+        stats = stats[stats["task"].isin(tasks)]
+    if methods:
+        stats = stats[stats["method"].isin([*methods, "teacher"])]
+    task_names = [t for t in list_tasks() if t in set(stats["task"])]
+    row_keys = sorted({tuple(r) for r in stats[["method", "teacher", "student", "setting"]].itertuples(index=False)},
+                      key=lambda k: (k[3], k[1], _method_order(k[0]), k[2]))
+    lookup = {(r.task, r.method, r.teacher, r.student, r.setting, r.metric): (r.mean, r.std, r.n)
+              for r in stats.itertuples(index=False)}
+    records, main_scores = [], defaultdict(dict)
+    benchmarks = sorted({get_task(t).benchmark for t in task_names if get_task(t).benchmark})
+    for index, (method, teacher, student, setting) in enumerate(row_keys):
+        row: dict[str, Any] = {"method": method, "teacher": teacher, "student": student, "setting": setting}
+        ns, averages = set(), defaultdict(list)
+        for task_name in task_names:
+            task = get_task(task_name)
+            found = [lookup.get((task_name, method, teacher, student, setting, m)) for m in task.paper_metrics]
+            present = [f for f in found if f is not None]
+            row[task.column_label] = _cell(present, task.percent) if present else ""
+            if present:
+                ns.update(f[2] for f in present)
+                main_scores[task.column_label][index] = present[0][0] * (1 if task.greater_is_better else -1)
+                if task.benchmark:
+                    averages[task.benchmark].append(float(np.mean([f[0] for f in present])))
+        for benchmark in benchmarks:
+            tasks_in = [t for t in task_names if get_task(t).benchmark == benchmark]
+            label = f"{benchmark} avg"
+            complete = len(averages[benchmark]) == len(tasks_in)
+            row[label] = f"{100 * np.mean(averages[benchmark]):.1f}" if complete else ""
+            if complete:
+                main_scores[label][index] = float(np.mean(averages[benchmark]))
+        row["n"] = "/".join(str(n) for n in sorted(ns))
+        records.append(row)
+    cells = pd.DataFrame(records)
+    best = set()
+    for column, scores in main_scores.items():
+        students = {i: s for i, s in scores.items() if cells.loc[i, "method"] != "teacher"}
+        if len(students) > 1:
+            top = max(students.values())
+            best.update((i, column) for i, s in students.items() if s == top)
+    return Table(cells, best, title)
+
+
+def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.DataFrame:
+    """The TED reference numbers, with measured-minus-reference deltas for (method, task, metric)."""
+    reference = load_reference()
+    measured = stats.groupby(["method", "task", "metric"])["mean"].mean() if len(stats) else pd.Series(dtype=float)
+    rows = []
+    for method, by_task in reference["results"].items():
+        for task, metrics in by_task.items():
+            if tasks and task not in tasks:
+                continue
+            for metric, value in metrics.items():
+                ours = measured.get((method, task, metric))
+                rows.append({"method": method, "task": task, "metric": metric, "reference": value,
+                             "measured": None if ours is None else round(100 * ours, 1),
+                             "delta": None if ours is None else round(100 * ours - value, 1)})
+    return pd.DataFrame(rows, columns=["method", "task", "metric", "reference", "measured", "delta"])
+
+
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+
+
+def _escape_latex(text: str) -> str:
+    return "".join(LATEX_ESCAPES.get(char, char) for char in str(text))
+
+
+def render(table: Table, fmt: str) -> str:
+    """Markdown, LaTeX, CSV or HTML through pandas; best cells bold (md/latex/html) or flagged (csv)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    cells = table.cells.copy()
+    if fmt == "csv":
+        cells["best"] = [";".join(c for i, c in sorted(table.best) if i == row) for row in cells.index]
+        return cells.to_csv(index=False)
+    if fmt == "md":
+        for row, column in table.best:
+            cells.loc[row, column] = f"**{cells.loc[row, column]}**"
+        return cells.to_markdown(index=False, disable_numparse=True) + "\n"
+    if fmt == "latex":
+        escaped = cells.map(_escape_latex)
+        escaped.columns = [_escape_latex(c) for c in cells.columns]
+        styler = escaped.style.hide(axis="index")
+        for row, column in table.best:
+            styler = styler.set_properties(subset=pd.IndexSlice[[row], [_escape_latex(column)]],
+                                           **{"font-weight": "bold"})
+        return styler.to_latex(convert_css=True, hrules=True, caption=_escape_latex(table.title) or None)
+    styler = cells.style.hide(axis="index")
+    for row, column in table.best:
+        styler = styler.set_properties(subset=pd.IndexSlice[[row], [column]], **{"font-weight": "bold"})
+    return styler.to_html(caption=table.title or None)
+
+
+def collect(results_dir: Path, include_dirty: bool = False) -> Selection:
+    if not results_dir.is_dir():
+        raise UserError(f"results directory {results_dir} does not exist")
+    return select(read_records(results_dir), include_dirty)
