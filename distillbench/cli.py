@@ -57,7 +57,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="distillbench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    add_run_arguments(commands.add_parser("run", help="fine-tune the teacher (cached) and distil a student"))
+    run = commands.add_parser("run", help="fine-tune the teacher (cached) and distil a student")
+    add_run_arguments(run)
+    run.add_argument("--params", help="'best': start from results/best/<method>-<task>.json (from tune)")
+    tune = commands.add_parser("tune", help="Optuna search over the method's declared space")
+    add_run_arguments(tune)
+    tune.add_argument("--trials", type=int, default=20, help="finished trials the study should end with")
+    tune.add_argument("--storage", help="Optuna RDB URL (default: sqlite under results/studies/)")
+    tune.add_argument("--study-name", help="default: <method>-<task>")
+    tune.add_argument("--pruner", default="median", help="median, hyperband or none")
+    tune.add_argument("--timeout", type=float, help="stop claiming new trials after this many seconds")
+    tune.add_argument(
+        "--common",
+        default="learning_rate,batch_size,warmup_steps,epochs",
+        help="common training knobs to search too (comma list, or none)",
+    )
+    tune.add_argument("--heartbeat", type=int, default=30, help="trial heartbeat interval (s)")
+    tune.add_argument("--grace", type=int, default=90, help="a trial without heartbeat this long is retried")
+    tune.add_argument("--report", action="store_true", help="print best value/params/importances, save plots")
     listing = commands.add_parser("list", help="registered methods and tasks")
     listing.add_argument("pattern", nargs="?", default="*")
     table = commands.add_parser("table", help="a paper-style leaderboard from run records")
@@ -83,14 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_run(args: argparse.Namespace) -> int:
+def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_extra: dict | None = None):
+    """RunConfig and Paths from run arguments; ``*_extra`` (tuned values) sit below explicit --set."""
     from distillbench.config import RunConfig, build_train_config, parse_overrides
-    from distillbench.harness import Paths, Runner, cache_root, plan_run
+    from distillbench.harness import Paths, cache_root
     from distillbench.method import get_method
-    from distillbench.summary import run_summary
     from distillbench.task import get_task
 
     method_cls, task_cls = get_method(args.method), get_task(args.task)
+    train_extra, method_extra = dict(train_extra or {}), dict(method_extra or {})
+    params = getattr(args, "params", None)
+    if params == "best":
+        from distillbench.tuning import load_best
+
+        best = load_best(args.results_dir, args.method, args.task)
+        fields = method_cls.hparam_fields()
+        method_extra = {k: v for k, v in best.items() if k in fields} | method_extra
+        train_extra = {k: v for k, v in best.items() if k not in fields} | train_extra
+    elif params:
+        raise UserError(f"--params {params!r}: only 'best' is supported")
     train_overrides, method_overrides = parse_overrides(args.overrides, method_cls.hparam_fields())
     if args.epochs is not None:
         train_overrides["epochs"] = args.epochs
@@ -107,8 +135,8 @@ def command_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_dir=args.data_dir,
         preset=args.preset,
-        method_overrides=method_overrides,
-        train=build_train_config(task_cls.train_defaults, args.preset, train_overrides),
+        method_overrides=method_extra | method_overrides,
+        train=build_train_config(task_cls.train_defaults, args.preset, train_extra | train_overrides),
     )
     paths = Paths(
         results_dir=args.results_dir,
@@ -116,8 +144,70 @@ def command_run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir or cache_root(),
         show_progress=not args.no_progress,
     )
+    return config, paths
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from distillbench.harness import Runner, plan_run
+    from distillbench.summary import run_summary
+
+    config, paths = build_run(args)
     record = Runner(plan_run(config, paths)).run()
     print(run_summary(record))
+    return 0
+
+
+def command_tune(args: argparse.Namespace) -> int:
+    from distillbench import tuning
+    from distillbench.harness import Runner, main_metric_key, plan_run
+    from distillbench.method import get_method
+    from distillbench.records import write_json_atomic
+    from distillbench.task import get_task
+
+    method_cls, task_cls = get_method(args.method), get_task(args.task)
+    name = args.study_name or f"{args.method}-{args.task}"
+    storage = args.storage or f"sqlite:///{(args.results_dir / 'studies' / f'{name}.db').resolve()}"
+    if args.report:
+        text, paths = tuning.report(tuning.load_study(storage, name), args.results_dir / "studies" / "plots")
+        print(text, *map(str, paths), sep="\n")
+        return 0
+    if args.pruner not in tuning.PRUNERS:
+        raise UserError(f"unknown pruner {args.pruner!r}; choose one of {', '.join(tuning.PRUNERS)}")
+    if args.trials < 1:
+        raise UserError("--trials must be at least 1")
+    common = () if args.common == "none" else tuple(n for n in args.common.split(",") if n)
+    tuning.check_common(common)
+    build_run(args)  # validate the run arguments before touching the storage
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    metric = main_metric_key(task_cls(None))
+
+    def objective(trial, origin, train, method, callback) -> float:
+        config, paths = build_run(args, train, method)
+        tags = {"study": name, "trial": trial.number, "origin_trial": origin}
+        plan = plan_run(config, paths, identity={"study": name, "trial": origin})
+        record = Runner(plan, callbacks=(callback,), tags=tags).run()
+        if callback.pruned:
+            stored = {k: v for k, v in record.items() if k != "_path"}
+            write_json_atomic(Path(record["_path"]), stored | {"status": "pruned"})
+        return record["metrics"][metric]
+
+    settings = tuning.TuneSettings(
+        study_name=name,
+        storage=storage,
+        trials=args.trials,
+        pruner=args.pruner,
+        timeout=args.timeout,
+        common=common,
+        seed=args.seed,
+        heartbeat_interval=args.heartbeat,
+        grace_period=args.grace,
+    )
+    direction = "maximize" if task_cls.greater_is_better else "minimize"
+    study = tuning.run_worker(settings, direction, method_cls.search_space, metric, objective)
+    best = tuning.save_best(study, args.results_dir, args.method, args.task)
+    done = sum(t.state.name == "COMPLETE" for t in study.trials)
+    print(f"study {name} ({storage}): {done} finished trials" + (f"; best parameters in {best}" if best else ""))
     return 0
 
 
@@ -192,8 +282,12 @@ def command_plot(args: argparse.Namespace) -> int:
         from distillbench.tuning import load_study
 
         study = load_study(args.storage, args.study_name)
-        paths = plots.study_history(study.trials_dataframe(attrs=("number", "value", "state")),
-                                    study.direction.name.lower(), out_dir, study.study_name)
+        paths = plots.study_history(
+            study.trials_dataframe(attrs=("number", "value", "state")),
+            study.direction.name.lower(),
+            out_dir,
+            study.study_name,
+        )
     else:
         raise UserError(f"unknown plot {args.kind!r}; choose methods, loss or study")
     for path in paths:
@@ -212,8 +306,14 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": command_run, "list": command_list, "table": command_table, "plot": command_plot,
-            "leaderboard": command_leaderboard}
+COMMANDS = {
+    "run": command_run,
+    "tune": command_tune,
+    "list": command_list,
+    "table": command_table,
+    "plot": command_plot,
+    "leaderboard": command_leaderboard,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from datasets import DatasetDict
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments, set_seed
+from transformers import AutoTokenizer, DataCollatorWithPadding, TrainerCallback, TrainingArguments, set_seed
 
 from distillbench import provenance
 from distillbench.config import RunConfig, TrainConfig
@@ -88,8 +88,11 @@ class Plan:
         return f"{self.config.task}-{self.config.method}-seed{self.config.seed}-{self.key}"
 
 
-def plan_run(config: RunConfig, paths: Paths) -> Plan:
-    """Resolve names, models, data and hyper-parameters; every user error surfaces here."""
+def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = None) -> Plan:
+    """Resolve names, models, data and hyper-parameters; every user error surfaces here.
+
+    ``identity`` separates runs that share a configuration on purpose (e.g. the trials of a study);
+    it enters the run key, hence the output folder and the record name."""
     method_cls = get_method(config.method)
     task_cls = get_task(config.task)
     task = task_cls(resolve_data_dir(config.data_dir))
@@ -118,6 +121,7 @@ def plan_run(config: RunConfig, paths: Paths) -> Plan:
             "teacher": teacher_identity(config),
             "student": student_spec.describe(),
             "data": data_sha,
+            **({"identity": identity} if identity else {}),
         }
     )
     return Plan(config, paths, task, method, teacher_source, student_spec, data_sha, key)
@@ -130,8 +134,12 @@ def teacher_identity(config: RunConfig) -> dict[str, Any]:
 class Runner:
     """Executes a :class:`Plan`: shared data, cached stages, the distillation stage, the record."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, callbacks: tuple[TrainerCallback, ...] = (), tags: dict | None = None) -> None:
+        """``callbacks`` join the distillation stage's Trainer (e.g. Optuna pruning); ``tags`` go into
+        the record (e.g. study name and trial number)."""
         self.plan = plan
+        self.callbacks = callbacks
+        self.tags = tags or {}
         self.config = plan.config
         self.train_cfg: TrainConfig = plan.config.train
         self.task = plan.task
@@ -160,6 +168,7 @@ class Runner:
         epochs: float,
         max_steps: int,
         evaluate: bool,
+        callbacks: tuple[TrainerCallback, ...] = (),
     ) -> DistillTrainer:
         """Train any module with the Trainer, resuming from the last checkpoint in ``out_dir``."""
         cfg = self.train_cfg
@@ -191,6 +200,7 @@ class Runner:
             eval_dataset=self._eval_data(),
             data_collator=DataCollatorWithPadding(self.tokenizer),
             compute_metrics=lambda p: self.task.compute_metrics(p.predictions, p.label_ids),
+            callbacks=list(callbacks),
         )
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(out_dir))
         return trainer
@@ -348,7 +358,9 @@ class Runner:
         resumed_from = last_complete_checkpoint(out_dir)
         distiller = Distiller(student, teacher, method, task)
         cfg = self.train_cfg
-        trainer = self.train_module(distiller, out_dir, cfg.learning_rate, cfg.epochs, cfg.max_steps, evaluate=True)
+        trainer = self.train_module(
+            distiller, out_dir, cfg.learning_rate, cfg.epochs, cfg.max_steps, evaluate=True, callbacks=self.callbacks
+        )
         metrics = self.evaluate(trainer)
         student.save_pretrained(out_dir / "student")
         self.tokenizer.save_pretrained(out_dir / "student")
@@ -375,6 +387,7 @@ class Runner:
                 },
                 "resumed_from": resumed_from,
                 "wall_time_s": time.time() - started,
+                "tags": self.tags,
             }
         )
         path = plan.paths.results_dir / "runs" / f"{plan.run_name}.json"

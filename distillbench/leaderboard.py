@@ -74,8 +74,16 @@ def row_key(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
 def config_fingerprint(record: dict[str, Any]) -> str:
     """Everything that should agree between seeds of one group: hparams, training settings, data."""
     train = {k: v for k, v in (record.get("train") or {}).items() if k not in ("save_steps", "logging_steps")}
-    return json.dumps({"hparams": record.get("hparams"), "train": train, "data": (record.get("data") or {}).get(
-        "sha256"), "preset": record.get("preset")}, sort_keys=True, default=str)
+    return json.dumps(
+        {
+            "hparams": record.get("hparams"),
+            "train": train,
+            "data": (record.get("data") or {}).get("sha256"),
+            "preset": record.get("preset"),
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Selection:
@@ -118,10 +126,16 @@ def aggregate(records: list[dict[str, Any]], score: str = "final") -> pd.DataFra
         metrics = sorted({m for r in members for m in score_of(r, score)})
         for metric in metrics:
             values = [score_of(r, score)[metric] for r in members if metric in score_of(r, score)]
-            rows.append(dict(zip(("task", "method", "teacher", "student", "setting"), key, strict=True),
-                             metric=metric, mean=float(np.mean(values)),
-                             std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, n=len(values),
-                             seeds=sorted({r["seed"] for r in members})))
+            rows.append(
+                dict(
+                    zip(("task", "method", "teacher", "student", "setting"), key, strict=True),
+                    metric=metric,
+                    mean=float(np.mean(values)),
+                    std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                    n=len(values),
+                    seeds=sorted({r["seed"] for r in members}),
+                )
+            )
     columns = ["task", "method", "teacher", "student", "setting", "metric", "mean", "std", "n", "seeds"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -155,8 +169,9 @@ def _method_order(method: str) -> tuple[int, str]:
     return (order.index(method), method) if method in order else (len(order), method)
 
 
-def build_table(stats: pd.DataFrame, tasks: list[str] | None = None, methods: list[str] | None = None,
-                title: str = "") -> Table:
+def build_table(
+    stats: pd.DataFrame, tasks: list[str] | None = None, methods: list[str] | None = None, title: str = ""
+) -> Table:
     """Rows = (method, teacher, student, setting); one column per task with its paper metrics; a
     benchmark average (e.g. GLUE avg) over the tasks present; the best student per column is marked."""
     if tasks:
@@ -164,10 +179,14 @@ def build_table(stats: pd.DataFrame, tasks: list[str] | None = None, methods: li
     if methods:
         stats = stats[stats["method"].isin([*methods, "teacher"])]
     task_names = [t for t in list_tasks() if t in set(stats["task"])]
-    row_keys = sorted({tuple(r) for r in stats[["method", "teacher", "student", "setting"]].itertuples(index=False)},
-                      key=lambda k: (k[3], k[1], _method_order(k[0]), k[2]))
-    lookup = {(r.task, r.method, r.teacher, r.student, r.setting, r.metric): (r.mean, r.std, r.n)
-              for r in stats.itertuples(index=False)}
+    row_keys = sorted(
+        {tuple(r) for r in stats[["method", "teacher", "student", "setting"]].itertuples(index=False)},
+        key=lambda k: (k[3], k[1], _method_order(k[0]), k[2]),
+    )
+    lookup = {
+        (r.task, r.method, r.teacher, r.student, r.setting, r.metric): (r.mean, r.std, r.n)
+        for r in stats.itertuples(index=False)
+    }
     records, main_scores = [], defaultdict(dict)
     benchmarks = sorted({get_task(t).benchmark for t in task_names if get_task(t).benchmark})
     for index, (method, teacher, student, setting) in enumerate(row_keys):
@@ -213,14 +232,32 @@ def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.D
                 continue
             for metric, value in metrics.items():
                 ours = measured.get((method, task, metric))
-                rows.append({"method": method, "task": task, "metric": metric, "reference": value,
-                             "measured": None if ours is None else round(100 * ours, 1),
-                             "delta": None if ours is None else round(100 * ours - value, 1)})
+                rows.append(
+                    {
+                        "method": method,
+                        "task": task,
+                        "metric": metric,
+                        "reference": value,
+                        "measured": None if ours is None else round(100 * ours, 1),
+                        "delta": None if ours is None else round(100 * ours - value, 1),
+                    }
+                )
     return pd.DataFrame(rows, columns=["method", "task", "metric", "reference", "measured", "delta"])
 
 
-LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+}
 
 
 def _escape_latex(text: str) -> str:
@@ -244,8 +281,9 @@ def render(table: Table, fmt: str) -> str:
         escaped.columns = [_escape_latex(c) for c in cells.columns]
         styler = escaped.style.hide(axis="index")
         for row, column in table.best:
-            styler = styler.set_properties(subset=pd.IndexSlice[[row], [_escape_latex(column)]],
-                                           **{"font-weight": "bold"})
+            styler = styler.set_properties(
+                subset=pd.IndexSlice[[row], [_escape_latex(column)]], **{"font-weight": "bold"}
+            )
         return styler.to_latex(convert_css=True, hrules=True, caption=_escape_latex(table.title) or None)
     styler = cells.style.hide(axis="index")
     for row, column in table.best:

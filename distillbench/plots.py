@@ -35,13 +35,19 @@ def method_bars(records: list[dict], out_dir: Path, score: str = "final") -> lis
         metrics = record["best_epoch"]["metrics"] if score == "best" and record.get("best_epoch") else record["metrics"]
         task = get_task(record["task"])
         scale = 100 if task.percent else 1
-        rows.append({"task": task.column_label.split(" ")[0], "method": row_key(record)[1],
-                     "score": scale * metrics[record["main_metric"]]})
+        rows.append(
+            {
+                "task": task.column_label.split(" ")[0],
+                "method": row_key(record)[1],
+                "score": scale * metrics[record["main_metric"]],
+            }
+        )
     if not rows:
         raise UserError("no usable records to plot")
     frame = pd.DataFrame(rows)
-    grid = sns.catplot(data=frame, x="method", y="score", col="task", kind="bar", errorbar="sd", sharey=False,
-                       height=3.2, aspect=1.2)
+    grid = sns.catplot(
+        data=frame, x="method", y="score", col="task", kind="bar", errorbar="sd", sharey=False, height=3.2, aspect=1.2
+    )
     grid.set_titles("{col_name}")
     grid.set_axis_labels("", f"dev main metric ({score} epoch)")
     for axis in grid.axes.flat:
@@ -54,8 +60,12 @@ def loss_curves(record: dict, out_dir: Path) -> list[Path]:
     history = pd.DataFrame(record.get("loss_history") or [])
     if history.empty:
         raise UserError(f"record {record.get('_path')} has no loss history")
-    long = history.melt(id_vars=["step"], value_vars=[c for c in history.columns if c.startswith("loss")],
-                        var_name="term", value_name="value").dropna()
+    long = history.melt(
+        id_vars=["step"],
+        value_vars=[c for c in history.columns if c.startswith("loss")],
+        var_name="term",
+        value_name="value",
+    ).dropna()
     figure, axis = plt.subplots(figsize=(6, 3.5))
     sns.lineplot(data=long, x="step", y="value", hue="term", ax=axis)
     axis.set_yscale("log")

@@ -26,11 +26,19 @@ def runs_table(records: list[dict]) -> str:
         scale = 100 if percent else 1
         best = record.get("best_epoch") or {}
         best_text = f"{scale * best['metrics'][main]:.1f} (ep {best['epoch']:.0f})" if best else ""
-        rows.append({"task": record["task"], "method": row_key(record)[1], "seed": record["seed"],
-                     "metric": main, "final": f"{scale * record['metrics'][main]:.1f}", "best": best_text,
-                     "steps": (record.get("epochs") or [{}])[-1].get("step", ""),
-                     "wall time": f"{record['wall_time_s'] / 60:.1f} min",
-                     "record": Path(record["_path"]).name})
+        rows.append(
+            {
+                "task": record["task"],
+                "method": row_key(record)[1],
+                "seed": record["seed"],
+                "metric": main,
+                "final": f"{scale * record['metrics'][main]:.1f}",
+                "best": best_text,
+                "steps": (record.get("epochs") or [{}])[-1].get("step", ""),
+                "wall time": f"{record['wall_time_s'] / 60:.1f} min",
+                "record": Path(record["_path"]).name,
+            }
+        )
     return pd.DataFrame(rows).to_markdown(index=False) if rows else "(no runs)"
 
 
@@ -43,13 +51,23 @@ def leaderboard_markdown(results_dir: Path) -> str:
     for score, heading in (("final", "Final epoch"), ("best", "Best epoch (what the TED reference reports)")):
         table = build_table(aggregate(records, score))
         parts += [f"#### {heading}, dev set", "", render(table, "md")]
-    parts += ["Cells: mean over seeds (±std when n > 1), ×100; **bold**: best student per column.", "",
-              "#### Runs", "", runs_table(records), ""]
+    parts += [
+        "Cells: mean over seeds (±std when n > 1), ×100; **bold**: best student per column.",
+        "",
+        "#### Runs",
+        "",
+        runs_table(records),
+        "",
+    ]
     tasks = sorted({r["task"] for r in records})
     reference = reference_table(aggregate(records, "best"), tasks)
     if len(reference):
-        parts += ["#### TED reference (DeBERTaV3-base → xsmall; not measured here) and measured − reference", "",
-                  reference.to_markdown(index=False), ""]
+        parts += [
+            "#### TED reference (DeBERTaV3-base → xsmall; not measured here) and measured − reference",
+            "",
+            reference.to_markdown(index=False),
+            "",
+        ]
     return "\n".join(parts)
 
 

