@@ -85,6 +85,11 @@ def test_tiny_study_records_best_params_and_run_params_best(tiny_bert, glue_dir,
     plots = list((workdir / "results" / "studies" / "plots").glob("*.png"))
     assert len(plots) == 2 and all(p.stat().st_size > 1000 for p in plots)
 
+    assert main(["plot", "study", "--storage", storage, "--study-name", "s", "--results-dir", "results"]) == 0
+    figures = sorted(p.name for p in (workdir / "results" / "plots").iterdir())
+    assert figures == ["study-s.png", "study-s.svg"]
+    assert main(["plot", "study", "--storage", storage, "--study-name", "nope"]) == 2
+
 
 def test_pruner_stops_a_trial_that_trails_the_median(tiny_bert, glue_dir, workdir, capsys):
     storage = f"sqlite:///{workdir / 'study.db'}"
