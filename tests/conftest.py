@@ -67,7 +67,8 @@ def write_tsv(path: Path, header: list[str] | None, rows: list[list[str]], bom: 
 
 
 def make_glue(root: Path, seed: int = 0, train: int = 48, dev: int = 16) -> Path:
-    """MRPC (BOM header), STS-B (regression), RTE (string labels) and CoLA (no header) fixtures."""
+    """MRPC (BOM header), STS-B (regression), RTE (string labels), MNLI (two dev splits) and CoLA (no
+    header) fixtures."""
     rng = random.Random(seed)
     glue = root / "glue"
     for split, n in (("train", train), ("dev", dev)):
@@ -99,6 +100,27 @@ def make_glue(root: Path, seed: int = 0, train: int = 48, dev: int = 16) -> Path
             ["index", "sentence1", "sentence2", "label"],
             [[str(i), a, b, ("entailment", "not_entailment")[i % 2]] for i, (a, b) in enumerate(pairs)],
         )
+        mnli_rows = [
+            [str(i), "p", "q", "g", "", "", "", "", a, b, "x", ("entailment", "neutral", "contradiction")[i % 3]]
+            for i, (a, b) in enumerate(pairs)
+        ]
+        mnli_header = [
+            "index",
+            "promptID",
+            "pairID",
+            "genre",
+            "sentence1_binary_parse",
+            "sentence2_binary_parse",
+            "sentence1_parse",
+            "sentence2_parse",
+            "sentence1",
+            "sentence2",
+            "label1",
+            "gold_label",
+        ]
+        names = ["train.tsv"] if split == "train" else ["dev_matched.tsv", "dev_mismatched.tsv"]
+        for name in names:
+            write_tsv(glue / "MNLI" / name, mnli_header, mnli_rows)
         write_tsv(glue / "CoLA" / f"{split}.tsv", None, [["src", str(i % 2), "", a] for i, (a, _) in enumerate(pairs)])
     return root
 
