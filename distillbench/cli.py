@@ -119,7 +119,9 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         train_extra = {k: v for k, v in best.items() if k not in fields} | train_extra
     elif params:
         raise UserError(f"--params {params!r}: only 'best' is supported")
-    train_overrides, method_overrides = parse_overrides(args.overrides, method_cls.hparam_fields())
+    train_overrides, method_overrides, task_options = parse_overrides(
+        args.overrides, method_cls.hparam_fields(), task_cls.option_fields()
+    )
     if args.epochs is not None:
         train_overrides["epochs"] = args.epochs
     if args.max_steps is not None:
@@ -136,6 +138,7 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         data_dir=args.data_dir,
         preset=args.preset,
         method_overrides=method_extra | method_overrides,
+        task_options=task_options,
         train=build_train_config(task_cls.train_defaults, args.preset, train_extra | train_overrides),
     )
     paths = Paths(

@@ -52,6 +52,7 @@ class RunConfig:
     data_dir: str | None = None  # not part of the run key: the data's sha256 is
     train: TrainConfig = field(default_factory=TrainConfig)
     method_overrides: dict[str, Any] = field(default_factory=dict)
+    task_options: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None
 
 
@@ -79,23 +80,28 @@ def _coerce(text: str, annotation: Any, key: str) -> Any:
         raise UserError(f"--set {key}={text}: expected a value of type {name}") from None
 
 
-def parse_overrides(pairs: list[str], method_fields: dict[str, dataclasses.Field]) -> tuple[dict, dict]:
-    """Split ``key=value`` pairs into (training overrides, method overrides), typed by their fields."""
-    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    train: dict[str, Any] = {}
-    method: dict[str, Any] = {}
+def parse_overrides(
+    pairs: list[str],
+    method_fields: dict[str, dataclasses.Field],
+    task_fields: dict[str, dataclasses.Field] | None = None,
+) -> tuple[dict, dict, dict]:
+    """Split ``key=value`` pairs into (training, method, task-option) overrides, typed by their fields."""
+    namespaces = {
+        "method": method_fields,
+        "task": task_fields or {},
+        "train": {f.name: f for f in dataclasses.fields(TrainConfig)},
+    }
+    parsed: dict[str, dict[str, Any]] = {name: {} for name in namespaces}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"--set expects key=value, got {pair!r}")
-        if key in method_fields:
-            method[key] = _coerce(value, method_fields[key].type, key)
-        elif key in train_fields:
-            train[key] = _coerce(value, train_fields[key].type, key)
-        else:
-            known = ", ".join(sorted([*method_fields, *train_fields]))
+        namespace = next((name for name, fields in namespaces.items() if key in fields), None)
+        if namespace is None:
+            known = ", ".join(sorted(k for fields in namespaces.values() for k in fields))
             raise UserError(f"--set {key}: unknown hyper-parameter (known: {known})")
-    return train, method
+        parsed[namespace][key] = _coerce(value, namespaces[namespace][key].type, key)
+    return parsed["train"], parsed["method"], parsed["task"]
 
 
 def build_train_config(task_defaults: dict[str, Any], preset: str | None, overrides: dict[str, Any]) -> TrainConfig:

@@ -95,7 +95,11 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     it enters the run key, hence the output folder and the record name."""
     method_cls = get_method(config.method)
     task_cls = get_task(config.task)
-    task = task_cls(resolve_data_dir(config.data_dir))
+    try:
+        options = task_cls.options_for(config.task_options)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{config.task}: {error}") from None
+    task = task_cls(resolve_data_dir(config.data_dir), options)
     task.data_files()  # raises on missing files before anything is written
     teacher_source = resolve_model(config.teacher)
     teacher_config = load_config(teacher_source)
@@ -122,6 +126,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             "student": student_spec.describe(),
             "data": data_sha,
             **({"identity": identity} if identity else {}),
+            **({"task_options": config.task_options} if config.task_options else {}),
         }
     )
     return Plan(config, paths, task, method, teacher_source, student_spec, data_sha, key)
@@ -189,7 +194,7 @@ class Runner:
             seed=self.config.seed,
             report_to="none",
             remove_unused_columns=False,
-            label_names=["labels"],
+            label_names=list(self.task.label_keys),
             disable_tqdm=not self.plan.paths.show_progress,
             use_cpu=not torch.cuda.is_available(),
         )
@@ -241,6 +246,7 @@ class Runner:
                 k: getattr(cfg, k)
                 for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
             },
+            **({"task_options": config.task_options} if config.task_options else {}),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
         done = folder / "done.json"
@@ -408,6 +414,7 @@ class Runner:
             "seed": self.config.seed,
             "preset": self.config.preset,
             "main_metric": main_metric_key(self.task),
+            "task_options": dataclasses.asdict(self.task.options),
             "greater_is_better": self.task.greater_is_better,
             "data": {
                 "sha256": plan.data_sha256,

@@ -153,13 +153,12 @@ class Table:
     title: str
 
 
-def _cell(stats: list[tuple[float, float, int]], percent: bool) -> str:
-    scale = 100.0 if percent else 1.0
+def _cell(stats: list[tuple[float, float, int]], scale: float, decimals: int) -> str:
     parts = []
     for mean, std, n in stats:
-        text = f"{mean * scale:.1f}" if percent else f"{mean:.2f}"
+        text = f"{mean * scale:.{decimals}f}"
         if n > 1:
-            text += f"±{std * scale:.1f}" if percent else f"±{std:.2f}"
+            text += f"±{std * scale:.{decimals}f}"
         parts.append(text)
     return "/".join(parts)
 
@@ -196,7 +195,7 @@ def build_table(
             task = get_task(task_name)
             found = [lookup.get((task_name, method, teacher, student, setting, m)) for m in task.paper_metrics]
             present = [f for f in found if f is not None]
-            row[task.column_label] = _cell(present, task.percent) if present else ""
+            row[task.column_label] = _cell(present, task.display_scale, task.display_decimals) if present else ""
             if present:
                 ns.update(f[2] for f in present)
                 main_scores[task.column_label][index] = present[0][0] * (1 if task.greater_is_better else -1)
@@ -206,7 +205,8 @@ def build_table(
             tasks_in = [t for t in task_names if get_task(t).benchmark == benchmark]
             label = f"{benchmark} avg"
             complete = len(averages[benchmark]) == len(tasks_in)
-            row[label] = f"{100 * np.mean(averages[benchmark]):.1f}" if complete else ""
+            scale = get_task(tasks_in[0]).display_scale
+            row[label] = f"{scale * np.mean(averages[benchmark]):.1f}" if complete else ""
             if complete:
                 main_scores[label][index] = float(np.mean(averages[benchmark]))
         row["n"] = "/".join(str(n) for n in sorted(ns))
@@ -230,6 +230,7 @@ def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.D
         for task, metrics in by_task.items():
             if tasks and task not in tasks:
                 continue
+            scale = get_task(task).display_scale
             for metric, value in metrics.items():
                 ours = measured.get((method, task, metric))
                 rows.append(
@@ -238,8 +239,8 @@ def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.D
                         "task": task,
                         "metric": metric,
                         "reference": value,
-                        "measured": None if ours is None else round(100 * ours, 1),
-                        "delta": None if ours is None else round(100 * ours - value, 1),
+                        "measured": None if ours is None else round(scale * ours, 1),
+                        "delta": None if ours is None else round(scale * ours - value, 1),
                     }
                 )
     return pd.DataFrame(rows, columns=["method", "task", "metric", "reference", "measured", "delta"])

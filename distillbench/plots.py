@@ -34,7 +34,7 @@ def method_bars(records: list[dict], out_dir: Path, score: str = "final") -> lis
     for record in records:
         metrics = record["best_epoch"]["metrics"] if score == "best" and record.get("best_epoch") else record["metrics"]
         task = get_task(record["task"])
-        scale = 100 if task.percent else 1
+        scale = task.display_scale
         rows.append(
             {
                 "task": task.column_label.split(" ")[0],

@@ -22,8 +22,7 @@ def runs_table(records: list[dict]) -> str:
     rows = []
     for record in sorted(records, key=lambda r: (r["task"], row_key(r)[1], r["seed"], r.get("finished_at", ""))):
         main = record["main_metric"]
-        percent = get_task(record["task"]).percent
-        scale = 100 if percent else 1
+        scale = get_task(record["task"]).display_scale
         best = record.get("best_epoch") or {}
         best_text = f"{scale * best['metrics'][main]:.1f} (ep {best['epoch']:.0f})" if best else ""
         rows.append(

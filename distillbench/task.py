@@ -8,8 +8,10 @@ and how to score predictions.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,10 +43,24 @@ class Task:
     paper_metrics: ClassVar[tuple[str, ...]] = ()  # record metric keys a table shows, in paper order
     column_label: ClassVar[str] = ""  # a table's column header, e.g. "MRPC acc/F1"
     benchmark: ClassVar[str] = ""  # tasks of one benchmark share an average column ("GLUE")
-    percent: ClassVar[bool] = True  # shown ×100 (False: shown as is, e.g. perplexity)
+    display_scale: ClassVar[float] = 100.0  # tables show metric × scale (GLUE fractions → %, SQuAD already %)
+    display_decimals: ClassVar[int] = 1
 
-    def __init__(self, data_dir: Path | None) -> None:
+    @dataclass
+    class Options:
+        """Task options settable with ``--set`` (none by default; SQuAD has doc_stride etc.)."""
+
+    def __init__(self, data_dir: Path | None, options: Any = None) -> None:
         self.data_dir = data_dir
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def option_fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls.Options)}
+
+    @classmethod
+    def options_for(cls, overrides: dict[str, Any]) -> Any:
+        return cls.Options(**overrides)
 
     @classmethod
     def summary(cls) -> str:

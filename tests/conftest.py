@@ -5,6 +5,7 @@ Nothing here needs ../shared or the hub, so the suite runs on a clean clone in a
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -125,6 +126,46 @@ def make_glue(root: Path, seed: int = 0, train: int = 48, dev: int = 16) -> Path
     return root
 
 
+def make_squad(root: Path, seed: int = 0) -> Path:
+    """SQuAD v1.1/v2.0 files in the official JSON layout: long contexts (several windows at length 48),
+    several gold answers, and (v2.0) unanswerable questions."""
+    rng = random.Random(seed)
+    for version in ("1.1", "2.0"):
+        for split, articles in (("train", 3), ("dev", 2)):
+            data = []
+            for a in range(articles):
+                paragraphs = []
+                for p in range(2):
+                    words = [rng.choice(WORDS) for _ in range(70)]
+                    context = " ".join(words) + " ."
+                    qas = []
+                    for q in range(3):
+                        start_word = rng.randrange(0, 66)
+                        answer = " ".join(words[start_word : start_word + rng.randint(1, 3)])
+                        start = len(" ".join(words[:start_word])) + (1 if start_word else 0)
+                        assert context[start : start + len(answer)] == answer
+                        unanswerable = version == "2.0" and q == 2
+                        answers = (
+                            []
+                            if unanswerable
+                            else [{"text": answer, "answer_start": start}] * (1 if split == "train" else 2)
+                        )
+                        qas.append(
+                            {
+                                "id": f"{split}{a}{p}{q}",
+                                "question": sentence(rng, 5),
+                                "answers": answers,
+                                **({"is_impossible": unanswerable} if version == "2.0" else {}),
+                            }
+                        )
+                    paragraphs.append({"context": context, "qas": qas})
+                data.append({"title": f"article {a}", "paragraphs": paragraphs})
+            folder = root / "squad"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{split}-v{version}.json").write_text(json.dumps({"version": f"v{version}", "data": data}))
+    return root
+
+
 def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int = 4) -> Path:
     """A random BERT backbone plus a word-level tokenizer, saved as a Hugging Face folder."""
     import torch
@@ -154,6 +195,11 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def glue_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_glue(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def squad_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_squad(tmp_path_factory.mktemp("squad-data"))
 
 
 @pytest.fixture

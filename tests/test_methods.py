@@ -144,7 +144,7 @@ def test_set_validation_per_method(name):
     for field in fields.values():
         sample = {"float": "0.5", "int": "2", "bool": "true", "str": "pretrained"}
         kind = next(k for k in sample if k in str(field.type))
-        _, parsed = parse_overrides([f"{field.name}={sample[kind]}"], fields)
+        _, parsed, _ = parse_overrides([f"{field.name}={sample[kind]}"], fields)
         assert type(parsed[field.name]).__name__ == kind
     with pytest.raises(UserError, match="unknown hyper-parameter"):
         parse_overrides(["no_such_knob=1"], fields)

@@ -1,0 +1,269 @@
+"""SQuAD v1.1 and v2.0 (Rajpurkar et al. 2016, 2018): extractive question answering.
+
+Preprocessing and post-processing follow the Hugging Face question-answering examples (``run_qa.py``,
+``utils_qa.py``): long contexts become overlapping windows (``doc_stride``), answers become start/end
+token positions (the CLS token when unanswerable or outside the window); predictions take the n best
+start/end pairs over every window of a question, and for v2.0 the empty answer wins when its score
+beats the best span by more than ``null_score_diff_threshold``. EM/F1 are computed exactly as the
+official scripts do (``distillbench.squad_eval``). Logit-level KD applies to start and end logits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict, load_dataset
+from torch import Tensor, nn
+
+from distillbench.errors import UserError
+from distillbench.squad_eval import score_v1, score_v2
+from distillbench.task import Task, register_task
+
+
+def read_squad_json(path: Path) -> list[dict[str, Any]]:
+    """Flatten the official nested JSON into one row per question (HF ``squad`` columns)."""
+    try:
+        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+        rows = []
+        for article in articles:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    rows.append(
+                        {
+                            "id": qa["id"],
+                            "title": article.get("title", ""),
+                            "context": paragraph["context"],
+                            "question": qa["question"],
+                            "answers": {
+                                "text": [a["text"] for a in qa["answers"]],
+                                "answer_start": [int(a["answer_start"]) for a in qa["answers"]],
+                            },
+                        }
+                    )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise UserError(f"malformed SQuAD file {path}: {type(error).__name__} {error}") from None
+    if not rows:
+        raise UserError(f"malformed SQuAD file {path}: no questions")
+    return rows
+
+
+class SpanHead(nn.Module):
+    """Start/end logits from token states (the ``AutoModelForQuestionAnswering`` head)."""
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__()
+        self.qa_outputs = nn.Linear(input_dim, 2)
+
+    def forward(self, states: Tensor) -> tuple[Tensor, Tensor]:
+        start, end = self.qa_outputs(states).split(1, dim=-1)
+        return start.squeeze(-1), end.squeeze(-1)
+
+
+class SquadTask(Task):
+    """Shared SQuAD logic; the two registered versions differ in files, null answers and scoring."""
+
+    version: str
+    hub_name: str
+    model_class = "AutoModelForQuestionAnswering"
+    label_keys = ("start_positions", "end_positions")
+    main_metric = "f1"
+    display_scale = 1.0  # the official scripts already report percentages
+    # The TED reference's SQuAD v2 settings (student lr, teacher lr, epochs, batch), max length 384.
+    train_defaults = {
+        "learning_rate": 5e-5,
+        "teacher_learning_rate": 3e-5,
+        "epochs": 3,
+        "batch_size": 8,
+        "max_seq_length": 384,
+    }
+
+    @dataclass
+    class Options:
+        doc_stride: int = 128
+        max_answer_length: int = 30
+        n_best_size: int = 20
+        null_score_diff_threshold: float = 0.0
+
+    @property
+    def with_negative(self) -> bool:
+        return self.version == "2.0"
+
+    def _split_files(self) -> dict[str, Path]:
+        assert self.data_dir is not None
+        folder = self.data_dir / "squad"
+        files = {"train": folder / f"train-v{self.version}.json", "validation": folder / f"dev-v{self.version}.json"}
+        for path in files.values():
+            if not path.is_file():
+                raise UserError(f"missing data file {path}")
+        return files
+
+    def data_files(self) -> list[Path]:
+        return [] if self.data_dir is None else list(self._split_files().values())
+
+    def load(self) -> DatasetDict:
+        if self.data_dir is None:
+            raw = load_dataset(self.hub_name)
+            return DatasetDict({"train": raw["train"], "validation": raw["validation"]})
+        return DatasetDict(
+            {split: Dataset.from_list(read_squad_json(path)) for split, path in self._split_files().items()}
+        )
+
+    # preprocessing ------------------------------------------------------------------------------
+    def _windows(self, batch: dict[str, list], tokenizer, max_seq_length: int) -> dict[str, list]:
+        """Tokenise question + context into overlapping windows with start/end positions."""
+        tokenized = tokenizer(
+            [q.lstrip() for q in batch["question"]],
+            batch["context"],
+            truncation="only_second",
+            max_length=max_seq_length,
+            stride=self.options.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            padding=False,
+        )
+        sample_map = tokenized.pop("overflow_to_sample_mapping")
+        starts, ends, example_ids, context_offsets = [], [], [], []
+        for i, offsets in enumerate(tokenized["offset_mapping"]):
+            ids = tokenized["input_ids"][i]
+            cls_index = ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in ids else 0
+            sequence_ids = tokenized.sequence_ids(i)
+            sample = sample_map[i]
+            answers = batch["answers"][sample]
+            start = end = cls_index
+            if answers["answer_start"]:
+                start_char = answers["answer_start"][0]
+                end_char = start_char + len(answers["text"][0])
+                first = sequence_ids.index(1)
+                last = len(sequence_ids) - 1 - sequence_ids[::-1].index(1)
+                if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
+                    while first < len(offsets) and offsets[first][0] <= start_char:
+                        first += 1
+                    while offsets[last][1] >= end_char:
+                        last -= 1
+                    start, end = first - 1, last + 1
+            starts.append(start)
+            ends.append(end)
+            example_ids.append(batch["id"][sample])
+            context_offsets.append([o if s == 1 else None for o, s in zip(offsets, sequence_ids, strict=True)])
+        tokenized.pop("offset_mapping")
+        return {
+            **tokenized,
+            "start_positions": starts,
+            "end_positions": ends,
+            "example_id": example_ids,
+            "offset_mapping": context_offsets,
+        }
+
+    def preprocess(self, raw: DatasetDict, tokenizer, max_seq_length: int) -> DatasetDict:
+        if not getattr(tokenizer, "is_fast", False):
+            raise UserError(
+                f"{self.name} needs a fast tokenizer (offset mappings); {type(tokenizer).__name__} is not one"
+            )
+        if self.options.doc_stride >= max_seq_length:
+            raise UserError(f"doc_stride ({self.options.doc_stride}) must be below max_seq_length ({max_seq_length})")
+        features = DatasetDict(
+            {
+                split: data.map(
+                    self._windows,
+                    batched=True,
+                    remove_columns=data.column_names,
+                    fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_seq_length},
+                    desc=f"windows {self.name} {split}",
+                )
+                for split, data in raw.items()
+            }
+        )
+        self.eval_examples = raw["validation"]
+        self.eval_features = features["validation"].select_columns(["example_id", "offset_mapping"])
+        return features.remove_columns(["example_id", "offset_mapping"])
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def distill_targets(self, outputs: Any, batch: dict[str, Tensor]) -> list[Tensor]:
+        return [outputs.start_logits, outputs.end_logits]
+
+    def make_head(self, config, input_dim: int) -> nn.Module:
+        return SpanHead(input_dim)
+
+    def head_loss(self, head_output: tuple[Tensor, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        start_logits, end_logits = head_output
+        ignored = start_logits.size(1)
+        start = batch["start_positions"].clamp(0, ignored)
+        end = batch["end_positions"].clamp(0, ignored)
+        return (
+            F.cross_entropy(start_logits, start, ignore_index=ignored)
+            + F.cross_entropy(end_logits, end, ignore_index=ignored)
+        ) / 2
+
+    # post-processing and metrics ------------------------------------------------------------------
+    def postprocess(self, start_logits: np.ndarray, end_logits: np.ndarray) -> tuple[dict[str, str], dict[str, float]]:
+        """Answer text per question (and, for v2.0, the null-score margin per question)."""
+        options = self.options
+        by_example = defaultdict(list)
+        for index, example_id in enumerate(self.eval_features["example_id"]):
+            by_example[example_id].append(index)
+        offsets_of = self.eval_features["offset_mapping"]
+        answers, null_margins = {}, {}
+        for example in self.eval_examples:
+            candidates, null_score = [], None
+            for index in by_example[example["id"]]:
+                starts, ends, offsets = start_logits[index], end_logits[index], offsets_of[index]
+                feature_null = float(starts[0] + ends[0])
+                if null_score is None or feature_null < null_score:
+                    null_score = feature_null
+                top_starts = np.argsort(starts)[-1 : -options.n_best_size - 1 : -1]
+                top_ends = np.argsort(ends)[-1 : -options.n_best_size - 1 : -1]
+                for s in top_starts:
+                    for e in top_ends:
+                        if s >= len(offsets) or e >= len(offsets) or offsets[s] is None or offsets[e] is None:
+                            continue
+                        if e < s or e - s + 1 > options.max_answer_length:
+                            continue
+                        candidates.append((float(starts[s] + ends[e]), offsets[s][0], offsets[e][1]))
+            best = max(candidates, default=None)
+            text = example["context"][best[1] : best[2]] if best else ""
+            if not self.with_negative:
+                answers[example["id"]] = text if best else "empty"
+                continue
+            margin = (null_score if null_score is not None else 0.0) - (best[0] if best else float("-inf"))
+            null_margins[example["id"]] = margin
+            answers[example["id"]] = "" if margin > options.null_score_diff_threshold else text
+        return answers, null_margins
+
+    def compute_metrics(self, predictions: Any, labels: Any) -> dict[str, float]:
+        start_logits, end_logits = predictions
+        answers, margins = self.postprocess(start_logits, end_logits)
+        gold = [(e["id"], e["answers"]["text"]) for e in self.eval_examples]
+        if not self.with_negative:
+            return score_v1(gold, answers)
+        # The null-score margin through a sigmoid is the no-answer probability the official script's
+        # best-threshold search sorts by (monotone, and never above its default 1.0 cut-off).
+        na_probs = {qid: float(1 / (1 + np.exp(-np.clip(m, -50, 50)))) for qid, m in margins.items()}
+        return score_v2(gold, answers, na_probs)
+
+
+def _register(name: str, version: str, hub_name: str, metrics: tuple[str, str]) -> None:
+    cls = type(
+        f"Squad_{name}",
+        (SquadTask,),
+        {
+            "version": version,
+            "hub_name": hub_name,
+            "description": f"SQuAD v{version} (EM/F1, official scoring)",
+            "paper_metrics": metrics,
+            "column_label": f"SQuAD{' v2' if version == '2.0' else ''} EM/F1",
+            "__module__": __name__,
+        },
+    )
+    register_task(name)(cls)
+
+
+_register("squad", "1.1", "rajpurkar/squad", ("exact_match", "f1"))
+_register("squad_v2", "2.0", "rajpurkar/squad_v2", ("exact", "f1"))
