@@ -180,13 +180,16 @@ def command_tune(args: argparse.Namespace) -> int:
         raise UserError("--trials must be at least 1")
     common = () if args.common == "none" else tuple(n for n in args.common.split(",") if n)
     tuning.check_common(common)
-    build_run(args)  # validate the run arguments before touching the storage
+    base, _ = build_run(args)  # validates the run arguments before the storage is touched
+    teacher = base.train.for_role("teacher")
+    # Trials vary the student's settings only: the teacher keeps the base settings (one cached teacher).
+    pinned = {"teacher_batch_size": teacher.batch_size, "teacher_warmup_steps": teacher.warmup_steps}
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     metric = main_metric_key(task_cls(None))
 
     def objective(trial, origin, train, method, callback) -> float:
-        config, paths = build_run(args, train, method)
+        config, paths = build_run(args, pinned | train, method)
         tags = {"study": name, "trial": trial.number, "origin_trial": origin}
         plan = plan_run(config, paths, identity={"study": name, "trial": origin})
         record = Runner(plan, callbacks=(callback,), tags=tags).run()

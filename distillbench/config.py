@@ -13,7 +13,25 @@ from distillbench.errors import UserError
 
 @dataclass
 class TrainConfig:
-    """Settings of the Trainer stages; per-task defaults come from the task (TED reference scripts)."""
+    """Settings of the Trainer stages; per-task defaults come from the task (TED reference scripts).
+
+    ``teacher_*`` fields set the stages that train the teacher (fine-tuning, TED Stage I); left at
+    ``None`` they follow the student's value.
+    """
+
+    def for_role(self, role: str) -> TrainConfig:
+        """The effective settings of a stage training the ``teacher`` or the ``student``."""
+        if role == "student":
+            return self
+        return dataclasses.replace(
+            self,
+            learning_rate=self.teacher_learning_rate,
+            epochs=self.teacher_epochs or self.epochs,
+            max_steps=self.teacher_max_steps,
+            batch_size=self.teacher_batch_size or self.batch_size,
+            warmup_steps=self.warmup_steps if self.teacher_warmup_steps is None else self.teacher_warmup_steps,
+            max_train_samples=None,
+        )
 
     learning_rate: float = 5e-5
     teacher_learning_rate: float = 2e-5
@@ -22,11 +40,13 @@ class TrainConfig:
     max_steps: int = -1
     teacher_max_steps: int = -1
     batch_size: int = 32
+    teacher_batch_size: int | None = None  # None: same as batch_size
+    teacher_warmup_steps: int | None = None  # None: same as warmup_steps
     eval_batch_size: int = 128
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_seq_length: int = 128
-    max_train_samples: int | None = None
+    max_train_samples: int | None = None  # a student-side budget: the teacher always sees all of train
     save_steps: int = 200
     logging_steps: int = 20
 

@@ -154,11 +154,14 @@ class Runner:
 
     # data ---------------------------------------------------------------------------------------
     def _tokenised_data(self) -> DatasetDict:
-        data = self.task.preprocess(self.task.load(), self.tokenizer, self.train_cfg.max_seq_length)
-        limit = self.train_cfg.max_train_samples
-        if limit is not None and limit < len(data["train"]):
-            data["train"] = data["train"].shuffle(seed=self.config.seed).select(range(limit))
-        return data
+        return self.task.preprocess(self.task.load(), self.tokenizer, self.train_cfg.max_seq_length)
+
+    def train_split(self, max_train_samples: int | None):
+        """The training set, or a seeded random subset of it (a student-side budget)."""
+        train = self.data["train"]
+        if max_train_samples is None or max_train_samples >= len(train):
+            return train
+        return train.shuffle(seed=self.config.seed).select(range(max_train_samples))
 
     def _eval_data(self):
         splits = self.task.eval_splits
@@ -169,21 +172,18 @@ class Runner:
         self,
         module: torch.nn.Module,
         out_dir: Path,
-        learning_rate: float,
-        epochs: float,
-        max_steps: int,
+        cfg: TrainConfig,
         evaluate: bool,
         callbacks: tuple[TrainerCallback, ...] = (),
     ) -> DistillTrainer:
-        """Train any module with the Trainer, resuming from the last checkpoint in ``out_dir``."""
-        cfg = self.train_cfg
+        """Train any module with the Trainer under ``cfg``, resuming from the last checkpoint in ``out_dir``."""
         args = TrainingArguments(
             output_dir=str(out_dir),
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.eval_batch_size,
-            learning_rate=learning_rate,
-            num_train_epochs=epochs,
-            max_steps=max_steps,
+            learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
             warmup_steps=cfg.warmup_steps,
             weight_decay=cfg.weight_decay,
             eval_strategy="epoch" if evaluate else "no",
@@ -201,7 +201,7 @@ class Runner:
         trainer = DistillTrainer(
             model=module,
             args=args,
-            train_dataset=self.data["train"],
+            train_dataset=self.train_split(cfg.max_train_samples),
             eval_dataset=self._eval_data(),
             data_collator=DataCollatorWithPadding(self.tokenizer),
             compute_metrics=lambda p: self.task.compute_metrics(p.predictions, p.label_ids),
@@ -229,21 +229,20 @@ class Runner:
                 "source": self.plan.teacher_source,
                 "weights_sha256": weights_sha256(self.plan.teacher_source),
             }
-            lr, epochs, steps = cfg.teacher_learning_rate, cfg.teacher_epochs or cfg.epochs, cfg.teacher_max_steps
         else:
             init = {"student": self.plan.student_spec.describe(), "teacher_source": self.plan.teacher_source}
-            lr, epochs, steps = cfg.learning_rate, cfg.epochs, cfg.max_steps
+        role_cfg = cfg.for_role(role)
         settings = {
             "role": role,
             "init": init,
             "task": config.task,
             "data": self.plan.data_sha256,
-            "lr": lr,
-            "epochs": epochs,
-            "max_steps": steps,
+            "lr": role_cfg.learning_rate,
+            "epochs": role_cfg.epochs,
+            "max_steps": role_cfg.max_steps,
             "seed": config.seed,
             "train": {
-                k: getattr(cfg, k)
+                k: getattr(role_cfg, k)
                 for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
             },
             **({"task_options": config.task_options} if config.task_options else {}),
@@ -263,7 +262,7 @@ class Runner:
                 self.plan.student_spec, self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False
             )
         init["initial_state_sha256"] = state_sha256(model)
-        trainer = self.train_module(model, folder / "trainer", lr, epochs, steps, evaluate=True)
+        trainer = self.train_module(model, folder / "trainer", role_cfg, evaluate=True)
         metrics = self.evaluate(trainer)
         model.save_pretrained(folder / "model")
         self.tokenizer.save_pretrained(folder / "model")
@@ -290,12 +289,7 @@ class Runner:
                 "epochs": info["epochs"],
                 "best_epoch": best_epoch(info["epochs"], self.task),
                 "loss_terms": final_loss_terms(trainer.state.log_history),
-                "train": {
-                    **dataclasses.asdict(self.train_cfg),
-                    "learning_rate": info["settings"]["lr"],
-                    "epochs": info["settings"]["epochs"],
-                    "max_steps": info["settings"]["max_steps"],
-                },
+                "train": dataclasses.asdict(self.train_cfg.for_role(role)),
                 "hparams": {},
                 "model": info["settings"]["init"] | {"finetuned_sha256": info["weights_sha256"]},
                 "wall_time_s": info["wall_time_s"],
@@ -306,18 +300,20 @@ class Runner:
     def method_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
         """Run one declared method stage on the fine-tuned model it names, cached by its key."""
         base_dir, base_info = self.finetuned(stage.model)
-        cfg = self.train_cfg
-        lr = stage.learning_rate or (cfg.teacher_learning_rate if stage.model == "teacher" else cfg.learning_rate)
+        cfg = self.train_cfg.for_role(stage.model)
+        if stage.learning_rate is not None:
+            cfg = dataclasses.replace(cfg, learning_rate=stage.learning_rate)
         settings = {
             "stage": stage.name,
             "base": base_info.get("key", str(base_dir)),
             "hparams": stage.hparams,
-            "lr": lr,
+            "lr": cfg.learning_rate,
             "epochs": cfg.epochs,
             "max_steps": cfg.max_steps,
             "seed": self.config.seed,
             "data": self.plan.data_sha256,
             "batch_size": cfg.batch_size,
+            "max_train_samples": cfg.max_train_samples,
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{self.config.task}-{stage.name}-{stable_key(settings)}"
         done = folder / "done.json"
@@ -326,7 +322,7 @@ class Runner:
             set_seed(self.config.seed)
             model = load_for_task(str(base_dir), self.task.model_class, self.task.model_kwargs(), False)
             module = stage.build(model, self.task)
-            trainer = self.train_module(module, folder / "trainer", lr, cfg.epochs, cfg.max_steps, evaluate=False)
+            trainer = self.train_module(module, folder / "trainer", cfg, evaluate=False)
             save_file({k: v.contiguous() for k, v in module.extra.state_dict().items()}, folder / "extra.safetensors")
             shutil.rmtree(folder / "trainer")
             write_json_atomic(
@@ -364,9 +360,7 @@ class Runner:
         resumed_from = last_complete_checkpoint(out_dir)
         distiller = Distiller(student, teacher, method, task)
         cfg = self.train_cfg
-        trainer = self.train_module(
-            distiller, out_dir, cfg.learning_rate, cfg.epochs, cfg.max_steps, evaluate=True, callbacks=self.callbacks
-        )
+        trainer = self.train_module(distiller, out_dir, cfg, evaluate=True, callbacks=self.callbacks)
         metrics = self.evaluate(trainer)
         student.save_pretrained(out_dir / "student")
         self.tokenizer.save_pretrained(out_dir / "student")
@@ -419,7 +413,7 @@ class Runner:
             "data": {
                 "sha256": plan.data_sha256,
                 "files": [str(p) for p in self.task.data_files()],
-                "train_examples": len(self.data["train"]),
+                "train_examples": len(self.train_split(self.train_cfg.for_role(role).max_train_samples)),
                 "eval_examples": {s: len(self.data[s]) for s in self.task.eval_splits},
             },
             "git": provenance.git_state(),

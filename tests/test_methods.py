@@ -45,8 +45,38 @@ def runner(tiny_bert, glue_dir, tmp_path) -> Runner:
     return Runner(plan_run(config, paths))
 
 
+def quick(runner: Runner) -> TrainConfig:
+    """Two steps at a learning rate large enough that every trained weight visibly moves."""
+    return dataclasses.replace(runner.train_cfg, learning_rate=1e-2, epochs=1, max_steps=2)
+
+
 def load(folder) -> torch.nn.Module:
     return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=2)
+
+
+def test_teacher_settings_ignore_student_budgets():
+    cfg = TrainConfig(
+        learning_rate=1e-4,
+        teacher_learning_rate=2e-5,
+        epochs=3,
+        teacher_epochs=None,
+        batch_size=16,
+        warmup_steps=50,
+        max_train_samples=100,
+        teacher_warmup_steps=0,
+    )
+    teacher = cfg.for_role("teacher")
+    assert (teacher.learning_rate, teacher.epochs, teacher.batch_size, teacher.warmup_steps) == (2e-5, 3, 16, 0)
+    assert teacher.max_train_samples is None and cfg.for_role("student") is cfg
+
+
+def test_a_student_subset_reuses_the_full_data_teacher(tiny_bert, glue_dir, workdir, capsys):
+    from conftest import tiny_run_args
+    from distillbench.cli import main
+
+    assert main(tiny_run_args(tiny_bert, glue_dir, "kd")) == 0
+    assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), "--set", "max_train_samples=16"]) == 0
+    assert len(list((workdir / "cache" / "stages").glob("mrpc-teacher-*"))) == 1
 
 
 def test_filter_and_layer_maps():
@@ -66,7 +96,7 @@ def test_ted_stage_one_trains_filters_and_leaves_the_backbone_bit_identical(runn
     model = load(teacher_dir)
     learner = FilterLearner(model, get_task("mrpc")(None), [1, 3], output_dim=32, nonlinear=False)
     backbone, extra = snapshot(learner.backbone), snapshot(learner.extra)
-    runner.train_module(learner, tmp_path / "stage1", 1e-2, 1, 2, evaluate=False)
+    runner.train_module(learner, tmp_path / "stage1", quick(runner), evaluate=False)
     assert same(snapshot(learner.backbone), backbone)
     assert not same(
         snapshot(learner.extra["filters"]),
@@ -87,7 +117,7 @@ def test_ted_stage_two_freezes_teacher_and_its_filters_and_trains_student_filter
         "student_filters": snapshot(method.modules["student_filters"]),
     }
     distiller = Distiller(student, teacher, method, runner.task)
-    runner.train_module(distiller, tmp_path / "stage2", 1e-2, 1, 2, evaluate=False)
+    runner.train_module(distiller, tmp_path / "stage2", quick(runner), evaluate=False)
     assert same(snapshot(teacher), before["teacher"])
     assert same(snapshot(method.modules["teacher_filters"]), before["teacher_filters"])
     assert not same(snapshot(method.modules["student_filters"]), before["student_filters"])

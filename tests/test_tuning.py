@@ -46,15 +46,16 @@ def states(study: optuna.Study) -> list[str]:
 
 def test_tiny_study_records_best_params_and_run_params_best(tiny_bert, glue_dir, workdir, capsys):
     storage = f"sqlite:///{workdir / 'study.db'}"
-    assert main(tune_args(tiny_bert, glue_dir, storage, 3)) == 0
+    assert main(tune_args(tiny_bert, glue_dir, storage, 3, "--common", "learning_rate,warmup_steps,batch_size")) == 0
     study = load(storage)
     assert states(study) == ["COMPLETE"] * 3
+    assert len(list((workdir / "cache" / "stages").glob("mrpc-teacher-*"))) == 1  # trials never retrain it
     records = [json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("mrpc-kd-*.json")]
     assert sorted(r["tags"]["trial"] for r in records) == [0, 1, 2]
     assert {r["tags"]["study"] for r in records} == {"s"}
     best = json.loads((workdir / "results" / "best" / "kd-mrpc.json").read_text())
     assert best["params"] == study.best_params and best["trial"] == study.best_trial.number
-    assert {"kl_alpha", "temperature", "learning_rate"} == set(best["params"])
+    assert {"kl_alpha", "temperature", "learning_rate", "warmup_steps", "batch_size"} == set(best["params"])
 
     assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), "--params", "best", "--seed", "7"]) == 0
     rerun = next(json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("mrpc-kd-seed7-*.json"))
