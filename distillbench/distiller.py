@@ -8,12 +8,15 @@ mode it is just the student, so evaluation costs no teacher forward.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Any
 
 import torch
+from safetensors.torch import save_model
 from torch import Tensor, nn
 from transformers import PreTrainedModel, Trainer
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from distillbench.method import Method, Outputs
 from distillbench.models import QKVCapture, freeze
@@ -85,6 +88,15 @@ class DistillTrainer(Trainer):
             self._term_counts += 1
         loss = outputs["loss"]
         return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save a Distiller or a stage module with ``safetensors.torch.save_model``, which writes tied
+        weights (an MLM decoder sharing the word embeddings) once; the Trainer's default refuses them."""
+        if isinstance(self.model, PreTrainedModel):
+            return super()._save(output_dir, state_dict)
+        folder = output_dir or self.args.output_dir
+        os.makedirs(folder, exist_ok=True)
+        save_model(self.model, os.path.join(folder, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Evaluation leaves the RNG untouched (its DataLoader draws a seed from it), so training after

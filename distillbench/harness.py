@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from datasets import DatasetDict
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, DataCollatorWithPadding, TrainerCallback, TrainingArguments, set_seed
+from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 
 from distillbench import provenance
 from distillbench.config import RunConfig, TrainConfig
@@ -203,8 +203,9 @@ class Runner:
             args=args,
             train_dataset=self.train_split(cfg.max_train_samples),
             eval_dataset=self._eval_data(),
-            data_collator=DataCollatorWithPadding(self.tokenizer),
+            data_collator=self.task.collator(self.tokenizer),
             compute_metrics=lambda p: self.task.compute_metrics(p.predictions, p.label_ids),
+            preprocess_logits_for_metrics=self.task.reduce_eval_logits,
             callbacks=list(callbacks),
         )
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(out_dir))
@@ -261,6 +262,7 @@ class Runner:
             model = build_student(
                 self.plan.student_spec, self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False
             )
+        self.task.prepare_model(model, role)
         init["initial_state_sha256"] = state_sha256(model)
         trainer = self.train_module(model, folder / "trainer", role_cfg, evaluate=True)
         metrics = self.evaluate(trainer)
@@ -383,7 +385,7 @@ class Runner:
                     "initial_state_sha256": student_init_sha,
                     "teacher_source": plan.teacher_source,
                     "teacher_source_sha256": weights_sha256(plan.teacher_source),
-                    "output_dir": str(out_dir / "student"),
+                    "output_dir": str((out_dir / "student").resolve()),
                 },
                 "resumed_from": resumed_from,
                 "wall_time_s": time.time() - started,
@@ -393,6 +395,13 @@ class Runner:
         path = plan.paths.results_dir / "runs" / f"{plan.run_name}.json"
         write_json_atomic(path, record)
         return record | {"_path": str(path)}
+
+    def _setting(self) -> str:
+        """``task-specific``, or where the student came from when an earlier run pre-trained it."""
+        origin = self.plan.student_spec.origin
+        if origin and origin.get("task") == "pretrain":
+            return f"after {origin['method']} pre-training"
+        return "task-specific"
 
     def _base_record(self, method: str, role: str, key: str) -> dict[str, Any]:
         plan = self.plan
@@ -404,7 +413,7 @@ class Runner:
             "method": method,
             "task": self.config.task,
             "role": role,
-            "setting": "task-specific",
+            "setting": self._setting(),
             "seed": self.config.seed,
             "preset": self.config.preset,
             "main_metric": main_metric_key(self.task),
@@ -430,20 +439,26 @@ def main_metric_key(task: Task) -> str:
     return task.main_metric if len(splits) == 1 else f"{splits[0]}/{task.main_metric}"
 
 
+TRAINER_EVAL_KEYS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch"}
+
+
 def flatten_metrics(logs: dict[str, Any], task: Task) -> dict[str, float]:
-    """Trainer's ``eval_[split_]name`` keys → ``name`` (one split) or ``split/name`` (several)."""
+    """Trainer's ``eval_[split_]name`` keys → ``name`` (one split) or ``split/name`` (several); the
+    Trainer's own bookkeeping (eval loss, runtime, throughput) is left out."""
     result: dict[str, float] = {}
     splits = task.eval_splits
     for key, value in logs.items():
-        if not key.startswith("eval_") or key.endswith(("_runtime", "_per_second", "_loss")) or key == "eval_epoch":
+        if not key.startswith("eval_"):
             continue
         name = key.removeprefix("eval_")
+        split = None
         if len(splits) > 1:
             split = next((s for s in splits if name.startswith(f"{s}_")), None)
             if split is None:
                 continue
-            name = f"{split}/{name.removeprefix(f'{split}_')}"
-        result[name] = float(value)
+            name = name.removeprefix(f"{split}_")
+        if name not in TRAINER_EVAL_KEYS:
+            result[f"{split}/{name}" if split else name] = float(value)
     return result
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,11 +107,14 @@ class StudentSpec:
     source: str | None = None
     layer_ids: tuple[int, ...] = ()
     num_layers: int = 0
+    origin: dict[str, Any] | None = None  # the run record that produced a ``pretrained`` student, if any
 
     @classmethod
     def parse(cls, student: str | None, student_layers: int | None, layer_ids: str | None, teacher_layers: int):
         if student and student.startswith("random:"):
             return cls("random", num_layers=_positive_int(student.removeprefix("random:"), "random:N"))
+        if student and student.endswith(".json"):
+            return cls.from_record(Path(student))
         if student:
             return cls("pretrained", source=resolve_model(student))
         if layer_ids:
@@ -121,13 +125,30 @@ class StudentSpec:
         count = student_layers or max(1, teacher_layers // 2)
         return cls("layers", layer_ids=tuple(uniform_layer_map(count, teacher_layers)))
 
+    @classmethod
+    def from_record(cls, path: Path) -> StudentSpec:
+        """The student a earlier run saved (e.g. a continual pre-training run), linked to its record."""
+        try:
+            record = json.loads(path.read_text())
+            folder = record["model"]["output_dir"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise UserError(f"--student {path}: not a run record with a saved student ({error})") from None
+        origin = {
+            "record": str(path.resolve()),
+            "run_id": record.get("run_id"),
+            "task": record.get("task"),
+            "method": record.get("method"),
+        }
+        return cls("pretrained", source=resolve_model(folder), origin=origin)
+
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "kind": self.kind,
             "source": self.source,
             "layer_ids": list(self.layer_ids),
             "num_layers": self.num_layers,
         }
+        return described | ({"origin": self.origin} if self.origin else {})
 
 
 def _positive_int(text: str, what: str, allow_zero: bool = False) -> int:

@@ -89,6 +89,17 @@ class Task:
         """Tokenised splits with only model inputs and ``labels`` (padding is left to the collator)."""
         raise NotImplementedError
 
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Any:
+        """Batches examples; dynamic padding by default (MLM masks here)."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def prepare_model(self, model: nn.Module, role: str) -> None:
+        """Adjust a freshly loaded model before a fine-tuning stage (e.g. freeze a backbone); no-op."""
+
+    reduce_eval_logits = None  # optional (logits, labels) → small per-example summary for metrics
+
     def model_kwargs(self) -> dict[str, Any]:
         """Arguments for ``model_class.from_pretrained`` (``num_labels``, ``problem_type`` …)."""
         return {}

@@ -202,6 +202,15 @@ def squad_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_squad(tmp_path_factory.mktemp("squad-data"))
 
 
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small raw-text corpus (about 5k tokens) for masked-LM runs."""
+    rng = random.Random(1)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(sentence(rng, rng.randint(5, 20)) for _ in range(400)) + "\n")
+    return path
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh working directory with its own stage cache, so runs never touch the repository."""
