@@ -87,7 +87,8 @@ def config_fingerprint(record: dict[str, Any]) -> str:
 
 
 def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Selection:
-    """Drop incomplete and dirty-tree records; within a group keep the configuration most seeds share."""
+    """Drop incomplete, dirty-tree and tuning-trial records (a study's trials are its own evidence, see
+    ``tune --report``); within a group keep the configuration most seeds share (ties: the newest)."""
     selection = Selection()
     candidates = []
     for record in records:
@@ -97,6 +98,8 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Select
             selection.excluded["without a git commit"] += 1
         elif (record.get("git") or {}).get("dirty") and not include_dirty:
             selection.excluded["from a dirty tree"] += 1
+        elif (record.get("tags") or {}).get("study"):
+            selection.excluded["tuning trials"] += 1
         else:
             candidates.append(record)
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))

@@ -64,7 +64,7 @@ def leaderboard_markdown(results_dir: Path) -> str:
         parts += [
             "#### TED reference (DeBERTaV3-base → xsmall; not measured here) and measured − reference",
             "",
-            reference.to_markdown(index=False),
+            reference.to_markdown(index=False, missingval=""),
             "",
         ]
     return "\n".join(parts)

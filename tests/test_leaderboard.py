@@ -58,6 +58,7 @@ def results(tmp_path: Path) -> Path:
         record("kd", "mrpc", 4, {"accuracy": 0.10, "f1": 0.10}, status="running"),
         record("kd", "mrpc", 5, {"accuracy": 0.10, "f1": 0.10}, git={"commit": "abc", "dirty": True}),
         record("kd", "mrpc", 6, {"accuracy": 0.10, "f1": 0.10}, hparams={"kl_alpha": 9.0}),
+        record("kd", "mrpc", 7, {"accuracy": 0.99, "f1": 0.99}, tags={"study": "s", "trial": 0}, run_id="trial"),
     ]
     for r in records:
         write_json_atomic(runs / f"{r['run_id']}-{r['status']}-{r['git']['dirty']}.json", r)
@@ -67,7 +68,12 @@ def results(tmp_path: Path) -> Path:
 def test_selection_counts_what_it_leaves_out(results):
     selection = select(read_records(results))
     assert len(selection.records) == 7
-    assert selection.excluded == {"incomplete": 1, "from a dirty tree": 1, "disagreeing on configuration": 1}
+    assert selection.excluded == {
+        "incomplete": 1,
+        "from a dirty tree": 1,
+        "disagreeing on configuration": 1,
+        "tuning trials": 1,
+    }
     assert "1 incomplete" in selection.report() and "1 from a dirty tree" in selection.report()
 
 
