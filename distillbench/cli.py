@@ -258,7 +258,9 @@ def command_table(args: argparse.Namespace) -> int:
     text = render(build_table(stats, tasks, methods, title), args.format)
     if args.reference:
         reference = reference_table(aggregate(selection.records, "best"), tasks)
-        block = reference.to_markdown(index=False, missingval="") if args.format == "md" else reference.to_csv(index=False)
+        block = (
+            reference.to_markdown(index=False, missingval="") if args.format == "md" else reference.to_csv(index=False)
+        )
         text += f"\nTED reference (not measured here; measured best epoch - reference):\n{block}\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

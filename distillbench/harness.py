@@ -389,6 +389,7 @@ class Runner:
                 },
                 "resumed_from": resumed_from,
                 "wall_time_s": time.time() - started,
+                "train_runtime_s": train_runtime(trainer.state.log_history),
                 "tags": self.tags,
             }
         )
@@ -491,6 +492,11 @@ def final_loss_terms(log_history: list[dict[str, Any]]) -> dict[str, float]:
             if key == "loss" or key.startswith("loss/"):
                 last[key] = float(value)
     return last
+
+
+def train_runtime(log_history: list[dict[str, Any]]) -> float | None:
+    """Seconds the Trainer spent in this stage's training loop (this process only, if resumed)."""
+    return next((e["train_runtime"] for e in reversed(log_history) if "train_runtime" in e), None)
 
 
 def loss_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:

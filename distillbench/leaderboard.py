@@ -246,7 +246,7 @@ def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.D
                         "delta": None if ours is None else round(scale * ours - value, 1),
                     }
                 )
-    return pd.DataFrame(rows, columns=["method", "task", "metric", "reference", "measured", "delta"])
+    return pd.DataFrame(rows, columns=["method", "task", "metric", "reference", "measured", "delta"], dtype=object)
 
 
 LATEX_ESCAPES = {

@@ -34,7 +34,8 @@ def runs_table(records: list[dict]) -> str:
                 "final": f"{scale * record['metrics'][main]:.1f}",
                 "best": best_text,
                 "steps": (record.get("epochs") or [{}])[-1].get("step", ""),
-                "wall time": f"{record['wall_time_s'] / 60:.1f} min",
+                "wall time (incl. stages it ran)": f"{record['wall_time_s'] / 60:.1f} min",
+                "train loop": f"{record['train_runtime_s'] / 60:.1f} min" if record.get("train_runtime_s") else "",
                 "record": Path(record["_path"]).name,
             }
         )
