@@ -165,9 +165,5 @@ method_registry: Registry[type[Method]] = Registry("method", "distillbench.metho
 register_method = method_registry.register
 
 
-def get_method(name: str) -> type[Method]:
-    return method_registry.get(name)
-
-
-def list_methods(pattern: str = "*") -> list[str]:
-    return method_registry.list(pattern)
+get_method = method_registry.get
+list_methods = method_registry.list

@@ -70,9 +70,21 @@ class Task:
         """Raw ``train`` + evaluation splits. Bad or missing files raise :class:`UserError`."""
         raise NotImplementedError
 
+    def local_files(self) -> dict[str, Path]:
+        """Split name → file under the data directory (tasks that read local files override this)."""
+        return {}
+
+    def checked_files(self) -> dict[str, Path]:
+        """:meth:`local_files`, each of which must exist."""
+        files = self.local_files()
+        for path in files.values():
+            if not path.is_file():
+                raise UserError(f"missing data file {path}")
+        return files
+
     def data_files(self) -> list[Path]:
         """The local files the data came from, hashed into every cache key and record."""
-        return []
+        return [] if self.data_dir is None else list(self.checked_files().values())
 
     def data_sha256(self) -> str:
         """sha256 over the data files (name + bytes), or over the task name when read from the hub."""
@@ -135,9 +147,5 @@ task_registry: Registry[type[Task]] = Registry("task", "distillbench.tasks", "di
 register_task = task_registry.register
 
 
-def get_task(name: str) -> type[Task]:
-    return task_registry.get(name)
-
-
-def list_tasks(pattern: str = "*") -> list[str]:
-    return task_registry.list(pattern)
+get_task = task_registry.get
+list_tasks = task_registry.list

@@ -29,6 +29,13 @@ def logit_kd(student: Outputs, teacher: Outputs, output_type: str, temperature: 
     return sum(terms) / len(terms)
 
 
+def with_logit_kd(terms: dict[str, Tensor], student: Outputs, teacher: Outputs, hp, output_type: str) -> dict:
+    """Add ``kd = kl_alpha · logit_kd`` to a method's terms when its ``kl_alpha`` is non-zero."""
+    if hp.kl_alpha:
+        terms["kd"] = hp.kl_alpha * logit_kd(student, teacher, output_type, hp.temperature)
+    return terms
+
+
 @register_method("kd")
 class KD(Method):
     """Hinton KD: task loss + kl_alpha · KL(student/T ‖ teacher/T) · T² (MSE to teacher for regression)."""
@@ -55,5 +62,4 @@ class KD(Method):
 
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         assert teacher is not None
-        kd = logit_kd(student, teacher, self.task.output_type, self.hp.temperature)
-        return {"task": student.loss, "kd": self.hp.kl_alpha * kd}
+        return with_logit_kd({"task": student.loss}, student, teacher, self.hp, self.task.output_type)

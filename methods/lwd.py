@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from distillbench import Method, Outputs, register_method
 from distillbench.errors import UserError
 from distillbench.losses import mse, uniform_layer_map
-from distillbench.methods.kd import logit_kd
+from distillbench.methods.kd import with_logit_kd
 
 
 def parse_layer_map(spec: str, student_layers: int, teacher_layers: int) -> list[int]:
@@ -92,6 +92,4 @@ class LWD(Method):
         ]
         layerwise = sum(mse(s, t.detach()) for s, t in pairs) / len(pairs)
         terms = {"task": student.loss, "mse": self.hp.mse_alpha * layerwise}
-        if self.hp.kl_alpha:
-            terms["kd"] = self.hp.kl_alpha * logit_kd(student, teacher, self.task.output_type, self.hp.temperature)
-        return terms
+        return with_logit_kd(terms, student, teacher, self.hp, self.task.output_type)

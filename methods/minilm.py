@@ -26,7 +26,7 @@ from torch import Tensor
 from distillbench import Method, Outputs, register_method
 from distillbench.errors import UserError
 from distillbench.losses import relation_kl
-from distillbench.methods.kd import logit_kd
+from distillbench.methods.kd import with_logit_kd
 
 
 class _RelationMethod(Method):
@@ -50,9 +50,7 @@ class _RelationMethod(Method):
             "task": student.loss,
             "relation": self.hp.minilm_alpha * self.relation_loss(student, teacher, batch["attention_mask"]),
         }
-        if self.hp.kl_alpha:
-            terms["kd"] = self.hp.kl_alpha * logit_kd(student, teacher, self.task.output_type, self.hp.temperature)
-        return terms
+        return with_logit_kd(terms, student, teacher, self.hp, self.task.output_type)
 
 
 @register_method("minilm")

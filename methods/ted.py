@@ -32,7 +32,7 @@ from transformers.activations import ACT2FN
 from distillbench import Method, Outputs, Stage, Task, register_method
 from distillbench.errors import UserError
 from distillbench.losses import mse
-from distillbench.methods.kd import logit_kd
+from distillbench.methods.kd import with_logit_kd
 
 
 def make_filter(width: int, output_dim: int, nonlinear: bool, activation: str) -> nn.Module:
@@ -174,6 +174,4 @@ class TED(Method):
             )
         ]
         terms = {"task": student.loss, "mse": self.hp.mse_alpha * sum(mse(s, t) for s, t in pairs) / len(pairs)}
-        if self.hp.kl_alpha:
-            terms["kd"] = self.hp.kl_alpha * logit_kd(student, teacher, self.task.output_type, self.hp.temperature)
-        return terms
+        return with_logit_kd(terms, student, teacher, self.hp, self.task.output_type)

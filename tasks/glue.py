@@ -196,21 +196,14 @@ class GlueTask(Task):
                 return candidate
         raise UserError(f"no {self.spec.folder} folder under {self.data_dir} (expected glue/{self.spec.folder}/)")
 
-    def _split_files(self) -> dict[str, Path]:
+    def local_files(self) -> dict[str, Path]:
         folder = self._folder()
-        files = {"train": folder / "train.tsv"} | {s: folder / f for s, f in self.spec.eval_files.items()}
-        for path in files.values():
-            if not path.is_file():
-                raise UserError(f"missing data file {path}")
-        return files
-
-    def data_files(self) -> list[Path]:
-        return [] if self.data_dir is None else list(self._split_files().values())
+        return {"train": folder / "train.tsv"} | {s: folder / f for s, f in self.spec.eval_files.items()}
 
     def load(self) -> DatasetDict:
         if self.data_dir is None:
             return self._load_hub()
-        files = self._split_files()
+        files = self.checked_files()
         raw = DatasetDict({split: self._read_tsv(path) for split, path in files.items()})
         return raw.map(self._encode_label, desc="labels")
 

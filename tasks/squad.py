@@ -94,24 +94,17 @@ class SquadTask(Task):
     def with_negative(self) -> bool:
         return self.version == "2.0"
 
-    def _split_files(self) -> dict[str, Path]:
+    def local_files(self) -> dict[str, Path]:
         assert self.data_dir is not None
         folder = self.data_dir / "squad"
-        files = {"train": folder / f"train-v{self.version}.json", "validation": folder / f"dev-v{self.version}.json"}
-        for path in files.values():
-            if not path.is_file():
-                raise UserError(f"missing data file {path}")
-        return files
-
-    def data_files(self) -> list[Path]:
-        return [] if self.data_dir is None else list(self._split_files().values())
+        return {"train": folder / f"train-v{self.version}.json", "validation": folder / f"dev-v{self.version}.json"}
 
     def load(self) -> DatasetDict:
         if self.data_dir is None:
             raw = load_dataset(self.hub_name)
             return DatasetDict({"train": raw["train"], "validation": raw["validation"]})
         return DatasetDict(
-            {split: Dataset.from_list(read_squad_json(path)) for split, path in self._split_files().items()}
+            {split: Dataset.from_list(read_squad_json(path)) for split, path in self.checked_files().items()}
         )
 
     # preprocessing ------------------------------------------------------------------------------
