@@ -414,7 +414,7 @@ class Runner:
             "method": method,
             "task": self.config.task,
             "role": role,
-            "setting": self._setting(),
+            "setting": self._setting() if role == "student" else "task-specific",
             "seed": self.config.seed,
             "preset": self.config.preset,
             "main_metric": main_metric_key(self.task),
