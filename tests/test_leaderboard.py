@@ -156,3 +156,16 @@ def test_committed_leaderboard_and_readme_are_generated_from_committed_records()
     readme = (ROOT / "README.md").read_text()
     assert README_START in readme and README_END in readme
     assert replace_readme_section(readme, body) == readme
+
+
+def test_studies_table_summarises_trials_from_their_records():
+    from distillbench.report import studies_table
+
+    trials = [
+        record("kd", "mrpc", 42, {"accuracy": a, "f1": a}, tags={"study": "s", "trial": n}, wall_time_s=120.0,
+               status=status)
+        for n, (a, status) in enumerate([(0.70, "complete"), (0.75, "complete"), (0.60, "pruned")])
+    ]
+    table = studies_table(trials)
+    assert "| s " in table and "2 complete, 1 pruned" in table and "75.0" in table and "2.0 min" in table
+    assert studies_table([record("kd", "mrpc", 1, {"accuracy": 0.8, "f1": 0.8})]) == ""
