@@ -71,7 +71,7 @@ def studies_table(records: list[dict]) -> str:
                 "mean time per trial": f"{sum(r['wall_time_s'] for r in trials) / len(trials) / 60:.1f} min",
             }
         )
-    return pd.DataFrame(rows).to_markdown(index=False) if rows else ""
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else ""
 
 
 def leaderboard_markdown(results_dir: Path) -> str:
