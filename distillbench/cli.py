@@ -1,4 +1,4 @@
-"""``distillbench`` command line: run, list (and the tools built on run records).
+"""``distillbench`` command line: run, tune, list, and the record readers table, plot and leaderboard.
 
 Every user error is one ``error: …`` line on stderr and exit code 2; nothing is written before the
 whole run has been validated.
@@ -32,7 +32,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="pretrained teacher: minilm-l6 (PyPI package), a local folder or a hub id",
     )
     parser.add_argument("--teacher-finetuned", help="an already fine-tuned teacher folder: skip the teacher stage")
-    parser.add_argument("--student", help="pretrained student folder/hub id, or random:N for N random layers")
+    parser.add_argument(
+        "--student",
+        help="pretrained student folder/hub id, a run record (.json) whose saved student to start from, "
+        "or random:N for N random layers",
+    )
     parser.add_argument("--student-layers", type=int, help="copy N teacher layers, uniformly spaced (default: half)")
     parser.add_argument("--student-layer-ids", help="copy exactly these teacher layers, e.g. 1,3,5 (0-based)")
     parser.add_argument("--seed", type=int, default=42)
@@ -42,7 +46,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a method or training hyper-parameter (typed), repeatable",
+        help="override a method hyper-parameter, training setting or task option (typed), repeatable",
     )
     parser.add_argument("--epochs", type=float, help="training epochs of every stage")
     parser.add_argument("--max-steps", type=int, help="stop the student stages after this many steps")

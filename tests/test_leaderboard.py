@@ -162,8 +162,15 @@ def test_studies_table_summarises_trials_from_their_records():
     from distillbench.report import studies_table
 
     trials = [
-        record("kd", "mrpc", 42, {"accuracy": a, "f1": a}, tags={"study": "s", "trial": n}, wall_time_s=120.0,
-               status=status)
+        record(
+            "kd",
+            "mrpc",
+            42,
+            {"accuracy": a, "f1": a},
+            tags={"study": "s", "trial": n},
+            wall_time_s=120.0,
+            status=status,
+        )
         for n, (a, status) in enumerate([(0.70, "complete"), (0.75, "complete"), (0.60, "pruned")])
     ]
     table = studies_table(trials)
