@@ -87,8 +87,8 @@ def config_fingerprint(record: dict[str, Any]) -> str:
 
 
 def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Selection:
-    """Drop incomplete, dirty-tree and tuning-trial records (a study's trials are its own evidence, see
-    ``tune --report``); within a group keep the configuration most seeds share (ties: the newest)."""
+    """Drop incomplete, dirty-tree, tuning-trial (a study is its own evidence) and preset (demo) records;
+    within a group keep the configuration most seeds share (ties: the newest)."""
     selection = Selection()
     candidates = []
     for record in records:
@@ -100,6 +100,8 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Select
             selection.excluded["from a dirty tree"] += 1
         elif (record.get("tags") or {}).get("study"):
             selection.excluded["tuning trials"] += 1
+        elif record.get("preset"):
+            selection.excluded["bounded presets (e.g. the demo)"] += 1
         else:
             candidates.append(record)
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
