@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from transformers import TrainerCallback
 
 from distillbench.config import TrainConfig
@@ -57,13 +57,16 @@ def common_space(trial: optuna.Trial, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def make_storage(url: str, heartbeat_interval: int, grace_period: int) -> RDBStorage:
+    """Open (and on first use create) the study database; creation is serialised across workers, since
+    two processes creating Optuna's schema at once collide in PostgreSQL's catalogue."""
     try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
+        with storage_lock(url, "schema"):
+            return RDBStorage(
+                url,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
     except Exception as error:  # bad URL, missing driver, unreachable server
         raise UserError(f"cannot open Optuna storage {url}: {str(error).splitlines()[0]}") from None
 
@@ -88,20 +91,23 @@ def load_study(storage: str | None, study_name: str | None) -> optuna.Study:
 
 
 @contextlib.contextmanager
-def claim_lock(storage: RDBStorage, study_name: str) -> Iterator[None]:
-    """Serialise 'count trials, then ask' across workers: a PostgreSQL advisory lock, or a file lock
-    beside a SQLite database."""
-    url = str(storage.engine.url)
+def storage_lock(url: str, name: str) -> Iterator[None]:
+    """A lock shared by every worker of one storage: a PostgreSQL advisory lock, or a file lock beside a
+    SQLite database (other back-ends: none). Serialises schema creation and 'count trials, then ask'."""
     if url.startswith("postgresql"):
-        key = int(hashlib.sha256(study_name.encode()).hexdigest()[:15], 16)
-        with storage.engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-    elif url.startswith("sqlite") and storage.engine.url.database:
-        with open(f"{storage.engine.url.database}.lock", "w") as handle:
+        key = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+    elif url.startswith("sqlite:///"):
+        with open(f"{url.removeprefix('sqlite:///')}.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -183,7 +189,7 @@ def run_worker(
     started = time.time()
     while settings.timeout is None or time.time() - started < settings.timeout:
         fail_stale_trials(study)
-        with claim_lock(storage, settings.study_name):
+        with storage_lock(settings.storage, settings.study_name):
             claimed = len(study.get_trials(deepcopy=False, states=CLAIMED_STATES))
             if claimed >= settings.trials:
                 break
