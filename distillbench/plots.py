@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from distillbench.errors import UserError
-from distillbench.leaderboard import row_key
+from distillbench.leaderboard import row_key, score_of
 from distillbench.task import get_task
 
 
@@ -32,7 +32,7 @@ def method_bars(records: list[dict], out_dir: Path, score: str = "final") -> lis
     """Main dev metric per task × method, bars = mean over seeds, error bars = std."""
     rows = []
     for record in records:
-        metrics = record["best_epoch"]["metrics"] if score == "best" and record.get("best_epoch") else record["metrics"]
+        metrics = score_of(record, score)
         task = get_task(record["task"])
         scale = task.display_scale
         rows.append(

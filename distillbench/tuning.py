@@ -164,7 +164,7 @@ class TuneSettings:
     trials: int
     pruner: str = "median"
     timeout: float | None = None
-    common: tuple[str, ...] = ("learning_rate", "batch_size", "warmup_steps", "epochs")
+    common: tuple[str, ...] = tuple(COMMON_SUGGESTIONS)
     seed: int = 42
     heartbeat_interval: int = 30
     grace_period: int = 90
