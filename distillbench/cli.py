@@ -50,6 +50,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=float, help="training epochs of every stage")
     parser.add_argument("--max-steps", type=int, help="stop the student stages after this many steps")
+    parser.add_argument(
+        "--teacher-cache",
+        choices=("on", "off", "auto"),
+        help="read the teacher's outputs from a disk cache (default auto: when the method allows it)",
+    )
     parser.add_argument("--preset", help="a named bounded budget, e.g. demo (see README)")
     parser.add_argument("--data-dir", help="folder with glue/, squad/, text/ (default: $DISTILLBENCH_DATA, else hub)")
     parser.add_argument("--output-dir", type=Path, help="checkpoints and the trained student (default: outputs/…)")
@@ -101,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     leaderboard = commands.add_parser("leaderboard", help="regenerate results/leaderboard.md and the README section")
     leaderboard.add_argument("--results-dir", type=Path, default=Path("results"))
     leaderboard.add_argument("--readme", type=Path, default=Path("README.md"))
+    bench = commands.add_parser("bench", help="harness vs plain PyTorch, teacher cache, eval throughput, memory")
+    bench.add_argument("--task", default="rte")
+    bench.add_argument("--teacher", default="minilm-l6")
+    bench.add_argument("--steps", type=int, default=20, help="batches per phase (the same batches in every phase)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed first steps of every phase")
+    bench.add_argument("--rounds", type=int, default=2, help="alternating rounds of plain vs harness")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--max-seq-length", type=int, default=128)
+    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--data-dir", help="folder with glue/ (default: $DISTILLBENCH_DATA, else hub)")
+    bench.add_argument("--results-dir", type=Path, default=Path("results"), help="the record goes to <dir>/bench/")
+    bench.add_argument("--cache-dir", type=Path, help="teacher-output cache (default: $DISTILLBENCH_CACHE)")
     return parser
 
 
@@ -130,6 +147,8 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         train_overrides["epochs"] = args.epochs
     if args.max_steps is not None:
         train_overrides["max_steps"] = args.max_steps
+    if args.teacher_cache is not None:
+        train_overrides["teacher_cache"] = args.teacher_cache
     config = RunConfig(
         method=args.method,
         task=args.task,
@@ -318,6 +337,34 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    import sys
+
+    from distillbench.bench import BenchSettings, run_bench
+    from distillbench.harness import cache_root
+
+    if args.steps <= args.warmup or args.warmup < 1 or args.rounds < 1:
+        raise UserError("bench needs --steps > --warmup ≥ 1 and --rounds ≥ 1")
+    settings = BenchSettings(
+        task=args.task,
+        teacher=args.teacher,
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
+    record = run_bench(settings, args.results_dir, args.cache_dir or cache_root(), lambda m: print(m, file=sys.stderr))
+    for name, figures in record["phases"].items():
+        print(f"{name:20s} {figures['seconds_per_step']:.3f} s/step  peak RSS {figures['peak_rss_mib']:.0f} MiB")
+    for name, value in record["ratios"].items():
+        print(f"{name:28s} {value:.3f}")
+    print(f"record {record['_path']}")
+    return 0
+
+
 COMMANDS = {
     "run": command_run,
     "tune": command_tune,
@@ -325,6 +372,7 @@ COMMANDS = {
     "table": command_table,
     "plot": command_plot,
     "leaderboard": command_leaderboard,
+    "bench": command_bench,
 }
 
 

@@ -49,6 +49,9 @@ class TrainConfig:
     max_train_samples: int | None = None  # a student-side budget: the teacher always sees all of train
     save_steps: int = 200
     logging_steps: int = 20
+    group_by_length: bool = True  # batches of similar lengths: less padding under dynamic padding
+    teacher_cache: str = "auto"  # on | off | auto (on when the method and task allow it)
+    teacher_cache_dtype: str = "float32"  # or float16: half the disk, rounding error recorded
 
 
 # Bounded presets: named, documented budgets (the README demo uses "demo").

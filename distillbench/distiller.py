@@ -2,8 +2,9 @@
 
 ``Distiller`` holds the student, the frozen teacher and the method's modules, so the optimizer,
 checkpoints and device placement see every trainable piece without extra code. Its forward asks the
-models only for what the method ``needs`` and returns the method's named terms and their sum. In eval
-mode it is just the student, so evaluation costs no teacher forward.
+models only for what the method ``needs`` (or reads the teacher's part from a teacher-output cache) and
+returns the method's named terms and their sum. In eval mode it is just the student, so evaluation
+costs no teacher forward.
 """
 
 from __future__ import annotations
@@ -21,18 +22,27 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 from distillbench.method import Method, Outputs
 from distillbench.models import QKVCapture, freeze
 from distillbench.task import Task
+from distillbench.teacher_cache import INDEX_COLUMN, TeacherCache
 
 
 class Distiller(nn.Module):
     """Student + frozen teacher + method modules; ``forward`` returns ``{"loss", "terms"}`` in training."""
 
-    def __init__(self, student: PreTrainedModel, teacher: PreTrainedModel | None, method: Method, task: Task) -> None:
+    def __init__(
+        self,
+        student: PreTrainedModel,
+        teacher: PreTrainedModel | None,
+        method: Method,
+        task: Task,
+        teacher_cache: TeacherCache | None = None,
+    ) -> None:
         super().__init__()
         self.student = student
         self.teacher = freeze(teacher) if teacher is not None else None
         self.method_modules = method.modules
         self.method = method
         self.task = task
+        self.teacher_cache = teacher_cache
         needs = method.needs
         self._model_kwargs = {
             "output_hidden_states": "hidden_states" in needs,
@@ -57,11 +67,14 @@ class Distiller(nn.Module):
         )
 
     def forward(self, **batch: Tensor) -> Any:
+        index = batch.pop(INDEX_COLUMN, None)
         if not self.training:
             return self.student(**batch)
         student = self._run(self.student, self._student_qkv, batch)
         teacher = None
-        if self.teacher is not None:
+        if self.teacher_cache is not None and index is not None:
+            teacher = self.teacher_cache.lookup(index, batch["input_ids"].shape[1], index.device)
+        elif self.teacher is not None:
             with torch.no_grad():
                 teacher = self._run(self.teacher, self._teacher_qkv, batch)
         terms = self.method.loss(student, teacher, batch)

@@ -40,6 +40,7 @@ from distillbench.models import (
 )
 from distillbench.records import RECORD_VERSION, write_json_atomic
 from distillbench.task import Task, get_task, resolve_data_dir
+from distillbench.teacher_cache import CacheSpec, TeacherCache, build_cache, with_index
 
 CACHE_ENV = "DISTILLBENCH_CACHE"
 
@@ -114,6 +115,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
         )
     hp = method_cls.hparams_for(config.task, config.method_overrides)
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
+    check_teacher_cache(config, method, task)
     data_sha = task.data_sha256()
     key = stable_key(
         {
@@ -156,9 +158,10 @@ class Runner:
     def _tokenised_data(self) -> DatasetDict:
         return self.task.preprocess(self.task.load(), self.tokenizer, self.train_cfg.max_seq_length)
 
-    def train_split(self, max_train_samples: int | None):
-        """The training set, or a seeded random subset of it (a student-side budget)."""
-        train = self.data["train"]
+    def train_split(self, max_train_samples: int | None, indexed: bool = False):
+        """The training set, or a seeded random subset of it (a student-side budget); ``indexed``
+        adds each row's position in the full set (the teacher cache's key)."""
+        train = with_index(self.data["train"]) if indexed else self.data["train"]
         if max_train_samples is None or max_train_samples >= len(train):
             return train
         return train.shuffle(seed=self.config.seed).select(range(max_train_samples))
@@ -168,16 +171,9 @@ class Runner:
         return self.data[splits[0]] if len(splits) == 1 else {s: self.data[s] for s in splits}
 
     # training -----------------------------------------------------------------------------------
-    def train_module(
-        self,
-        module: torch.nn.Module,
-        out_dir: Path,
-        cfg: TrainConfig,
-        evaluate: bool,
-        callbacks: tuple[TrainerCallback, ...] = (),
-    ) -> DistillTrainer:
-        """Train any module with the Trainer under ``cfg``, resuming from the last checkpoint in ``out_dir``."""
-        args = TrainingArguments(
+    def training_arguments(self, out_dir: Path, cfg: TrainConfig, evaluate: bool) -> TrainingArguments:
+        """The Trainer's arguments for one stage under ``cfg``."""
+        return TrainingArguments(
             output_dir=str(out_dir),
             per_device_train_batch_size=cfg.batch_size,
             per_device_eval_batch_size=cfg.eval_batch_size,
@@ -197,17 +193,41 @@ class Runner:
             label_names=list(self.task.label_keys),
             disable_tqdm=not self.plan.paths.show_progress,
             use_cpu=not torch.cuda.is_available(),
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         )
-        trainer = DistillTrainer(
+
+    def trainer(
+        self,
+        module: torch.nn.Module,
+        args: TrainingArguments,
+        train_dataset: Any,
+        data_collator: Any = None,
+        callbacks: tuple[TrainerCallback, ...] = (),
+    ) -> DistillTrainer:
+        """A :class:`DistillTrainer` evaluating on the task's dev split(s) with the task's metric."""
+        return DistillTrainer(
             model=module,
             args=args,
-            train_dataset=self.train_split(cfg.max_train_samples),
+            train_dataset=train_dataset,
             eval_dataset=self._eval_data(),
-            data_collator=self.task.collator(self.tokenizer),
+            data_collator=data_collator or self.task.collator(self.tokenizer),
             compute_metrics=lambda p: self.task.compute_metrics(p.predictions, p.label_ids),
             preprocess_logits_for_metrics=self.task.reduce_eval_logits,
             callbacks=list(callbacks),
         )
+
+    def train_module(
+        self,
+        module: torch.nn.Module,
+        out_dir: Path,
+        cfg: TrainConfig,
+        evaluate: bool,
+        callbacks: tuple[TrainerCallback, ...] = (),
+        indexed: bool = False,
+    ) -> DistillTrainer:
+        """Train any module with the Trainer under ``cfg``, resuming from the last checkpoint in ``out_dir``."""
+        args = self.training_arguments(out_dir, cfg, evaluate)
+        trainer = self.trainer(module, args, self.train_split(cfg.max_train_samples, indexed), callbacks=callbacks)
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(out_dir))
         return trainer
 
@@ -247,6 +267,7 @@ class Runner:
                 for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
             },
             **({"task_options": config.task_options} if config.task_options else {}),
+            **grouping_key(role_cfg),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
         done = folder / "done.json"
@@ -316,6 +337,7 @@ class Runner:
             "data": self.plan.data_sha256,
             "batch_size": cfg.batch_size,
             "max_train_samples": cfg.max_train_samples,
+            **grouping_key(cfg),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{self.config.task}-{stage.name}-{stable_key(settings)}"
         done = folder / "done.json"
@@ -339,6 +361,42 @@ class Runner:
         self.stage_log[stage.name] = json.loads(done.read_text())
         return load_file(folder / "extra.safetensors")
 
+    def teacher_cache(self, teacher: torch.nn.Module, teacher_info: dict[str, Any]) -> TeacherCache | None:
+        """The teacher-output cache this run reads, built on first use; ``None`` when switched off or
+        when the method or the task needs a live teacher (``auto`` then falls back silently)."""
+        cfg, method, task = self.train_cfg, self.plan.method, self.task
+        if cfg.teacher_cache == "off" or cache_refusal(self.config, method, task):
+            return None
+        layers = method.cached_teacher_layers() or ()
+        spec = CacheSpec(tuple(sorted(set(layers))), cfg.teacher_cache_dtype, task.per_token_distill)
+        settings = {
+            "teacher": teacher_info.get("key") or teacher_info.get("weights_sha256"),
+            "task": self.config.task,
+            "data": self.plan.data_sha256,
+            "tokenizer": self.plan.teacher_source,
+            "max_seq_length": cfg.max_seq_length,
+            "layers": list(spec.layers),
+            "dtype": spec.dtype,
+            **({"task_options": self.config.task_options} if self.config.task_options else {}),
+        }
+        folder = self.plan.paths.cache_dir / "teacher-outputs" / f"{self.config.task}-{stable_key(settings)}"
+        cache = build_cache(
+            folder,
+            teacher,
+            with_index(self.data["train"]),
+            task,
+            self.tokenizer,
+            spec,
+            cfg.eval_batch_size,
+            self.plan.paths.show_progress,
+        )
+        print(
+            f"teacher cache {folder} ({cache.disk_bytes / 2**20:.1f} MiB, {spec.dtype}, "
+            f"max rounding error {cache.meta['max_abs_rounding_error']:.2e})",
+            file=sys.stderr,
+        )
+        return cache
+
     # the run ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         started = time.time()
@@ -360,9 +418,12 @@ class Runner:
         student_init_sha = state_sha256(student)
         out_dir = plan.paths.output_dir or Path("outputs") / plan.run_name
         resumed_from = last_complete_checkpoint(out_dir)
-        distiller = Distiller(student, teacher, method, task)
         cfg = self.train_cfg
-        trainer = self.train_module(distiller, out_dir, cfg, evaluate=True, callbacks=self.callbacks)
+        cache = self.teacher_cache(teacher, teacher_info) if teacher is not None else None
+        distiller = Distiller(student, teacher, method, task, cache)
+        trainer = self.train_module(
+            distiller, out_dir, cfg, evaluate=True, callbacks=self.callbacks, indexed=cache is not None
+        )
         metrics = self.evaluate(trainer)
         student.save_pretrained(out_dir / "student")
         self.tokenizer.save_pretrained(out_dir / "student")
@@ -378,6 +439,7 @@ class Runner:
                 "loss_terms": final_loss_terms(trainer.state.log_history),
                 "loss_history": loss_history(trainer.state.log_history),
                 "teacher": teacher_info,
+                "teacher_cache": cache.meta | {"key": cache.folder.name} if cache else None,
                 "stages": self.stage_log,
                 "model": {
                     "student": plan.student_spec.describe(),
@@ -432,6 +494,31 @@ class Runner:
             "command": sys.argv,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+
+def cache_refusal(config: RunConfig, method: Method, task: Task) -> str | None:
+    """Why this run cannot read its teacher from a cache (``None``: it can)."""
+    if method.cached_teacher_layers() is None:
+        return f"method {config.method} needs live teacher outputs"
+    if not task.deterministic_inputs:
+        return f"task {config.task} randomises its training inputs"
+    return None
+
+
+def check_teacher_cache(config: RunConfig, method: Method, task: Task) -> None:
+    """Reject a bad ``teacher_cache`` setting before anything trains."""
+    mode = config.train.teacher_cache
+    if mode not in ("on", "off", "auto"):
+        raise UserError(f"teacher_cache must be on, off or auto, got {mode!r}")
+    CacheSpec((), config.train.teacher_cache_dtype)
+    reason = cache_refusal(config, method, task) if method.uses_teacher else "the method uses no teacher"
+    if mode == "on" and reason:
+        raise UserError(f"--teacher-cache on: {reason}")
+
+
+def grouping_key(cfg: TrainConfig) -> dict[str, bool]:
+    """Length grouping enters a stage key only when on, so stages cached before it existed stay valid."""
+    return {"group_by_length": True} if cfg.group_by_length else {}
 
 
 # history helpers ---------------------------------------------------------------------------------

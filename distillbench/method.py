@@ -148,6 +148,13 @@ class Method:
     def validate(self) -> None:
         """Raise :class:`UserError` when the student/teacher pair cannot be mapped by this method."""
 
+    def cached_teacher_layers(self) -> tuple[int, ...] | None:
+        """Indices into the teacher's ``hidden_states`` that :meth:`loss` reads, when every teacher
+        signal it reads (those states and ``distill``) depends on the input alone, so the harness may
+        serve them from a teacher-output cache. ``None`` (the default): the loss needs the live teacher
+        (attention relations, Q/K/V captures, anything a cache does not hold)."""
+        return None
+
     def stages(self) -> list[Stage]:
         """Stages to run before distillation (none by default)."""
         return []

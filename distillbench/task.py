@@ -45,6 +45,8 @@ class Task:
     benchmark: ClassVar[str] = ""  # tasks of one benchmark share an average column ("GLUE")
     display_scale: ClassVar[float] = 100.0  # tables show metric × scale (GLUE fractions → %, SQuAD already %)
     display_decimals: ClassVar[int] = 1
+    deterministic_inputs: ClassVar[bool] = True  # False when the collator randomises inputs (MLM masking)
+    per_token_distill: ClassVar[bool] = False  # True when distill_targets has a sequence axis (QA logits)
 
     @dataclass
     class Options:

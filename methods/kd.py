@@ -60,6 +60,9 @@ class KD(Method):
             "temperature": trial.suggest_float("temperature", 1.0, 8.0),
         }
 
+    def cached_teacher_layers(self) -> tuple[int, ...]:
+        return ()  # the teacher's logits only
+
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         assert teacher is not None
         return with_logit_kd({"task": student.loss}, student, teacher, self.hp, self.task.output_type)

@@ -81,6 +81,9 @@ class LWD(Method):
             return {}
         return {"projections": nn.ModuleList(nn.Linear(s_width, t_width) for _ in self.layer_map)}
 
+    def cached_teacher_layers(self) -> tuple[int, ...]:
+        return tuple(m + 1 for m in self.layer_map)
+
     def project(self, index: int, state: Tensor) -> Tensor:
         return self.modules["projections"][index](state) if "projections" in self.modules else state
 

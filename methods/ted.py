@@ -164,6 +164,10 @@ class TED(Method):
         modules["teacher_filters"].requires_grad_(False)
         return modules
 
+    def cached_teacher_layers(self) -> tuple[int, ...]:
+        """The states the frozen teacher filters read; the filters themselves are cheap and run live."""
+        return tuple(t + 1 for t in self.teacher_layers)
+
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         assert teacher is not None
         s_filters, t_filters = self.modules["student_filters"], self.modules["teacher_filters"]

@@ -72,6 +72,7 @@ class SquadTask(Task):
     hub_name: str
     model_class = "AutoModelForQuestionAnswering"
     label_keys = ("start_positions", "end_positions")
+    per_token_distill = True  # start/end logits over the window's tokens
     main_metric = "f1"
     display_scale = 1.0  # the official scripts already report percentages
     # The TED reference's SQuAD v2 settings (student lr, teacher lr, epochs, batch), max length 384.

@@ -1,0 +1,330 @@
+"""``distillbench bench``: what the harness costs over plain PyTorch, and what the teacher cache saves.
+
+Everything runs in one process, on one fixed list of length-grouped batches of the real training set,
+each phase from the same initial weights:
+
+(a) a plain PyTorch KD loop (forward, KL, backward, clip, AdamW, schedule) vs the harness
+    (``Distiller`` + ``DistillTrainer``) doing the same work → time ratio, goal ≤ 1.05;
+(b) the harness's KD steps reading a teacher-output cache vs running the teacher live vs the
+    student-only fine-tune steps → the cached KD steps should cost what the student alone costs;
+(c) dev-set evaluation throughput of the harness vs ``transformers.Trainer.evaluate`` alone;
+(d) the peak resident memory (CUDA: allocated memory) of each phase.
+
+Speed does not depend on what the weights have learned, so the teacher is the pretrained model with a
+seeded, untrained head: no fine-tuning stage runs. The first ``warmup`` steps of every phase are not
+timed; (a) alternates its two contenders over ``rounds`` rounds and keeps each one's best round.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainerCallback, get_linear_schedule_with_warmup, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from distillbench import provenance
+from distillbench.config import RunConfig, TrainConfig
+from distillbench.distiller import Distiller
+from distillbench.harness import Paths, Runner, plan_run, stable_key
+from distillbench.method import ModelPair, get_method
+from distillbench.models import build_student, load_for_task, state_sha256
+from distillbench.records import RECORD_VERSION, write_json_atomic
+from distillbench.task import get_task
+
+
+@dataclass
+class BenchSettings:
+    task: str = "rte"
+    teacher: str = "minilm-l6"
+    steps: int = 20
+    warmup: int = 3
+    rounds: int = 2
+    batch_size: int = 32
+    max_seq_length: int = 128
+    seed: int = 42
+    data_dir: str | None = None
+
+
+class MemoryPeak:
+    """Peak resident memory (MiB) while a block runs, sampled every 5 ms by a thread; on CUDA, the
+    peak allocated device memory."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.peak_rss = self.start_rss = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+    def __enter__(self) -> MemoryPeak:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> dict[str, float]:
+        mib = 2**20
+        report = {"peak_rss_mib": self.peak_rss / mib, "peak_rss_growth_mib": (self.peak_rss - self.start_rss) / mib}
+        if torch.cuda.is_available():
+            report["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / mib
+        return report
+
+
+class StepClock(TrainerCallback):
+    """Wall-clock time at the end of every optimizer step of a Trainer."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())
+
+
+def seconds_per_step(times: list[float], start: float, warmup: int) -> float:
+    """Mean seconds of the steps after the first ``warmup`` ones (``start``: before step 1)."""
+    marks = [start, *times]
+    return (marks[-1] - marks[warmup]) / (len(marks) - 1 - warmup)
+
+
+class IndexBatches(Dataset):
+    """One item per batch (a list of row indices): the Trainer then sees exactly the given batches."""
+
+    def __init__(self, batches: list[list[int]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.batches[i]
+
+
+class Bench:
+    """Builds the shared pieces once (data, batches, models) and times each phase on them."""
+
+    def __init__(self, settings: BenchSettings, cache_dir: Path) -> None:
+        self.settings = settings
+        train = TrainConfig(
+            learning_rate=get_task(settings.task).train_defaults.get("learning_rate", TrainConfig.learning_rate),
+            batch_size=settings.batch_size,
+            max_steps=settings.steps,
+            max_seq_length=settings.max_seq_length,
+            logging_steps=max(1, settings.steps // 4),
+            save_steps=10**9,
+            teacher_cache="on",
+        )
+        config = RunConfig(
+            method="kd",
+            task=settings.task,
+            teacher=settings.teacher,
+            seed=settings.seed,
+            data_dir=settings.data_dir,
+            train=train,
+        )
+        self.plan = plan_run(config, Paths(cache_dir=cache_dir, show_progress=False))
+        self.runner = Runner(self.plan)
+        self.task = self.plan.task
+        self.train_rows = self.runner.train_split(None, indexed=True)
+        self.collate_rows = self.task.collator(self.runner.tokenizer)
+        self.batches = self._batches()
+        set_seed(settings.seed)
+        self.teacher = load_for_task(self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False)
+        self.teacher.eval()
+        self.initial_student = build_student(
+            self.plan.student_spec, self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False
+        )
+
+    def _batches(self) -> list[list[int]]:
+        """The harness's default order: length-grouped batches of a seeded shuffle."""
+        lengths = [len(ids) for ids in self.train_rows["input_ids"]]
+        generator = torch.Generator().manual_seed(self.settings.seed)
+        order = list(LengthGroupedSampler(self.settings.batch_size, lengths=lengths, generator=generator))
+        size = self.settings.batch_size
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        if len(batches) < self.settings.steps:
+            raise ValueError(f"{self.settings.task} has only {len(batches)} batches of {size}")
+        return batches[: self.settings.steps]
+
+    def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        return self.collate_rows([self.train_rows[i] for i in rows])
+
+    def method(self, name: str):
+        method_cls = get_method(name)
+        hp = method_cls.hparams_for(self.settings.task, {})
+        method = method_cls(hp, self.task, ModelPair(self.initial_student.config, self.teacher.config))
+        method.setup({})
+        return method
+
+    # (a) plain PyTorch -------------------------------------------------------------------------
+    def plain_kd(self) -> dict[str, Any]:
+        """KD written directly in PyTorch: the reference the harness's overhead is measured against."""
+        hp = self.method("kd").hp
+        student = copy.deepcopy(self.initial_student).train()
+        optimizer = torch.optim.AdamW(student.parameters(), lr=self.plan.config.train.learning_rate, weight_decay=0.0)
+        schedule = get_linear_schedule_with_warmup(optimizer, 0, len(self.batches))
+        times: list[float] = []
+        start = time.perf_counter()
+        for rows in self.batches:
+            batch = self.collate(rows)
+            batch.pop("example_index")
+            outputs = student(**batch)
+            with torch.no_grad():
+                teacher_logits = self.teacher(**batch).logits
+            s, t = outputs.logits / hp.temperature, teacher_logits / hp.temperature
+            soft = F.kl_div(F.log_softmax(s, -1), F.softmax(t, -1), reduction="batchmean") * hp.temperature**2
+            loss = outputs.loss + hp.kl_alpha * soft
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter())
+        return {
+            "seconds_per_step": seconds_per_step(times, start, self.settings.warmup),
+            "final_loss": float(loss.detach()),
+        }
+
+    # (a), (b) the harness -----------------------------------------------------------------------
+    def harness(self, method_name: str, cache: Any = None, out_dir: Path | None = None) -> dict[str, Any]:
+        """The Trainer path of ``distillbench run`` on the fixed batches."""
+        student = copy.deepcopy(self.initial_student)
+        method = self.method(method_name)
+        teacher = self.teacher if method.uses_teacher else None
+        distiller = Distiller(student, teacher, method, self.task, cache)
+        args = self.runner.training_arguments(out_dir or Path("bench-output"), self.plan.config.train, evaluate=False)
+        args = replace(args, per_device_train_batch_size=1, train_sampling_strategy="sequential", disable_tqdm=True)
+        clock = StepClock()
+        trainer = self.runner.trainer(
+            distiller, args, IndexBatches(self.batches), data_collator=lambda items: self.collate(items[0])
+        )
+        trainer.add_callback(clock)
+        start = time.perf_counter()
+        trainer.train()
+        return {
+            "seconds_per_step": seconds_per_step(clock.times, start, self.settings.warmup),
+            "final_loss": next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e),
+        }
+
+    # (c) evaluation ----------------------------------------------------------------------------
+    def evaluation(self, out_dir: Path) -> dict[str, Any]:
+        """Dev-set examples per second: the harness's evaluate vs a bare ``Trainer.evaluate``."""
+        student = copy.deepcopy(self.initial_student)
+        args = self.runner.training_arguments(out_dir, self.plan.config.train, evaluate=False)
+        args = replace(args, disable_tqdm=True)
+        harness = self.runner.trainer(Distiller(student, None, self.method("finetune"), self.task), args, None)
+        bare = Trainer(
+            model=student,
+            args=args,
+            eval_dataset=self.runner._eval_data(),
+            data_collator=self.task.collator(self.runner.tokenizer),
+        )
+        examples = len(self.runner._eval_data())
+        result: dict[str, Any] = {"examples": examples}
+        for name, trainer in (("harness", harness), ("trainer_evaluate", bare)):
+            with MemoryPeak() as memory:
+                best = min(timed(trainer.evaluate) for _ in range(self.settings.rounds))
+            result[name] = {"examples_per_second": examples / best, "seconds": best, **memory.report()}
+        return result
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@contextmanager
+def phase(results: dict[str, Any], name: str, echo: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """Collect one phase's figures and its memory peak under ``results[name]``."""
+    echo(f"bench: {name} …")
+    entry: dict[str, Any] = {}
+    with MemoryPeak() as memory:
+        yield entry
+    entry.update(memory.report())
+    results.setdefault(name, []).append(entry)
+
+
+def best(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest round of a phase, with every round's time kept beside it."""
+    fastest = min(entries, key=lambda e: e["seconds_per_step"])
+    return fastest | {"rounds_seconds_per_step": [e["seconds_per_step"] for e in entries]}
+
+
+def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo: Callable[[str], None] = print) -> dict:
+    """Run every phase and write ``results/bench/<task>-<key>.json``; returns the record."""
+    started = time.time()
+    bench = Bench(settings, cache_dir)
+    scratch = cache_dir / "bench-output"
+    raw: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(settings.rounds):
+        with phase(raw, "plain_kd", echo) as entry:
+            entry.update(bench.plain_kd())
+        with phase(raw, "harness_kd_live", echo) as entry:
+            entry.update(bench.harness("kd", None, scratch))
+    cache_started = time.perf_counter()
+    with MemoryPeak() as memory:
+        cache = bench.runner.teacher_cache(bench.teacher, {"key": state_sha256(bench.teacher)})
+    assert cache is not None
+    cache_info = {
+        "build_seconds_this_process": time.perf_counter() - cache_started,
+        "disk_mib": cache.disk_bytes / 2**20,
+        **cache.meta,
+        **memory.report(),
+    }
+    with phase(raw, "harness_kd_cached", echo) as entry:
+        entry.update(bench.harness("kd", cache, scratch))
+    with phase(raw, "harness_finetune", echo) as entry:
+        entry.update(bench.harness("finetune", None, scratch))
+    phases = {name: best(entries) for name, entries in raw.items()}
+    step = {name: p["seconds_per_step"] for name, p in phases.items()}
+    evaluation = bench.evaluation(scratch)
+    record = {
+        "kind": "bench",
+        "version": RECORD_VERSION,
+        "settings": asdict(settings),
+        "teacher_source": bench.plan.teacher_source,
+        "student": bench.plan.student_spec.describe(),
+        "train_examples": len(bench.train_rows),
+        "batch_padded_lengths": [int(bench.collate(rows)["input_ids"].shape[1]) for rows in bench.batches],
+        "phases": phases,
+        "ratios": {
+            "harness_vs_plain_kd": step["harness_kd_live"] / step["plain_kd"],
+            "cached_kd_vs_student_only": step["harness_kd_cached"] / step["harness_finetune"],
+            "live_kd_vs_student_only": step["harness_kd_live"] / step["harness_finetune"],
+            "cached_vs_live_kd": step["harness_kd_cached"] / step["harness_kd_live"],
+            "eval_harness_vs_trainer": evaluation["harness"]["examples_per_second"]
+            / evaluation["trainer_evaluate"]["examples_per_second"],
+        },
+        "teacher_cache": cache_info,
+        "evaluation": evaluation,
+        "torch_threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "data_sha256": bench.plan.data_sha256,
+        "git": provenance.git_state(),
+        "packages": provenance.package_versions(),
+        "hardware": provenance.hardware(),
+        "wall_time_s": time.time() - started,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    key = stable_key({"settings": asdict(settings), "finished_at": record["finished_at"]})
+    path = results_dir / "bench" / f"{settings.task}-{record['device']}-{key}.json"
+    write_json_atomic(path, record)
+    return record | {"_path": str(path)}

@@ -1,0 +1,156 @@
+"""Teacher-output cache: run the frozen teacher over the training set once, read it every epoch after.
+
+With the teacher frozen and in eval mode (no dropout), what a method reads from it — the distillable
+outputs (``Task.distill_targets``) and selected hidden states — is a function of the input alone. When
+the method says so (:meth:`Method.cached_teacher_layers`) and the task's training inputs are fixed
+(``Task.deterministic_inputs``: not so for on-the-fly MLM masking), the harness computes those signals
+once per (teacher weights, task, tokenisation, data sha256, layers, dtype) into memory-mapped ``.npy``
+files and serves them by example index; later epochs and later runs cost no teacher forward.
+
+Per-token signals (hidden states, QA start/end logits) are stored padded to the longest training
+example: a BERT padding position attends to real tokens only, so its state does not depend on how far
+a batch is padded, and slicing a stored row to a batch's length gives what the live teacher computes
+(up to float summation order; bit-identical when the batches are the same — see the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding
+
+from distillbench.errors import UserError
+from distillbench.method import Outputs
+from distillbench.records import write_json_atomic
+
+INDEX_COLUMN = "example_index"
+CACHE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What is cached: hidden-state indices (into ``hidden_states``), storage dtype, per-token outputs."""
+
+    layers: tuple[int, ...]
+    dtype: str = "float32"
+    per_token_distill: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in CACHE_DTYPES:
+            raise UserError(f"teacher_cache_dtype must be one of {sorted(CACHE_DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def needs_positions(self) -> bool:
+        return bool(self.layers) or self.per_token_distill
+
+
+class TeacherCache:
+    """Memory-mapped teacher signals of one training set, looked up by ``example_index``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.meta = json.loads((folder / "meta.json").read_text())
+        self.distill = [np.load(folder / f"distill_{j}.npy", mmap_mode="r") for j in range(self.meta["distill"])]
+        self.hidden = {int(i): np.load(folder / f"hidden_{i}.npy", mmap_mode="r") for i in self.meta["layers"]}
+        self.per_token = self.meta["per_token_distill"]
+
+    @staticmethod
+    def rows(array: np.ndarray, index: np.ndarray, length: int | None) -> Tensor:
+        rows = np.asarray(array[index] if length is None else array[index, :length])
+        return torch.from_numpy(rows.astype(np.float32, copy=False))
+
+    def lookup(self, index: Tensor, length: int, device: torch.device) -> Outputs:
+        """The teacher's :class:`Outputs` for these examples, cut to the batch's padded ``length``."""
+        idx = index.cpu().numpy()
+        distill = [self.rows(a, idx, length if self.per_token else None).to(device) for a in self.distill]
+        count = self.meta["num_hidden_states"]
+        hidden = tuple(
+            self.rows(self.hidden[i], idx, length).to(device) if i in self.hidden else None for i in range(count)
+        )
+        return Outputs(raw=SimpleNamespace(hidden_states=hidden, loss=None), distill=distill)
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.iterdir())
+
+
+def build_cache(
+    folder: Path,
+    teacher: nn.Module,
+    train: Dataset,
+    task: Any,
+    tokenizer: Any,
+    spec: CacheSpec,
+    batch_size: int,
+    show_progress: bool = True,
+) -> TeacherCache:
+    """Run the teacher over ``train`` (which carries ``example_index``) and write the cache atomically."""
+    if (folder / "meta.json").is_file():
+        return TeacherCache(folder)
+    started = time.time()
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    max_length = max(len(ids) for ids in train["input_ids"])
+    if spec.needs_positions:
+        collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
+    else:
+        collate = task.collator(tokenizer)
+    storage = CACHE_DTYPES[spec.dtype]
+    arrays: dict[str, np.memmap] = {}
+    fp16_error = 0.0
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    count = len(train)
+    for start in tqdm(range(0, count, batch_size), desc="caching teacher outputs", disable=not show_progress):
+        rows = [train[i] for i in range(start, min(start + batch_size, count))]
+        batch = {k: v.to(device) for k, v in collate(rows).items()}
+        index = batch.pop(INDEX_COLUMN).cpu().numpy()
+        with torch.no_grad():
+            raw = teacher(**batch, output_hidden_states=bool(spec.layers))
+        values = {f"distill_{j}": t for j, t in enumerate(task.distill_targets(raw, batch))}
+        values |= {f"hidden_{i}": raw.hidden_states[i] for i in spec.layers}
+        for name, tensor in values.items():
+            data = tensor.float().cpu().numpy()
+            if name not in arrays:
+                arrays[name] = np.lib.format.open_memmap(
+                    partial / f"{name}.npy", mode="w+", dtype=storage, shape=(count, *data.shape[1:])
+                )
+            stored = data.astype(storage)
+            fp16_error = max(fp16_error, float(np.max(np.abs(stored.astype(np.float32) - data), initial=0.0)))
+            arrays[name][index] = stored
+    for array in arrays.values():
+        array.flush()
+    distill_count = sum(name.startswith("distill_") for name in arrays)
+    num_hidden_states = getattr(teacher.config, "num_hidden_layers", 0) + 1
+    meta = {
+        "examples": count,
+        "max_length": max_length,
+        "distill": distill_count,
+        "layers": list(spec.layers),
+        "num_hidden_states": num_hidden_states,
+        "dtype": spec.dtype,
+        "per_token_distill": spec.per_token_distill,
+        "max_abs_rounding_error": fp16_error,
+        "build_seconds": time.time() - started,
+    }
+    write_json_atomic(partial / "meta.json", meta)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return TeacherCache(folder)
+
+
+def with_index(train: Dataset) -> Dataset:
+    """The training set with its row number as ``example_index`` (kept through subsetting/shuffling)."""
+    return train.add_column(INDEX_COLUMN, list(range(len(train))))

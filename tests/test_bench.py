@@ -1,0 +1,40 @@
+"""`distillbench bench`: every phase runs on the same batches and lands in a record with provenance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distillbench.bench import seconds_per_step
+from distillbench.cli import main
+
+
+def test_seconds_per_step_skips_the_warmup_steps():
+    # start at 0; steps end at 10 (slow warm-up), 11, 12, 13 → 1 s per timed step
+    assert seconds_per_step([10.0, 11.0, 12.0, 13.0], 0.0, warmup=1) == pytest.approx(1.0)
+    assert seconds_per_step([10.0, 11.0, 12.0, 13.0], 0.0, warmup=0) == pytest.approx(13.0 / 4)
+
+
+def test_bench_writes_a_record_of_every_phase(tiny_bert, glue_dir, workdir, capsys):
+    args = ["bench", "--task", "mrpc", "--teacher", str(tiny_bert), "--data-dir", str(glue_dir)]
+    args += ["--steps", "4", "--warmup", "1", "--rounds", "2", "--batch-size", "8", "--cache-dir", str(workdir / "c")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    record = json.loads(next((workdir / "results" / "bench").glob("mrpc-cpu-*.json")).read_text())
+    assert set(record["phases"]) == {"plain_kd", "harness_kd_live", "harness_kd_cached", "harness_finetune"}
+    assert len(record["phases"]["plain_kd"]["rounds_seconds_per_step"]) == 2
+    assert all(p["seconds_per_step"] > 0 and p["peak_rss_mib"] > 0 for p in record["phases"].values())
+    assert record["ratios"]["harness_vs_plain_kd"] > 0
+    assert record["teacher_cache"]["examples"] == record["train_examples"]
+    assert record["evaluation"]["harness"]["examples_per_second"] > 0
+    assert len(record["batch_padded_lengths"]) == 4
+    assert record["git"] and record["packages"]["torch"] and record["hardware"]
+    assert "harness_vs_plain_kd" in out
+
+
+def test_bench_rejects_a_budget_with_nothing_to_time(tiny_bert, glue_dir, workdir, capsys):
+    assert (
+        main(["bench", "--teacher", str(tiny_bert), "--data-dir", str(glue_dir), "--steps", "2", "--warmup", "2"]) == 2
+    )
+    assert "--steps > --warmup" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""Teacher-output cache: the loss a method sees is the same with the cache as with the live teacher."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from conftest import tiny_run_args
+from distillbench.cli import main
+from distillbench.config import RunConfig, TrainConfig
+from distillbench.distiller import Distiller
+from distillbench.errors import UserError
+from distillbench.harness import Paths, Runner, plan_run
+from distillbench.models import build_student, load_for_task
+from distillbench.teacher_cache import INDEX_COLUMN, with_index
+
+
+def make_runner(tiny_bert, glue_dir, tmp_path, method: str, **train) -> Runner:
+    cfg = TrainConfig(max_steps=2, teacher_max_steps=2, batch_size=8, logging_steps=1, **train)
+    config = RunConfig(method=method, task="mrpc", teacher=str(tiny_bert), data_dir=str(glue_dir), train=cfg)
+    paths = Paths(tmp_path / "results", tmp_path / "out", tmp_path / "cache", show_progress=False)
+    return Runner(plan_run(config, paths))
+
+
+def distillers(runner: Runner):
+    """(live, cached) Distillers sharing one student, teacher and method, and the cache they read."""
+    method, task = runner.plan.method, runner.task
+    method.setup({stage.name: runner.method_stage(stage) for stage in method.stages()})
+    teacher_dir, info = runner.finetuned("teacher")
+    teacher = load_for_task(str(teacher_dir), task.model_class, task.model_kwargs(), False)
+    student = build_student(
+        runner.plan.student_spec, runner.plan.teacher_source, task.model_class, task.model_kwargs(), False
+    )
+    cache = runner.teacher_cache(teacher, info)
+    assert cache is not None
+    live = Distiller(student, teacher, method, task).train()
+    cached = Distiller(student, teacher, method, task, cache).train()
+    return live, cached, cache
+
+
+def batch_of(runner: Runner, rows: list[int], max_length: int | None = None) -> dict[str, torch.Tensor]:
+    train = with_index(runner.data["train"])
+    features = [train[i] for i in rows]
+    if max_length is None:
+        return runner.task.collator(runner.tokenizer)(features)
+    return DataCollatorWithPadding(runner.tokenizer, padding="max_length", max_length=max_length)(features)
+
+
+def loss_of(distiller: Distiller, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)  # the same student dropout masks in both passes
+    out = distiller(**dict(batch))
+    return {"loss": out["loss"], **out["terms"]}
+
+
+@pytest.mark.parametrize("method", ["kd", "lwd", "ted"])
+def test_cached_loss_is_bit_identical_to_the_live_teacher_on_the_batch_it_was_built_from(
+    tiny_bert, glue_dir, tmp_path, method
+):
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, method)
+    live, cached, cache = distillers(runner)
+    rows = list(range(len(runner.data["train"])))  # the build ran one batch of every row (eval batch 128)
+    length = cache.meta["max_length"] if cache.meta["layers"] else None
+    batch = batch_of(runner, rows, length)
+    expected, got = loss_of(live, batch), loss_of(cached, batch)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+@pytest.mark.parametrize("method", ["kd", "lwd", "ted"])
+def test_cached_loss_matches_the_live_teacher_under_dynamic_padding(tiny_bert, glue_dir, tmp_path, method):
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, method)
+    live, cached, _ = distillers(runner)
+    batch = batch_of(runner, [3, 7, 11, 20])  # padded only to its own longest row
+    expected, got = loss_of(live, batch), loss_of(cached, batch)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_float16_cache_records_its_rounding_error_and_stays_close(tiny_bert, glue_dir, tmp_path):
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, "lwd", teacher_cache_dtype="float16")
+    live, cached, cache = distillers(runner)
+    assert cache.meta["dtype"] == "float16"
+    assert 0 < cache.meta["max_abs_rounding_error"] < 1e-2
+    batch = batch_of(runner, [0, 1, 2, 3])
+    torch.testing.assert_close(loss_of(cached, batch)["loss"], loss_of(live, batch)["loss"], rtol=1e-3, atol=1e-4)
+
+
+def test_index_column_never_reaches_the_models(tiny_bert, glue_dir, tmp_path):
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, "kd")
+    live, _, _ = distillers(runner)  # the live Distiller drops the index the cache would have used
+    batch = batch_of(runner, [0, 1])
+    assert INDEX_COLUMN in batch
+    assert torch.isfinite(loss_of(live, batch)["loss"])
+
+
+def test_cache_is_built_once_and_reused_by_later_runs(tiny_bert, glue_dir, workdir, capsys):
+    assert main(tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-cache", "on")) == 0
+    first = json.loads(next((workdir / "results" / "runs").glob("mrpc-kd-*.json")).read_text())
+    assert "teacher cache" in capsys.readouterr().err
+    meta = first["teacher_cache"]
+    assert meta["examples"] == first["data"]["train_examples"] and meta["layers"] == []
+    assert first["train"]["teacher_cache"] == "on" and first["train"]["group_by_length"] is True
+    folder = workdir / "cache" / "teacher-outputs" / meta["key"]
+    built = (folder / "meta.json").stat().st_mtime_ns
+    assert main(tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-cache", "on", "--seed", "7")) == 0
+    assert (folder / "meta.json").stat().st_mtime_ns == built
+    assert main(tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-cache", "off")) == 0
+    off = [json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("mrpc-kd-*.json")]
+    live = next(r for r in off if r["train"]["teacher_cache"] == "off")
+    assert live["teacher_cache"] is None
+    for name, value in first["metrics"].items():
+        assert live["metrics"][name] == pytest.approx(value, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("method", "task", "extra", "message"),
+    [
+        ("minilm", "mrpc", ["--teacher-cache", "on"], "method minilm needs live teacher outputs"),
+        ("finetune", "mrpc", ["--teacher-cache", "on"], "uses no teacher"),
+        ("kd", "mrpc", ["--set", "teacher_cache=maybe"], "teacher_cache must be on, off or auto"),
+        ("kd", "mrpc", ["--set", "teacher_cache_dtype=int8"], "teacher_cache_dtype must be one of"),
+    ],
+)
+def test_teacher_cache_errors_are_one_line(tiny_bert, glue_dir, workdir, capsys, method, task, extra, message):
+    assert main(tiny_run_args(tiny_bert, glue_dir, method, task, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_pretrain_refuses_a_cache_because_masks_change_every_step(tiny_bert, corpus, tmp_path):
+    cfg = TrainConfig(max_steps=2, teacher_cache="on")
+    config = RunConfig(method="kd", task="pretrain", teacher=str(tiny_bert), train=cfg)
+    config.task_options = {"corpus": str(corpus)}
+    with pytest.raises(UserError, match="randomises its training inputs"):
+        plan_run(config, Paths(tmp_path / "r", None, tmp_path / "c"))
+
+
+def test_training_batches_are_grouped_by_length_by_default(tiny_bert, glue_dir, tmp_path):
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, "finetune")
+    trainer = runner.train_module(
+        build_student(
+            runner.plan.student_spec,
+            runner.plan.teacher_source,
+            runner.task.model_class,
+            runner.task.model_kwargs(),
+            False,
+        ),
+        tmp_path / "t",
+        runner.train_cfg,
+        evaluate=False,
+    )
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
