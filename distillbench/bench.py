@@ -3,7 +3,8 @@
 Everything runs in one process, on one fixed list of length-grouped batches of the real training set,
 each phase from the same initial weights:
 
-(a) a plain PyTorch KD loop (forward, KL, backward, clip, AdamW, schedule) vs the harness
+(a) a plain PyTorch KD loop (forward, KL, backward, clip, fused AdamW as the Trainer's default,
+    linear schedule) vs the harness
     (``Distiller`` + ``DistillTrainer``) doing the same work → time ratio, goal ≤ 1.05;
 (b) the harness's KD steps reading a teacher-output cache vs running the teacher live vs the
     student-only fine-tune steps → the cached KD steps should cost what the student alone costs;
@@ -36,6 +37,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from distillbench import provenance
 from distillbench.config import RunConfig, TrainConfig
 from distillbench.distiller import Distiller
+from distillbench.errors import UserError
 from distillbench.harness import Paths, Runner, plan_run, stable_key
 from distillbench.method import ModelPair, get_method
 from distillbench.models import build_student, load_for_task, state_sha256
@@ -125,9 +127,10 @@ class Bench:
         train = TrainConfig(
             learning_rate=get_task(settings.task).train_defaults.get("learning_rate", TrainConfig.learning_rate),
             batch_size=settings.batch_size,
-            max_steps=settings.steps,
+            max_steps=settings.steps or -1,
+            epochs=1,
             max_seq_length=settings.max_seq_length,
-            logging_steps=max(1, settings.steps // 4),
+            logging_steps=20,
             save_steps=10**9,
             teacher_cache="on",
         )
@@ -160,8 +163,8 @@ class Bench:
         size = self.settings.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)]
         if len(batches) < self.settings.steps:
-            raise ValueError(f"{self.settings.task} has only {len(batches)} batches of {size}")
-        return batches[: self.settings.steps]
+            raise UserError(f"bench: {self.settings.task} has only {len(batches)} batches of {size}")
+        return batches[: self.settings.steps or None]
 
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
         return self.collate_rows([self.train_rows[i] for i in rows])
@@ -178,9 +181,11 @@ class Bench:
         """KD written directly in PyTorch: the reference the harness's overhead is measured against."""
         hp = self.method("kd").hp
         student = copy.deepcopy(self.initial_student).train()
-        optimizer = torch.optim.AdamW(student.parameters(), lr=self.plan.config.train.learning_rate, weight_decay=0.0)
+        lr = self.plan.config.train.learning_rate
+        optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, fused=True)  # as the Trainer
         schedule = get_linear_schedule_with_warmup(optimizer, 0, len(self.batches))
         times: list[float] = []
+        losses: list[float] = []
         start = time.perf_counter()
         for rows in self.batches:
             batch = self.collate(rows)
@@ -196,6 +201,7 @@ class Bench:
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
             times.append(time.perf_counter())
         return {
             "seconds_per_step": seconds_per_step(times, start, self.settings.warmup),
@@ -220,7 +226,7 @@ class Bench:
         trainer.train()
         return {
             "seconds_per_step": seconds_per_step(clock.times, start, self.settings.warmup),
-            "final_loss": next(e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e),
+            "mean_train_loss": trainer.state.log_history[-1]["train_loss"],
         }
 
     # (c) evaluation ----------------------------------------------------------------------------

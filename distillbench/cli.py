@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="harness vs plain PyTorch, teacher cache, eval throughput, memory")
     bench.add_argument("--task", default="rte")
     bench.add_argument("--teacher", default="minilm-l6")
-    bench.add_argument("--steps", type=int, default=20, help="batches per phase (the same batches in every phase)")
+    bench.add_argument(
+        "--steps", type=int, default=0, help="batches per phase, the same in every phase (default 0: one epoch)"
+    )
     bench.add_argument("--warmup", type=int, default=3, help="untimed first steps of every phase")
     bench.add_argument("--rounds", type=int, default=2, help="alternating rounds of plain vs harness")
     bench.add_argument("--batch-size", type=int, default=32)
@@ -343,8 +345,8 @@ def command_bench(args: argparse.Namespace) -> int:
     from distillbench.bench import BenchSettings, run_bench
     from distillbench.harness import cache_root
 
-    if args.steps <= args.warmup or args.warmup < 1 or args.rounds < 1:
-        raise UserError("bench needs --steps > --warmup ≥ 1 and --rounds ≥ 1")
+    if (args.steps and args.steps <= args.warmup) or args.warmup < 1 or args.rounds < 1:
+        raise UserError("bench needs --steps > --warmup ≥ 1 (or --steps 0: one epoch) and --rounds ≥ 1")
     settings = BenchSettings(
         task=args.task,
         teacher=args.teacher,
