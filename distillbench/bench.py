@@ -6,14 +6,15 @@ each phase from the same initial weights:
 (a) a plain PyTorch KD loop (forward, KL, backward, clip, fused AdamW as the Trainer's default,
     linear schedule) vs the harness
     (``Distiller`` + ``DistillTrainer``) doing the same work → time ratio, goal ≤ 1.05;
-(b) the harness's KD steps reading a teacher-output cache vs running the teacher live vs the
-    student-only fine-tune steps → the cached KD steps should cost what the student alone costs;
+(b) the harness's KD steps reading a teacher-output cache (built first, timed) vs running the teacher
+    live vs the student-only fine-tune steps → cached KD steps should cost what the student alone costs;
 (c) dev-set evaluation throughput of the harness vs ``transformers.Trainer.evaluate`` alone;
 (d) the peak resident memory (CUDA: allocated memory) of each phase.
 
 Speed does not depend on what the weights have learned, so the teacher is the pretrained model with a
 seeded, untrained head: no fine-tuning stage runs. The first ``warmup`` steps of every phase are not
-timed; (a) alternates its two contenders over ``rounds`` rounds and keeps each one's best round.
+timed; the four training phases run in turn, ``rounds`` times, and each step counts with its fastest
+round, which keeps transient noise of a shared machine out of the ratios.
 """
 
 from __future__ import annotations
@@ -100,10 +101,18 @@ class StepClock(TrainerCallback):
         self.times.append(time.perf_counter())
 
 
-def seconds_per_step(times: list[float], start: float, warmup: int) -> float:
-    """Mean seconds of the steps after the first ``warmup`` ones (``start``: before step 1)."""
+def step_seconds(times: list[float], start: float) -> list[float]:
+    """Duration of every step from the wall-clock marks at their ends (``start``: before step 1)."""
     marks = [start, *times]
-    return (marks[-1] - marks[warmup]) / (len(marks) - 1 - warmup)
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def seconds_per_step(rounds: list[list[float]], warmup: int) -> float:
+    """Mean over the steps after the first ``warmup`` of each step's fastest round: every round runs
+    the same batches, so a step slowed by a transient hiccup in one round is timed by another."""
+    fastest = [min(times) for times in zip(*rounds)]
+    timed = fastest[warmup:]
+    return sum(timed) / len(timed)
 
 
 class IndexBatches(Dataset):
@@ -204,8 +213,8 @@ class Bench:
             losses.append(loss.item())
             times.append(time.perf_counter())
         return {
-            "seconds_per_step": seconds_per_step(times, start, self.settings.warmup),
-            "final_loss": float(loss.detach()),
+            "step_seconds": step_seconds(times, start),
+            "mean_train_loss": sum(losses) / len(losses),
         }
 
     # (a), (b) the harness -----------------------------------------------------------------------
@@ -225,7 +234,7 @@ class Bench:
         start = time.perf_counter()
         trainer.train()
         return {
-            "seconds_per_step": seconds_per_step(clock.times, start, self.settings.warmup),
+            "step_seconds": step_seconds(clock.times, start),
             "mean_train_loss": trainer.state.log_history[-1]["train_loss"],
         }
 
@@ -268,10 +277,17 @@ def phase(results: dict[str, Any], name: str, echo: Callable[[str], None]) -> It
     results.setdefault(name, []).append(entry)
 
 
-def best(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fastest round of a phase, with every round's time kept beside it."""
-    fastest = min(entries, key=lambda e: e["seconds_per_step"])
-    return fastest | {"rounds_seconds_per_step": [e["seconds_per_step"] for e in entries]}
+def summarise(entries: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """A phase over its rounds: per-step best time, each round's mean, the largest memory peak."""
+    rounds = [e["step_seconds"] for e in entries]
+    return {
+        "seconds_per_step": seconds_per_step(rounds, warmup),
+        "rounds_seconds_per_step": [seconds_per_step([r], warmup) for r in rounds],
+        "mean_train_loss": entries[0]["mean_train_loss"],
+        "peak_rss_mib": max(e["peak_rss_mib"] for e in entries),
+        "peak_rss_growth_mib": max(e["peak_rss_growth_mib"] for e in entries),
+        "step_seconds": rounds,
+    }
 
 
 def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo: Callable[[str], None] = print) -> dict:
@@ -279,12 +295,6 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
     started = time.time()
     bench = Bench(settings, cache_dir)
     scratch = cache_dir / "bench-output"
-    raw: dict[str, list[dict[str, Any]]] = {}
-    for _ in range(settings.rounds):
-        with phase(raw, "plain_kd", echo) as entry:
-            entry.update(bench.plain_kd())
-        with phase(raw, "harness_kd_live", echo) as entry:
-            entry.update(bench.harness("kd", None, scratch))
     cache_started = time.perf_counter()
     with MemoryPeak() as memory:
         cache = bench.runner.teacher_cache(bench.teacher, {"key": state_sha256(bench.teacher)})
@@ -295,11 +305,18 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
         **cache.meta,
         **memory.report(),
     }
-    with phase(raw, "harness_kd_cached", echo) as entry:
-        entry.update(bench.harness("kd", cache, scratch))
-    with phase(raw, "harness_finetune", echo) as entry:
-        entry.update(bench.harness("finetune", None, scratch))
-    phases = {name: best(entries) for name, entries in raw.items()}
+    contenders: dict[str, Callable[[], dict[str, Any]]] = {
+        "plain_kd": bench.plain_kd,
+        "harness_kd_live": lambda: bench.harness("kd", None, scratch),
+        "harness_kd_cached": lambda: bench.harness("kd", cache, scratch),
+        "harness_finetune": lambda: bench.harness("finetune", None, scratch),
+    }
+    raw: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(settings.rounds):
+        for name, contender in contenders.items():
+            with phase(raw, name, echo) as entry:
+                entry.update(contender())
+    phases = {name: summarise(entries, settings.warmup) for name, entries in raw.items()}
     step = {name: p["seconds_per_step"] for name, p in phases.items()}
     evaluation = bench.evaluation(scratch)
     record = {
