@@ -20,6 +20,7 @@ round, which keeps transient noise of a shared machine out of the ratios.
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -104,13 +105,13 @@ class StepClock(TrainerCallback):
 def step_seconds(times: list[float], start: float) -> list[float]:
     """Duration of every step from the wall-clock marks at their ends (``start``: before step 1)."""
     marks = [start, *times]
-    return [b - a for a, b in zip(marks, marks[1:])]
+    return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def seconds_per_step(rounds: list[list[float]], warmup: int) -> float:
     """Mean over the steps after the first ``warmup`` of each step's fastest round: every round runs
     the same batches, so a step slowed by a transient hiccup in one round is timed by another."""
-    fastest = [min(times) for times in zip(*rounds)]
+    fastest = [min(times) for times in zip(*rounds, strict=True)]
     timed = fastest[warmup:]
     return sum(timed) / len(timed)
 
