@@ -102,7 +102,8 @@ def build_cache(
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    max_length = max(len(ids) for ids in train["input_ids"])
+    lengths = [len(ids) for ids in train["input_ids"]]
+    max_length = max(lengths)
     if spec.needs_positions:
         collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
     else:
@@ -113,8 +114,9 @@ def build_cache(
     device = next(teacher.parameters()).device
     teacher.eval()
     count = len(train)
+    order = sorted(range(count), key=lengths.__getitem__)  # rows of similar length: little padding
     for start in tqdm(range(0, count, batch_size), desc="caching teacher outputs", disable=not show_progress):
-        rows = [train[i] for i in range(start, min(start + batch_size, count))]
+        rows = [train[i] for i in order[start : start + batch_size]]
         batch = {k: v.to(device) for k, v in collate(rows).items()}
         index = batch.pop(INDEX_COLUMN).cpu().numpy()
         with torch.no_grad():
