@@ -340,6 +340,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
+    import dataclasses
     import sys
 
     from distillbench.bench import BenchSettings, run_bench
@@ -347,17 +348,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
     if (args.steps and args.steps <= args.warmup) or args.warmup < 1 or args.rounds < 1:
         raise UserError("bench needs --steps > --warmup ≥ 1 (or --steps 0: one epoch) and --rounds ≥ 1")
-    settings = BenchSettings(
-        task=args.task,
-        teacher=args.teacher,
-        steps=args.steps,
-        warmup=args.warmup,
-        rounds=args.rounds,
-        batch_size=args.batch_size,
-        max_seq_length=args.max_seq_length,
-        seed=args.seed,
-        data_dir=args.data_dir,
-    )
+    settings = BenchSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchSettings)})
     record = run_bench(settings, args.results_dir, args.cache_dir or cache_root(), lambda m: print(m, file=sys.stderr))
     for name, figures in record["phases"].items():
         print(f"{name:20s} {figures['seconds_per_step']:.3f} s/step  peak RSS {figures['peak_rss_mib']:.0f} MiB")
