@@ -110,7 +110,7 @@ def build_cache(
         collate = task.collator(tokenizer)
     storage = CACHE_DTYPES[spec.dtype]
     arrays: dict[str, np.memmap] = {}
-    fp16_error = 0.0
+    rounding_error = 0.0
     device = next(teacher.parameters()).device
     teacher.eval()
     count = len(train)
@@ -130,7 +130,7 @@ def build_cache(
                     partial / f"{name}.npy", mode="w+", dtype=storage, shape=(count, *data.shape[1:])
                 )
             stored = data.astype(storage)
-            fp16_error = max(fp16_error, float(np.max(np.abs(stored.astype(np.float32) - data), initial=0.0)))
+            rounding_error = max(rounding_error, float(np.max(np.abs(stored.astype(np.float32) - data), initial=0.0)))
             arrays[name][index] = stored
     for array in arrays.values():
         array.flush()
@@ -144,7 +144,7 @@ def build_cache(
         "num_hidden_states": num_hidden_states,
         "dtype": spec.dtype,
         "per_token_distill": spec.per_token_distill,
-        "max_abs_rounding_error": fp16_error,
+        "max_abs_rounding_error": rounding_error,
         "build_seconds": time.time() - started,
     }
     write_json_atomic(partial / "meta.json", meta)
