@@ -43,6 +43,8 @@ def student_label(model: dict[str, Any]) -> str:
         return f"{model_label(model.get('teacher_source'))} layers {','.join(map(str, spec['layer_ids']))}"
     if spec.get("kind") == "random":
         return f"random {spec['num_layers']}L"
+    if spec.get("origin"):
+        return f"{spec['origin']['method']}-{spec['origin']['task']} student"
     return model_label(spec.get("source"))
 
 
@@ -88,7 +90,8 @@ def config_fingerprint(record: dict[str, Any]) -> str:
 
 def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Selection:
     """Drop incomplete, dirty-tree, tuning-trial (a study is its own evidence) and preset (demo) records;
-    within a group keep the configuration most seeds share (ties: the newest)."""
+    within a group keep the configuration most seeds share (ties: the newest), and of several runs of
+    one seed the newest (a rerun is not another seed)."""
     selection = Selection()
     candidates = []
     for record in records:
@@ -109,7 +112,9 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Select
         groups[row_key(record)][config_fingerprint(record)].append(record)
     for variants in groups.values():
         ranked = sorted(variants.values(), key=lambda rs: (len(rs), max(r.get("finished_at", "") for r in rs)))
-        selection.records.extend(ranked[-1])
+        newest_per_seed = {r.get("seed"): r for r in sorted(ranked[-1], key=lambda r: r.get("finished_at", ""))}
+        selection.records.extend(newest_per_seed.values())
+        selection.excluded["repeats of a seed (the newest counts)"] += len(ranked[-1]) - len(newest_per_seed)
         selection.excluded["disagreeing on configuration"] += sum(len(rs) for rs in ranked[:-1])
     selection.excluded = +selection.excluded
     return selection

@@ -62,6 +62,8 @@ def results(tmp_path: Path) -> Path:
         record("kd", "mrpc", 6, {"accuracy": 0.10, "f1": 0.10}, hparams={"kl_alpha": 9.0}),
         record("kd", "mrpc", 7, {"accuracy": 0.99, "f1": 0.99}, tags={"study": "s", "trial": 0}, run_id="trial"),
         record("kd", "mrpc", 8, {"accuracy": 0.99, "f1": 0.99}, preset="demo", run_id="demo"),
+        # a rerun of seed 3, older than the one above: not another seed, and the newer one counts
+        record("kd", "mrpc", 3, {"accuracy": 0.10, "f1": 0.10}, run_id="rerun", finished_at="2025-12-01T00:00:00Z"),
     ]
     for r in records:
         write_json_atomic(runs / f"{r['run_id']}-{r['status']}-{r['git']['dirty']}.json", r)
@@ -77,6 +79,7 @@ def test_selection_counts_what_it_leaves_out(results):
         "disagreeing on configuration": 1,
         "tuning trials": 1,
         "bounded presets (e.g. the demo)": 1,
+        "repeats of a seed (the newest counts)": 1,
     }
     assert "1 incomplete" in selection.report() and "1 from a dirty tree" in selection.report()
 

@@ -12,6 +12,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLan
 from conftest import tiny_run_args
 from distillbench import get_task
 from distillbench.cli import main
+from distillbench.leaderboard import student_label
 
 
 def pretrain_args(tiny_bert, corpus, method: str, *extra: str) -> list[str]:
@@ -101,6 +102,7 @@ def test_downstream_finetune_links_the_pretrain_record(tiny_bert, corpus, glue_d
     assert downstream["setting"] == "after kd pre-training"
     origin = downstream["model"]["student"]["origin"]
     assert origin["run_id"] == json.loads(pretrain.read_text())["run_id"] and origin["method"] == "kd"
+    assert student_label(downstream["model"]) == "kd-pretrain student"
 
 
 def test_missing_corpus_is_a_clear_error(tiny_bert, corpus, workdir, capsys):
