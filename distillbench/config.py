@@ -52,6 +52,7 @@ class TrainConfig:
     group_by_length: bool = True  # batches of similar lengths: less padding under dynamic padding
     teacher_cache: str = "auto"  # on | off | auto (on when the method and task allow it)
     teacher_cache_dtype: str = "float32"  # or float16: half the disk, rounding error recorded
+    teacher_cache_max_gb: float = 4.0  # auto skips a new cache larger than this (hidden states of big tasks)
 
 
 # Bounded presets: named, documented budgets (the README demo uses "demo").

@@ -40,7 +40,7 @@ from distillbench.models import (
 )
 from distillbench.records import RECORD_VERSION, write_json_atomic
 from distillbench.task import Task, get_task, resolve_data_dir
-from distillbench.teacher_cache import CacheSpec, TeacherCache, build_cache, with_index
+from distillbench.teacher_cache import CacheSpec, TeacherCache, build_cache, estimated_bytes, with_index
 
 CACHE_ENV = "DISTILLBENCH_CACHE"
 
@@ -362,8 +362,9 @@ class Runner:
         return load_file(folder / "extra.safetensors")
 
     def teacher_cache(self, teacher: torch.nn.Module, teacher_info: dict[str, Any]) -> TeacherCache | None:
-        """The teacher-output cache this run reads, built on first use; ``None`` when switched off or
-        when the method or the task needs a live teacher (``auto`` then falls back silently)."""
+        """The teacher-output cache this run reads, built on first use; ``None`` when switched off, when
+        the method or the task needs a live teacher, or (``auto``) when a new cache would take more than
+        ``teacher_cache_max_gb`` of disk (hidden states of a large task), which is said on stderr."""
         cfg, method, task = self.train_cfg, self.plan.method, self.task
         if cfg.teacher_cache == "off" or cache_refusal(self.config, method, task):
             return None
@@ -380,6 +381,15 @@ class Runner:
             **({"task_options": self.config.task_options} if self.config.task_options else {}),
         }
         folder = self.plan.paths.cache_dir / "teacher-outputs" / f"{self.config.task}-{stable_key(settings)}"
+        lengths = [len(ids) for ids in self.data["train"]["input_ids"]]
+        size = estimated_bytes(lengths, spec, teacher.config.hidden_size)
+        if cfg.teacher_cache == "auto" and not folder.is_dir() and size > cfg.teacher_cache_max_gb * 2**30:
+            print(
+                f"teacher cache skipped: it would take {size / 2**30:.1f} GiB > teacher_cache_max_gb="
+                f"{cfg.teacher_cache_max_gb} (--teacher-cache on builds it anyway)",
+                file=sys.stderr,
+            )
+            return None
         cache = build_cache(
             folder,
             teacher,

@@ -85,6 +85,12 @@ class TeacherCache:
         return sum(p.stat().st_size for p in self.folder.iterdir())
 
 
+def estimated_bytes(lengths: list[int], spec: CacheSpec, hidden_size: int) -> int:
+    """Disk a cache of these rows will take (per-token signals dominate; class logits are ignored)."""
+    per_token = hidden_size * len(spec.layers) + (2 if spec.per_token_distill else 0)  # QA: start + end
+    return len(lengths) * max(lengths, default=0) * per_token * np.dtype(CACHE_DTYPES[spec.dtype]).itemsize
+
+
 def build_cache(
     folder: Path,
     teacher: nn.Module,

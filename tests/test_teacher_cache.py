@@ -155,3 +155,21 @@ def test_training_batches_are_grouped_by_length_by_default(tiny_bert, glue_dir, 
         evaluate=False,
     )
     assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+
+
+def test_estimated_size_counts_rows_longest_row_width_layers_and_dtype():
+    from distillbench.teacher_cache import CacheSpec, estimated_bytes
+
+    assert estimated_bytes([3, 5, 4], CacheSpec((2, 4)), hidden_size=8) == 3 * 5 * 8 * 2 * 4
+    assert estimated_bytes([3, 5, 4], CacheSpec((2,), "float16", per_token_distill=True), 8) == 3 * 5 * (8 + 2) * 2
+    assert estimated_bytes([3, 5], CacheSpec(()), 8) == 0  # class logits only: negligible
+
+
+def test_auto_skips_a_cache_over_the_disk_limit_and_on_builds_it(tiny_bert, glue_dir, tmp_path, capsys):
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, "lwd", teacher_cache_max_gb=1e-9)
+    teacher_dir, info = runner.finetuned("teacher")
+    teacher = load_for_task(str(teacher_dir), runner.task.model_class, runner.task.model_kwargs(), False)
+    assert runner.teacher_cache(teacher, info) is None
+    assert "teacher cache skipped" in capsys.readouterr().err
+    runner.train_cfg.teacher_cache = "on"
+    assert runner.teacher_cache(teacher, info) is not None
