@@ -363,8 +363,9 @@ class Runner:
 
     def teacher_cache(self, teacher: torch.nn.Module, teacher_info: dict[str, Any]) -> TeacherCache | None:
         """The teacher-output cache this run reads, built on first use; ``None`` when switched off, when
-        the method or the task needs a live teacher, or (``auto``) when a new cache would take more than
-        ``teacher_cache_max_gb`` of disk (hidden states of a large task), which is said on stderr."""
+        the method or the task needs a live teacher, or (``auto``) when a new cache would not pay: more
+        than ``teacher_cache_max_gb`` of disk (hidden states of a large task), or a run shorter than the
+        one teacher pass that builds it (a bounded demo); a skip is said on stderr."""
         cfg, method, task = self.train_cfg, self.plan.method, self.task
         if cfg.teacher_cache == "off" or cache_refusal(self.config, method, task):
             return None
@@ -383,12 +384,13 @@ class Runner:
         folder = self.plan.paths.cache_dir / "teacher-outputs" / f"{self.config.task}-{stable_key(settings)}"
         lengths = [len(ids) for ids in self.data["train"]["input_ids"]]
         size = estimated_bytes(lengths, spec, teacher.config.hidden_size)
-        if cfg.teacher_cache == "auto" and not folder.is_dir() and size > cfg.teacher_cache_max_gb * 2**30:
-            print(
-                f"teacher cache skipped: it would take {size / 2**30:.1f} GiB > teacher_cache_max_gb="
-                f"{cfg.teacher_cache_max_gb} (--teacher-cache on builds it anyway)",
-                file=sys.stderr,
-            )
+        skip = None
+        if size > cfg.teacher_cache_max_gb * 2**30:
+            skip = f"it would take {size / 2**30:.1f} GiB > teacher_cache_max_gb={cfg.teacher_cache_max_gb}"
+        elif self.rows_to_train(cfg) < len(lengths):
+            skip = "this run trains on fewer rows than building it would run the teacher on"
+        if cfg.teacher_cache == "auto" and not folder.is_dir() and skip:
+            print(f"teacher cache skipped: {skip} (--teacher-cache on builds it anyway)", file=sys.stderr)
             return None
         cache = build_cache(
             folder,
@@ -406,6 +408,12 @@ class Runner:
             file=sys.stderr,
         )
         return cache
+
+    def rows_to_train(self, cfg: TrainConfig) -> float:
+        """How many training rows the student stage will draw (its teacher forwards without a cache)."""
+        if cfg.max_steps > 0:
+            return cfg.max_steps * cfg.batch_size
+        return cfg.epochs * len(self.train_split(cfg.max_train_samples))
 
     # the run ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

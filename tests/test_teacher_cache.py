@@ -20,6 +20,8 @@ from distillbench.teacher_cache import INDEX_COLUMN, with_index
 
 
 def make_runner(tiny_bert, glue_dir, tmp_path, method: str, **train) -> Runner:
+    """A two-step run; the cache is forced on (``auto`` would skip it for so short a run) unless given."""
+    train.setdefault("teacher_cache", "on")
     cfg = TrainConfig(max_steps=2, teacher_max_steps=2, batch_size=8, logging_steps=1, **train)
     config = RunConfig(method=method, task="mrpc", teacher=str(tiny_bert), data_dir=str(glue_dir), train=cfg)
     paths = Paths(tmp_path / "results", tmp_path / "out", tmp_path / "cache", show_progress=False)
@@ -141,7 +143,7 @@ def test_pretrain_refuses_a_cache_because_masks_change_every_step(tiny_bert, cor
 
 
 def test_training_batches_are_grouped_by_length_by_default(tiny_bert, glue_dir, tmp_path):
-    runner = make_runner(tiny_bert, glue_dir, tmp_path, "finetune")
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, "finetune", teacher_cache="auto")
     trainer = runner.train_module(
         build_student(
             runner.plan.student_spec,
@@ -166,10 +168,21 @@ def test_estimated_size_counts_rows_longest_row_width_layers_and_dtype():
 
 
 def test_auto_skips_a_cache_over_the_disk_limit_and_on_builds_it(tiny_bert, glue_dir, tmp_path, capsys):
-    runner = make_runner(tiny_bert, glue_dir, tmp_path, "lwd", teacher_cache_max_gb=1e-9)
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, "lwd", teacher_cache="auto", teacher_cache_max_gb=1e-9)
+    runner.train_cfg.max_steps = 6  # a full pass over the 48 rows: only the size limit stands in the way
     teacher_dir, info = runner.finetuned("teacher")
     teacher = load_for_task(str(teacher_dir), runner.task.model_class, runner.task.model_kwargs(), False)
     assert runner.teacher_cache(teacher, info) is None
     assert "teacher cache skipped" in capsys.readouterr().err
     runner.train_cfg.teacher_cache = "on"
+    assert runner.teacher_cache(teacher, info) is not None
+
+
+def test_auto_skips_a_cache_a_short_run_would_not_repay(tiny_bert, glue_dir, tmp_path, capsys):
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, "kd", teacher_cache="auto")  # 2 steps × 8 rows < 48
+    teacher_dir, info = runner.finetuned("teacher")
+    teacher = load_for_task(str(teacher_dir), runner.task.model_class, runner.task.model_kwargs(), False)
+    assert runner.teacher_cache(teacher, info) is None
+    assert "fewer rows than building it" in capsys.readouterr().err
+    runner.train_cfg.max_steps = 6  # 48 rows: one teacher pass either way, and later epochs/runs gain
     assert runner.teacher_cache(teacher, info) is not None
