@@ -41,10 +41,11 @@ from distillbench.config import RunConfig, TrainConfig
 from distillbench.distiller import Distiller
 from distillbench.errors import UserError
 from distillbench.harness import Paths, Runner, plan_run, stable_key
-from distillbench.method import ModelPair, get_method
+from distillbench.method import Method, ModelPair, get_method
 from distillbench.models import build_student, load_for_task, state_sha256
 from distillbench.records import RECORD_VERSION, write_json_atomic
 from distillbench.task import get_task
+from distillbench.teacher_cache import INDEX_COLUMN, TeacherCache
 
 
 @dataclass
@@ -179,7 +180,7 @@ class Bench:
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
         return self.collate_rows([self.train_rows[i] for i in rows])
 
-    def method(self, name: str):
+    def method(self, name: str) -> Method:
         method_cls = get_method(name)
         hp = method_cls.hparams_for(self.settings.task, {})
         method = method_cls(hp, self.task, ModelPair(self.initial_student.config, self.teacher.config))
@@ -199,7 +200,7 @@ class Bench:
         start = time.perf_counter()
         for rows in self.batches:
             batch = self.collate(rows)
-            batch.pop("example_index")
+            batch.pop(INDEX_COLUMN)
             outputs = student(**batch)
             with torch.no_grad():
                 teacher_logits = self.teacher(**batch).logits
@@ -219,13 +220,13 @@ class Bench:
         }
 
     # (a), (b) the harness -----------------------------------------------------------------------
-    def harness(self, method_name: str, cache: Any = None, out_dir: Path | None = None) -> dict[str, Any]:
+    def harness(self, method_name: str, cache: TeacherCache | None, out_dir: Path) -> dict[str, Any]:
         """The Trainer path of ``distillbench run`` on the fixed batches."""
         student = copy.deepcopy(self.initial_student)
         method = self.method(method_name)
         teacher = self.teacher if method.uses_teacher else None
         distiller = Distiller(student, teacher, method, self.task, cache)
-        args = self.runner.training_arguments(out_dir or Path("bench-output"), self.plan.config.train, evaluate=False)
+        args = self.runner.training_arguments(out_dir, self.plan.config.train, evaluate=False)
         args = replace(args, per_device_train_batch_size=1, train_sampling_strategy="sequential", disable_tqdm=True)
         clock = StepClock()
         trainer = self.runner.trainer(
@@ -249,10 +250,10 @@ class Bench:
         bare = Trainer(
             model=student,
             args=args,
-            eval_dataset=self.runner._eval_data(),
+            eval_dataset=self.runner.eval_data(),
             data_collator=self.task.collator(self.runner.tokenizer),
         )
-        examples = len(self.runner._eval_data())
+        examples = len(self.runner.eval_data())
         result: dict[str, Any] = {"examples": examples}
         for name, trainer in (("harness", harness), ("trainer_evaluate", bare)):
             with MemoryPeak() as memory:

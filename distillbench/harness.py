@@ -166,7 +166,7 @@ class Runner:
             return train
         return train.shuffle(seed=self.config.seed).select(range(max_train_samples))
 
-    def _eval_data(self):
+    def eval_data(self):
         splits = self.task.eval_splits
         return self.data[splits[0]] if len(splits) == 1 else {s: self.data[s] for s in splits}
 
@@ -209,7 +209,7 @@ class Runner:
             model=module,
             args=args,
             train_dataset=train_dataset,
-            eval_dataset=self._eval_data(),
+            eval_dataset=self.eval_data(),
             data_collator=data_collator or self.task.collator(self.tokenizer),
             compute_metrics=lambda p: self.task.compute_metrics(p.predictions, p.label_ids),
             preprocess_logits_for_metrics=self.task.reduce_eval_logits,
