@@ -167,6 +167,7 @@ class Runner:
         return train.shuffle(seed=self.config.seed).select(range(max_train_samples))
 
     def eval_data(self):
+        """The dev split, or a dict of them when a task scores several (MNLI matched/mismatched)."""
         splits = self.task.eval_splits
         return self.data[splits[0]] if len(splits) == 1 else {s: self.data[s] for s in splits}
 
