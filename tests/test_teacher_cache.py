@@ -19,11 +19,13 @@ from distillbench.models import build_student, load_for_task
 from distillbench.teacher_cache import INDEX_COLUMN, with_index
 
 
-def make_runner(tiny_bert, glue_dir, tmp_path, method: str, **train) -> Runner:
+def make_runner(tiny_bert, glue_dir, tmp_path, method: str, task: str = "mrpc", options=None, **train) -> Runner:
     """A two-step run; the cache is forced on (``auto`` would skip it for so short a run) unless given."""
     train.setdefault("teacher_cache", "on")
     cfg = TrainConfig(max_steps=2, teacher_max_steps=2, batch_size=8, logging_steps=1, **train)
-    config = RunConfig(method=method, task="mrpc", teacher=str(tiny_bert), data_dir=str(glue_dir), train=cfg)
+    config = RunConfig(
+        method=method, task=task, teacher=str(tiny_bert), data_dir=str(glue_dir), train=cfg, task_options=options or {}
+    )
     paths = Paths(tmp_path / "results", tmp_path / "out", tmp_path / "cache", show_progress=False)
     return Runner(plan_run(config, paths))
 
@@ -78,6 +80,17 @@ def test_cached_loss_matches_the_live_teacher_under_dynamic_padding(tiny_bert, g
     runner = make_runner(tiny_bert, glue_dir, tmp_path, method)
     live, cached, _ = distillers(runner)
     batch = batch_of(runner, [3, 7, 11, 20])  # padded only to its own longest row
+    expected, got = loss_of(live, batch), loss_of(cached, batch)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_qa_start_end_logits_are_cached_per_token(tiny_bert, squad_dir, tmp_path):
+    options = {"doc_stride": 16}
+    runner = make_runner(tiny_bert, squad_dir, tmp_path, "kd", "squad", options, max_seq_length=48)
+    live, cached, cache = distillers(runner)
+    assert cache.meta["per_token_distill"] and cache.meta["distill"] == 2
+    batch = batch_of(runner, [0, 2, 5])
     expected, got = loss_of(live, batch), loss_of(cached, batch)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
