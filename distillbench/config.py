@@ -53,7 +53,10 @@ class TrainConfig:
     teacher_cache: str = "auto"  # on | off | auto (on when the method and task allow it)
     teacher_cache_dtype: str = "float32"  # or float16: half the disk, rounding error recorded
     teacher_cache_max_gb: float = 4.0  # auto skips a new cache larger than this (hidden states of big tasks)
+    eval_strategy: str = "epoch"  # or "end": one dev evaluation after training (SQuAD's 10k-question dev set)
 
+
+EVAL_STRATEGIES = ("epoch", "end")
 
 # Bounded presets: named, documented budgets (the README demo uses "demo").
 PRESETS: dict[str, dict[str, Any]] = {

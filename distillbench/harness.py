@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 
 from distillbench import provenance
-from distillbench.config import RunConfig, TrainConfig
+from distillbench.config import EVAL_STRATEGIES, RunConfig, TrainConfig
 from distillbench.distiller import Distiller, DistillTrainer
 from distillbench.errors import UserError
 from distillbench.method import Method, ModelPair, Stage, get_method
@@ -116,6 +116,8 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     hp = method_cls.hparams_for(config.task, config.method_overrides)
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
     check_teacher_cache(config, method, task)
+    if config.train.eval_strategy not in EVAL_STRATEGIES:
+        raise UserError(f"eval_strategy must be one of {EVAL_STRATEGIES}, got {config.train.eval_strategy!r}")
     data_sha = task.data_sha256()
     key = stable_key(
         {
@@ -183,7 +185,7 @@ class Runner:
             max_steps=cfg.max_steps,
             warmup_steps=cfg.warmup_steps,
             weight_decay=cfg.weight_decay,
-            eval_strategy="epoch" if evaluate else "no",
+            eval_strategy="epoch" if evaluate and cfg.eval_strategy == "epoch" else "no",
             save_strategy="steps",
             save_steps=cfg.save_steps,
             save_total_limit=1,

@@ -176,3 +176,23 @@ def test_qa_end_to_end(task, method, tiny_bert, squad_dir, workdir, capsys):
     assert record["task_options"]["doc_stride"] == 16
     if method == "kd":
         assert record["loss_terms"]["loss/kd"] >= 0
+
+
+def test_eval_strategy_end_scores_once_after_training(tiny_bert, squad_dir, workdir, capsys):
+    """SQuAD's dev set is 10k questions: ``eval_strategy=end`` skips the per-epoch passes, keeps the score."""
+    base = [*tiny_run_args(tiny_bert, squad_dir, "kd", "squad"), "--set", "max_seq_length=48"]
+    assert main([*base, "--set", "doc_stride=16", "--set", "eval_strategy=sometimes"]) == 2
+    assert capsys.readouterr().err.startswith("error: eval_strategy must be one of")
+    args = [*base, "--max-steps", "-1", "--epochs", "2", "--set", "teacher_max_steps=-1", "--set", "doc_stride=16"]
+    assert main([*args, "--set", "eval_strategy=end"]) == 0
+    records = [json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("*.json")]
+    assert {r["role"] for r in records} == {"teacher", "student"}
+    for record in records:
+        assert [h["epoch"] for h in record["epochs"]] == [2.0] and record["train"]["eval_strategy"] == "end"
+        assert record["epochs"][0]["metrics"] == record["metrics"] and {"exact_match", "f1"} <= set(record["metrics"])
+    assert main(args) == 0  # per epoch: the cached teacher is reused, the student scores both epochs
+    student = max(
+        (json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("squad-kd-*.json")),
+        key=lambda r: len(r["epochs"]),
+    )
+    assert len(student["epochs"]) == 2
