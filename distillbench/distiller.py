@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_model
 from torch import Tensor, nn
+from torch.utils.data import Sampler, SequentialSampler
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import SAFE_WEIGHTS_NAME
 
@@ -110,6 +111,14 @@ class DistillTrainer(Trainer):
         folder = output_dir or self.args.output_dir
         os.makedirs(folder, exist_ok=True)
         save_model(self.model, os.path.join(folder, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Sampler | None:
+        """Dev batches in dataset order. ``transformers`` also length-groups evaluation when training is
+        length-grouped; SQuAD maps predictions back to questions by position, so that would score the
+        wrong windows. Multi-process evaluation keeps the Trainer's own sharded order."""
+        if self.args.world_size > 1:
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         """Evaluation leaves the RNG untouched (its DataLoader draws a seed from it), so training after

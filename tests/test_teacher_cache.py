@@ -172,6 +172,39 @@ def test_training_batches_are_grouped_by_length_by_default(tiny_bert, glue_dir, 
     assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
 
 
+class LengthEcho(torch.nn.Module):
+    """Predicts each row's length: shows the order in which evaluation saw the rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        lengths = attention_mask.sum(-1, keepdim=True).float() + self.weight
+        return {"loss": lengths.sum() * 0, "logits": lengths}
+
+
+def test_evaluation_keeps_dataset_order_when_training_is_length_grouped(tmp_path):
+    """SQuAD scores predictions by position: a length-grouped eval sampler would pair the wrong windows."""
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast, TrainingArguments
+
+    from distillbench.distiller import DistillTrainer
+
+    lengths = [3, 17, 5, 11, 2, 19, 7, 13, 4, 16, 9, 1] * 4
+    rows = Dataset.from_dict({"input_ids": [[1] * n for n in lengths], "labels": list(range(len(lengths)))})
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[PAD]": 0, "a": 1})))
+    tokenizer.pad_token = "[PAD]"
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none", use_cpu=True,
+        train_sampling_strategy="group_by_length",
+    )  # fmt: skip
+    trainer = DistillTrainer(model=LengthEcho(), args=args, data_collator=DataCollatorWithPadding(tokenizer))
+    predictions = trainer.predict(rows).predictions
+    assert predictions[:, 0].tolist() == lengths
+
+
 def test_estimated_size_counts_rows_longest_row_width_layers_and_dtype():
     from distillbench.teacher_cache import CacheSpec, estimated_bytes
 
