@@ -116,6 +116,8 @@ def test_windows_positions_point_at_the_answer(squad_task):
     for feature, example_id in zip(features["validation"], task.eval_features["example_id"], strict=True):
         per_example.setdefault(example_id, []).append(feature)
     assert max(len(v) for v in per_example.values()) >= 3  # long contexts need several windows
+    lengths = [len(ids) for ids in features["validation"]["input_ids"]]
+    assert lengths == sorted(lengths) and len(set(lengths)) > 1  # shortest first: little padding at eval
     for example_id, windows in per_example.items():
         gold = examples[example_id]["answers"]["text"]
         found = []
