@@ -245,7 +245,8 @@ class Bench:
         """Dev-set examples per second: the harness's evaluate vs a bare ``Trainer.evaluate``."""
         student = copy.deepcopy(self.initial_student)
         args = self.runner.training_arguments(out_dir, self.plan.config.train, evaluate=False)
-        args = replace(args, disable_tqdm=True)
+        # Both in dataset order: the harness never length-groups evaluation, a bare Trainer would.
+        args = replace(args, disable_tqdm=True, train_sampling_strategy="random")
         harness = self.runner.trainer(Distiller(student, None, self.method("finetune"), self.task), args, None)
         bare = Trainer(
             model=student,
