@@ -152,6 +152,8 @@ class Runner:
         self.config = plan.config
         self.train_cfg: TrainConfig = plan.config.train
         self.task = plan.task
+        # The code that runs is the code imported now: a checkout that moves later must not re-label it.
+        self.git_at_start = provenance.git_state()
         self.tokenizer = AutoTokenizer.from_pretrained(plan.teacher_source)
         self.data = self._tokenised_data()
         self.stage_log: dict[str, Any] = {}
@@ -487,6 +489,11 @@ class Runner:
             return f"after {origin['method']} pre-training"
         return "task-specific"
 
+    def _git_record(self) -> dict[str, Any]:
+        """The commit at the start of the run, and the state at its end when the checkout changed meanwhile."""
+        at_end = provenance.git_state()
+        return self.git_at_start if at_end == self.git_at_start else {**self.git_at_start, "at_end": at_end}
+
     def _base_record(self, method: str, role: str, key: str) -> dict[str, Any]:
         plan = self.plan
         return {
@@ -509,7 +516,7 @@ class Runner:
                 "train_examples": len(self.train_split(self.train_cfg.for_role(role).max_train_samples)),
                 "eval_examples": {s: len(self.data[s]) for s in self.task.eval_splits},
             },
-            "git": provenance.git_state(),
+            "git": self._git_record(),
             "packages": provenance.package_versions(),
             "hardware": provenance.hardware(),
             "command": sys.argv,

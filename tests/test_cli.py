@@ -176,3 +176,14 @@ def test_list_prints_every_method_and_task(capsys):
     for name in list_methods():
         assert f"  {name} " in out
     assert "GLUE STS-B (pearson/spearman)" in out
+
+
+def test_record_names_the_commit_the_run_started_from(tiny_bert, glue_dir, workdir, monkeypatch):
+    """A checkout moved while a run trains must not re-label the code that ran; the move is recorded."""
+    from distillbench import provenance
+
+    states = iter([{"commit": "start", "dirty": False}])
+    monkeypatch.setattr(provenance, "git_state", lambda: next(states, {"commit": "moved", "dirty": False}))
+    assert main(tiny_run_args(tiny_bert, glue_dir, "finetune")) == 0
+    git = only_record(workdir / "results")["git"]
+    assert git == {"commit": "start", "dirty": False, "at_end": {"commit": "moved", "dirty": False}}
