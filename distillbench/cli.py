@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from distillbench.errors import UserError
+from distillbench.errors import RunFailed, UserError
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -40,6 +41,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student-layers", type=int, help="copy N teacher layers, uniformly spaced (default: half)")
     parser.add_argument("--student-layer-ids", help="copy exactly these teacher layers, e.g. 1,3,5 (0-based)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--teacher-seed",
+        type=int,
+        help="seed of the teacher-side stages (default: --seed); pin it so all student seeds share one teacher",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -84,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--heartbeat", type=int, default=30, help="trial heartbeat interval (s)")
     tune.add_argument("--grace", type=int, default=90, help="a trial without heartbeat this long is retried")
     tune.add_argument("--report", action="store_true", help="print best value/params/importances, save plots")
+    sweep = commands.add_parser(
+        "sweep",
+        help="a resumable grid of runs (methods × tasks × seeds); other run flags pass through to every cell",
+    )
+    sweep.add_argument("--file", dest="spec", type=Path, help="a sweep file (e.g. sweeps/cpu-glue.toml)")
+    sweep.add_argument("--methods", help="comma list (replaces the file's)")
+    sweep.add_argument("--tasks", help="comma list (replaces the file's)")
+    sweep.add_argument("--seeds", help="comma list of integers (replaces the file's)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the cells, which are done, the estimated time")
+    sweep.add_argument("--results-dir", type=Path, default=Path("results"), help="where run records go")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bars (the sweep's nor the runs')")
     listing = commands.add_parser("list", help="registered methods and tasks")
     listing.add_argument("pattern", nargs="?", default="*")
     table = commands.add_parser("table", help="a paper-style leaderboard from run records")
@@ -160,6 +177,7 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         student_layers=args.student_layers,
         student_layer_ids=args.student_layer_ids,
         seed=args.seed,
+        teacher_seed=args.teacher_seed,
         data_dir=args.data_dir,
         preset=args.preset,
         method_overrides=method_extra | method_overrides,
@@ -240,6 +258,45 @@ def command_tune(args: argparse.Namespace) -> int:
     done = sum(t.state.name == "COMPLETE" for t in study.trials)
     print(f"study {name} ({storage}): {done} finished trials" + (f"; best parameters in {best}" if best else ""))
     return 0
+
+
+def sweep_spec(args: argparse.Namespace):
+    from distillbench.sweep import SweepSpec, parse_list
+
+    spec = SweepSpec.from_toml(args.spec) if args.spec else SweepSpec(methods=[], tasks=[], seeds=[])
+    if args.methods:
+        spec.methods = parse_list(args.methods, "methods")
+    if args.tasks:
+        spec.tasks = parse_list(args.tasks, "tasks")
+    if args.seeds:
+        try:
+            spec.seeds = [int(s) for s in parse_list(args.seeds, "seeds")]
+        except ValueError:
+            raise UserError(f"--seeds {args.seeds}: expected comma-separated integers") from None
+    for kind, values in (("methods", spec.methods), ("tasks", spec.tasks), ("seeds", spec.seeds)):
+        if not values:
+            raise UserError(f"sweep needs --{kind} (or a sweep file that lists them)")
+    return spec
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    from distillbench.harness import Runner, plan_run
+    from distillbench.sweep import dry_run_text, plan_cells, run_cells
+
+    spec = sweep_spec(args)
+    common = ["--results-dir", str(args.results_dir), *(["--no-progress"] if args.no_progress else [])]
+    run_parser = build_parser()
+
+    def plan(argv: list[str]):
+        return plan_run(*build_run(run_parser.parse_args(["run", *argv])))
+
+    cells = plan_cells(spec, [*args.passthrough, *common], plan, args.results_dir)
+    if args.dry_run:
+        print(dry_run_text(cells))
+        return 0
+    outcome = run_cells(cells, lambda cell: Runner(cell.plan).run(), show_progress=not args.no_progress)
+    print(outcome.summary())
+    return EXIT_FAILED if outcome.failed else 0
 
 
 def command_list(args: argparse.Namespace) -> int:
@@ -361,6 +418,7 @@ def command_bench(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": command_run,
     "tune": command_tune,
+    "sweep": command_sweep,
     "list": command_list,
     "table": command_table,
     "plot": command_plot,
@@ -371,11 +429,18 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, passthrough = parser.parse_known_args(argv)
+        if passthrough and args.command != "sweep":
+            parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
+        args.passthrough = passthrough
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except RunFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class RunConfig:
     student_layers: int | None = None
     student_layer_ids: str | None = None
     seed: int = 42
+    teacher_seed: int | None = None  # None: the run's seed; pinned, every student seed shares one teacher
     data_dir: str | None = None  # not part of the run key: the data's sha256 is
     train: TrainConfig = field(default_factory=TrainConfig)
     method_overrides: dict[str, Any] = field(default_factory=dict)

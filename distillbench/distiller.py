@@ -9,6 +9,7 @@ costs no teacher forward.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -20,6 +21,7 @@ from torch.utils.data import Sampler, SequentialSampler
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import SAFE_WEIGHTS_NAME
 
+from distillbench.errors import NonFiniteLoss
 from distillbench.method import Method, Outputs
 from distillbench.models import QKVCapture, freeze
 from distillbench.task import Task
@@ -96,9 +98,20 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
-        if isinstance(outputs, dict) and "terms" in outputs:
-            for name, value in outputs["terms"].items():
-                self._term_sums[name] += float(value.detach())
+        named = "terms" in outputs
+        values = {k: float(v.detach()) for k, v in (outputs["terms"] if named else {"loss": outputs["loss"]}).items()}
+        values["total"] = float(outputs["loss"].detach())
+        bad = next((name for name, value in values.items() if not math.isfinite(value)), None)
+        if bad is not None:
+            # At once: the Trainer would otherwise leave the step's loss out of its log and go on training
+            # on non-finite gradients, ending with a record that looks real.
+            raise NonFiniteLoss(
+                f"loss term {bad!r} became {values[bad]} at step {self.state.global_step + 1}; "
+                "training stopped, the last good checkpoint is kept and no record is written"
+            )
+        if named:
+            for name in outputs["terms"]:
+                self._term_sums[name] += values[name]
             self._term_counts += 1
         loss = outputs["loss"]
         return (loss, outputs) if return_outputs else loss
@@ -120,12 +133,14 @@ class DistillTrainer(Trainer):
             return super()._get_eval_sampler(eval_dataset)
         return SequentialSampler(eval_dataset)
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"):
         """Evaluation leaves the RNG untouched (its DataLoader draws a seed from it), so training after
-        an evaluation is the same whether or not it was resumed from a checkpoint saved at that step."""
+        an evaluation is the same whether or not it was resumed from a checkpoint saved at that step.
+        ``eval_prefix`` tells a metrics callback which dev split it is scoring (MNLI has two)."""
         state = torch.get_rng_state()
+        self.eval_prefix = metric_key_prefix
         try:
-            return super().evaluate(*args, **kwargs)
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         finally:
             torch.set_rng_state(state)
 

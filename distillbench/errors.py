@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a single stderr line and exit code 2."""
+"""The exception types the CLI turns into a single ``error: …`` stderr line instead of a traceback."""
 
 
 class UserError(Exception):
@@ -7,3 +7,11 @@ class UserError(Exception):
     Raised anywhere below the CLI; the CLI prints ``error: <message>`` and exits with code 2, so users
     never see a traceback for something they can fix themselves.
     """
+
+
+class RunFailed(Exception):
+    """A valid run that could not finish (e.g. its loss diverged): exit code 1, no record written."""
+
+
+class NonFiniteLoss(RunFailed):
+    """A loss term became NaN or infinite; training stops at that step."""

@@ -38,6 +38,8 @@ from distillbench.models import (
     student_config,
     weights_sha256,
 )
+from distillbench.portable import model_identity, portable_command, portable_path
+from distillbench.predictions import EvalCapture, write_predictions
 from distillbench.records import RECORD_VERSION, write_json_atomic
 from distillbench.task import Task, get_task, resolve_data_dir
 from distillbench.teacher_cache import CacheSpec, TeacherCache, build_cache, estimated_bytes, with_index
@@ -88,6 +90,15 @@ class Plan:
     def run_name(self) -> str:
         return f"{self.config.task}-{self.config.method}-seed{self.config.seed}-{self.key}"
 
+    @property
+    def roots(self) -> dict[str, Path | None]:
+        """The named folders a record's paths are stored relative to (see portable.py)."""
+        return {"data": self.task.data_dir, "results": self.paths.results_dir, "cache": self.paths.cache_dir}
+
+    def identity(self, source: str) -> str:
+        """How records and stage keys name a model: the same on every machine."""
+        return model_identity(source, self.roots)
+
 
 def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = None) -> Plan:
     """Resolve names, models, data and hyper-parameters; every user error surfaces here.
@@ -126,6 +137,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             "hparams": dataclasses.asdict(hp),
             "train": dataclasses.asdict(config.train),
             "seed": config.seed,
+            **({"teacher_seed": config.teacher_seed} if config.teacher_seed is not None else {}),
             "teacher": teacher_identity(config),
             "student": student_spec.describe(),
             "data": data_sha,
@@ -208,18 +220,23 @@ class Runner:
         train_dataset: Any,
         data_collator: Any = None,
         callbacks: tuple[TrainerCallback, ...] = (),
+        capture: EvalCapture | None = None,
     ) -> DistillTrainer:
-        """A :class:`DistillTrainer` evaluating on the task's dev split(s) with the task's metric."""
-        return DistillTrainer(
+        """A :class:`DistillTrainer` evaluating on the task's dev split(s) with the task's metric;
+        ``capture`` keeps every evaluation's per-example predictions."""
+        trainer = DistillTrainer(
             model=module,
             args=args,
             train_dataset=train_dataset,
             eval_dataset=self.eval_data(),
             data_collator=data_collator or self.task.collator(self.tokenizer),
-            compute_metrics=lambda p: self.task.compute_metrics(p.predictions, p.label_ids),
+            compute_metrics=capture or (lambda p: self.task.compute_metrics(p.predictions, p.label_ids)),
             preprocess_logits_for_metrics=self.task.reduce_eval_logits,
             callbacks=list(callbacks),
         )
+        if capture is not None:
+            capture.attach(trainer)
+        return trainer
 
     def train_module(
         self,
@@ -229,10 +246,12 @@ class Runner:
         evaluate: bool,
         callbacks: tuple[TrainerCallback, ...] = (),
         indexed: bool = False,
+        capture: EvalCapture | None = None,
     ) -> DistillTrainer:
         """Train any module with the Trainer under ``cfg``, resuming from the last checkpoint in ``out_dir``."""
         args = self.training_arguments(out_dir, cfg, evaluate)
-        trainer = self.trainer(module, args, self.train_split(cfg.max_train_samples, indexed), callbacks=callbacks)
+        train = self.train_split(cfg.max_train_samples, indexed)
+        trainer = self.trainer(module, args, train, callbacks=callbacks, capture=capture)
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(out_dir))
         return trainer
 
@@ -249,14 +268,18 @@ class Runner:
         cfg, config = self.train_cfg, self.config
         if role == "teacher" and config.teacher_finetuned:
             source = resolve_model(config.teacher_finetuned)
-            return Path(source), {"source": source, "weights_sha256": weights_sha256(source), "trained": False}
+            info = {"source": self.plan.identity(source), "weights_sha256": weights_sha256(source), "trained": False}
+            return Path(source), info
         if role == "teacher":
             init: dict[str, Any] = {
-                "source": self.plan.teacher_source,
+                "source": self.plan.identity(self.plan.teacher_source),
                 "weights_sha256": weights_sha256(self.plan.teacher_source),
             }
         else:
-            init = {"student": self.plan.student_spec.describe(), "teacher_source": self.plan.teacher_source}
+            init = {
+                "student": self.student_description(),
+                "teacher_source": self.plan.identity(self.plan.teacher_source),
+            }
         role_cfg = cfg.for_role(role)
         settings = {
             "role": role,
@@ -266,7 +289,7 @@ class Runner:
             "lr": role_cfg.learning_rate,
             "epochs": role_cfg.epochs,
             "max_steps": role_cfg.max_steps,
-            "seed": config.seed,
+            "seed": self.seed_of(role),
             "train": {
                 k: getattr(role_cfg, k)
                 for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
@@ -281,7 +304,7 @@ class Runner:
             self.stage_log[f"{role}-finetune"] = info
             return folder / "model", info
         started = time.time()
-        set_seed(config.seed)
+        set_seed(self.seed_of(role))
         if role == "teacher":
             model = load_for_task(self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False)
         else:
@@ -290,7 +313,8 @@ class Runner:
             )
         self.task.prepare_model(model, role)
         init["initial_state_sha256"] = state_sha256(model)
-        trainer = self.train_module(model, folder / "trainer", role_cfg, evaluate=True)
+        capture = EvalCapture(self.task)
+        trainer = self.train_module(model, folder / "trainer", role_cfg, evaluate=True, capture=capture)
         metrics = self.evaluate(trainer)
         model.save_pretrained(folder / "model")
         self.tokenizer.save_pretrained(folder / "model")
@@ -306,11 +330,30 @@ class Runner:
         write_json_atomic(done, info)
         self.stage_log[f"{role}-finetune"] = info
         if role == "teacher":
-            self._write_stage_record(role, info, trainer)
+            self._write_stage_record(role, info, trainer, capture)
         return folder / "model", info
 
-    def _write_stage_record(self, role: str, info: dict[str, Any], trainer: DistillTrainer) -> None:
+    def seed_of(self, role: str) -> int:
+        """The seed of a stage that trains ``role``: the teacher side may be pinned (``--teacher-seed``) so
+        that every student seed of a campaign distils from one teacher."""
+        teacher_seed = self.config.teacher_seed
+        return teacher_seed if role == "teacher" and teacher_seed is not None else self.config.seed
+
+    def student_description(self) -> dict[str, Any]:
+        """The student spec with its source and origin named portably."""
+        described = self.plan.student_spec.describe()
+        if described.get("source"):
+            described["source"] = self.plan.identity(described["source"])
+        if described.get("origin"):
+            origin = described["origin"]
+            described["origin"] = origin | {"record": portable_path(origin["record"], self.plan.roots)}
+        return described
+
+    def _write_stage_record(
+        self, role: str, info: dict[str, Any], trainer: DistillTrainer, capture: EvalCapture
+    ) -> None:
         record = self._base_record(method="finetune", role=role, key=info["key"])
+        record["seed"] = self.seed_of(role)
         record.update(
             {
                 "metrics": info["metrics"],
@@ -321,6 +364,7 @@ class Runner:
                 "hparams": {},
                 "model": info["settings"]["init"] | {"finetuned_sha256": info["weights_sha256"]},
                 "wall_time_s": info["wall_time_s"],
+                "predictions": write_predictions(self.plan.paths.results_dir, info["key"], capture),
             }
         )
         write_json_atomic(self.plan.paths.results_dir / "runs" / f"{info['key']}.json", record)
@@ -338,7 +382,7 @@ class Runner:
             "lr": cfg.learning_rate,
             "epochs": cfg.epochs,
             "max_steps": cfg.max_steps,
-            "seed": self.config.seed,
+            "seed": self.seed_of(stage.model),
             "data": self.plan.data_sha256,
             "batch_size": cfg.batch_size,
             "max_train_samples": cfg.max_train_samples,
@@ -348,7 +392,7 @@ class Runner:
         done = folder / "done.json"
         if not done.is_file():
             started = time.time()
-            set_seed(self.config.seed)
+            set_seed(self.seed_of(stage.model))
             model = load_for_task(str(base_dir), self.task.model_class, self.task.model_kwargs(), False)
             module = stage.build(model, self.task)
             trainer = self.train_module(module, folder / "trainer", cfg, evaluate=False)
@@ -380,7 +424,7 @@ class Runner:
             "teacher": teacher_info.get("key") or teacher_info.get("weights_sha256"),
             "task": self.config.task,
             "data": self.plan.data_sha256,
-            "tokenizer": self.plan.teacher_source,
+            "tokenizer": self.plan.identity(self.plan.teacher_source),
             "max_seq_length": cfg.max_seq_length,
             "layers": list(spec.layers),
             "dtype": spec.dtype,
@@ -429,7 +473,9 @@ class Runner:
         if method.uses_teacher:
             teacher_dir, teacher_info = self.finetuned("teacher")
             teacher = load_for_task(str(teacher_dir), task.model_class, task.model_kwargs(), attentions)
-        method.setup({stage.name: self.method_stage(stage) for stage in method.stages()})
+        stage_states = {stage.name: self.method_stage(stage) for stage in method.stages()}
+        set_seed(config.seed)  # the method's own modules (projections, filters) are part of the seeded run
+        method.setup(stage_states)
         set_seed(config.seed)
         if method.student_start == "finetuned":
             student_dir, _ = self.finetuned("student")
@@ -444,8 +490,9 @@ class Runner:
         cfg = self.train_cfg
         cache = self.teacher_cache(teacher, teacher_info) if teacher is not None else None
         distiller = Distiller(student, teacher, method, task, cache)
+        capture = EvalCapture(task)
         trainer = self.train_module(
-            distiller, out_dir, cfg, evaluate=True, callbacks=self.callbacks, indexed=cache is not None
+            distiller, out_dir, cfg, evaluate=True, callbacks=self.callbacks, indexed=cache is not None, capture=capture
         )
         metrics = self.evaluate(trainer)
         student.save_pretrained(out_dir / "student")
@@ -465,13 +512,14 @@ class Runner:
                 "teacher_cache": cache.meta | {"key": cache.folder.name} if cache else None,
                 "stages": self.stage_log,
                 "model": {
-                    "student": plan.student_spec.describe(),
+                    "student": self.student_description(),
                     "student_start": method.student_start,
                     "initial_state_sha256": student_init_sha,
-                    "teacher_source": plan.teacher_source,
+                    "teacher_source": plan.identity(plan.teacher_source),
                     "teacher_source_sha256": weights_sha256(plan.teacher_source),
-                    "output_dir": str((out_dir / "student").resolve()),
+                    "output_dir": portable_path((out_dir / "student").absolute(), plan.roots),
                 },
+                "predictions": write_predictions(plan.paths.results_dir, plan.run_name, capture),
                 "resumed_from": resumed_from,
                 "wall_time_s": time.time() - started,
                 "train_runtime_s": train_runtime(trainer.state.log_history),
@@ -506,20 +554,21 @@ class Runner:
             "role": role,
             "setting": self._setting() if role == "student" else "task-specific",
             "seed": self.config.seed,
+            "teacher_seed": self.seed_of("teacher"),
             "preset": self.config.preset,
             "main_metric": main_metric_key(self.task),
             "task_options": dataclasses.asdict(self.task.options),
             "greater_is_better": self.task.greater_is_better,
             "data": {
                 "sha256": plan.data_sha256,
-                "files": [str(p) for p in self.task.data_files()],
+                "files": [portable_path(p, plan.roots) for p in self.task.data_files()],
                 "train_examples": len(self.train_split(self.train_cfg.for_role(role).max_train_samples)),
                 "eval_examples": {s: len(self.data[s]) for s in self.task.eval_splits},
             },
             "git": self._git_record(),
             "packages": provenance.package_versions(),
             "hardware": provenance.hardware(),
-            "command": sys.argv,
+            "command": portable_command(sys.argv, plan.roots),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 

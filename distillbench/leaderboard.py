@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from distillbench.errors import UserError
-from distillbench.models import PACKAGED_MODELS
+from distillbench.portable import packaged_alias
 from distillbench.records import read_records
 from distillbench.task import get_task, list_tasks
 
@@ -31,10 +31,7 @@ def model_label(source: str | None) -> str:
     """Short name of a model: the packaged alias when it is one, else the folder or hub id."""
     if not source:
         return "?"
-    for alias, (module, _) in PACKAGED_MODELS.items():
-        if f"{module}/model" in source.replace("\\", "/"):
-            return alias
-    return Path(source).name
+    return packaged_alias(source) or Path(source.split(":", 1)[-1]).name
 
 
 def student_label(model: dict[str, Any]) -> str:

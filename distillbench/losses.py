@@ -27,6 +27,23 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return kl * temperature**2
 
 
+# Logit KD on a regression task (STS-B) is the MSE between student and teacher predictions, on the scale
+# of the task's own MSE loss; weight 1 gives the teacher's prediction the weight of the label. The TED
+# reference's per-task weight (20) multiplies a KL over one logit, which is identically zero, so it says
+# nothing about this term; carrying it over would make the teacher outweigh the label twenty to one.
+REGRESSION_KD_ALPHA = 1.0
+
+
+def logit_kd(student: list[Tensor], teacher: list[Tensor], output_type: str, temperature: float) -> Tensor:
+    """Mean over a task's distillable outputs (classification logits; QA start and end logits; MLM
+    logits at masked positions) of softened KL, or of the MSE between predictions for regression."""
+    terms = [
+        F.mse_loss(s, t) if output_type == "regression" else soft_kl(s, t, temperature)
+        for s, t in zip(student, teacher, strict=True)
+    ]
+    return sum(terms) / len(terms)
+
+
 def mse(student: Tensor, teacher: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean squared error; with ``mask`` ([B, L], 1 = real token) only real tokens count.
 
@@ -48,15 +65,6 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
         )
     k = teacher_layers // student_layers
     return [(i + 1) * k - 1 for i in range(student_layers)]
-
-
-def kl_between_distributions(teacher_probs: Tensor, student_probs: Tensor, query_mask: Tensor) -> Tensor:
-    """KL(teacher ‖ student) over the last dim of [B, H, L, L] distributions, averaged over batch,
-    heads and real query positions (``query_mask`` [B, L]), as MiniLM scores attention maps."""
-    log_ratio = torch.log(teacher_probs.clamp_min(1e-12)) - torch.log(student_probs.clamp_min(1e-12))
-    per_query = (teacher_probs * log_ratio).sum(-1)  # [B, H, L]
-    weights = query_mask.to(per_query.dtype).unsqueeze(1).expand_as(per_query)
-    return (per_query * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def split_heads(states: Tensor, heads: int) -> Tensor:
@@ -87,4 +95,18 @@ def relation_kl(
     real query positions (MiniLM's attention and self-relation transfer)."""
     teacher_log = relation_log_probs(*teacher, heads, attention_mask)
     student_log = relation_log_probs(*student, heads, attention_mask)
-    return kl_between_distributions(teacher_log.exp(), student_log.exp(), attention_mask)
+    return kl_between_log_distributions(teacher_log, student_log, attention_mask)
+
+
+def kl_between_log_distributions(teacher_log: Tensor, student_log: Tensor, query_mask: Tensor) -> Tensor:
+    """KL(teacher ‖ student) over the last dim of [B, H, L, L] log-distributions, averaged over batch,
+    heads and real query positions (``query_mask`` [B, L]), as MiniLM scores attention maps.
+
+    Computed in log space: exact where a student probability underflows (clamping probabilities at
+    1e-12 would under-estimate the KL there and zero its gradient). Keys with teacher probability 0
+    (padding) contribute 0."""
+    per_key = F.kl_div(student_log, teacher_log, log_target=True, reduction="none")
+    per_key = per_key.masked_fill(~torch.isfinite(teacher_log) | (teacher_log.exp() == 0), 0.0)
+    per_query = per_key.sum(-1)  # [B, H, L]
+    weights = query_mask.to(per_query.dtype).unsqueeze(1).expand_as(per_query)
+    return (per_query * weights).sum() / weights.sum().clamp_min(1.0)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor, nn
 
 from distillbench.errors import UserError
+from distillbench.losses import logit_kd
 from distillbench.registry import Registry
 
 if TYPE_CHECKING:
@@ -166,6 +167,14 @@ class Method:
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Named loss terms; the harness optimises their sum and logs each one."""
         raise NotImplementedError
+
+    def with_logit_kd(self, terms: dict[str, Tensor], student: Outputs, teacher: Outputs) -> dict[str, Tensor]:
+        """``terms`` plus ``kd = kl_alpha · logit_kd`` when the method's ``kl_alpha`` is non-zero (KD, and
+        the logit term that LWD, TED and MiniLM add on top of their own)."""
+        if self.hp.kl_alpha:
+            kd = logit_kd(student.distill, teacher.distill, self.task.output_type, self.hp.temperature)
+            terms["kd"] = self.hp.kl_alpha * kd
+        return terms
 
 
 method_registry: Registry[type[Method]] = Registry("method", "distillbench.methods", "distillbench.methods")

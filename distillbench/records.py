@@ -8,7 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-RECORD_VERSION = 1
+from distillbench.portable import legacy_portable
+
+# 2: no absolute path of the machine (see portable.py); version-1 records are upgraded on read.
+RECORD_VERSION = 2
+MIGRATED_KINDS = ("run", "bench")
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -34,6 +38,38 @@ def read_records(root: Path) -> list[dict[str, Any]]:
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(record, dict) and record.get("kind") == "run":
+            record = upgrade(record)
             record["_path"] = str(path)
             records.append(record)
     return records
+
+
+def _rewrite_strings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _rewrite_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rewrite_strings(v) for v in value]
+    return legacy_portable(value) if isinstance(value, str) else value
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """A record in the current schema: a version-1 record's absolute paths become portable names;
+    every other field is kept as it was."""
+    if record.get("version", 1) >= RECORD_VERSION:
+        return record
+    return _rewrite_strings(record) | {"version": RECORD_VERSION, "migrated_from_version": record.get("version", 1)}
+
+
+def migrate_folder(root: Path) -> list[Path]:
+    """Rewrite every older run record under ``root`` in the current schema; returns the files changed."""
+    changed = []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        kind = record.get("kind") if isinstance(record, dict) else None
+        if kind in MIGRATED_KINDS and record.get("version", 1) < RECORD_VERSION:
+            write_json_atomic(path, upgrade(record))
+            changed.append(path)
+    return changed

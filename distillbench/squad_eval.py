@@ -45,17 +45,43 @@ def f1_v2(gold: str, prediction: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def score_v1(examples: Iterable[tuple[str, list[str]]], predictions: dict[str, str]) -> dict[str, float]:
-    """evaluate-v1.1.py: max over gold answers; a missing prediction scores 0."""
-    exact = f1 = total = 0.0
+def per_question_v1(
+    examples: Iterable[tuple[str, list[str]]], predictions: dict[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """evaluate-v1.1.py's per-question EM and F1: max over gold answers; a missing prediction scores 0."""
+    exact, f1 = {}, {}
     for qid, golds in examples:
-        total += 1
+        prediction = predictions.get(qid)
+        exact[qid] = (
+            0.0
+            if prediction is None
+            else max(float(normalize_answer(prediction) == normalize_answer(g)) for g in golds)
+        )
+        f1[qid] = 0.0 if prediction is None else max(f1_v1(prediction, g) for g in golds)
+    return exact, f1
+
+
+def score_v1(examples: Iterable[tuple[str, list[str]]], predictions: dict[str, str]) -> dict[str, float]:
+    """evaluate-v1.1.py: the mean of the per-question scores, ×100."""
+    exact, f1 = per_question_v1(examples, predictions)
+    total = len(exact)
+    return {"exact_match": 100.0 * sum(exact.values()) / total, "f1": 100.0 * sum(f1.values()) / total}
+
+
+def per_question_v2(
+    examples: Iterable[tuple[str, list[str]]], predictions: dict[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """evaluate-v2.0.py's raw per-question EM and F1 (before the no-answer threshold); gold answers that
+    normalise to nothing are dropped, an unanswerable question's gold is the empty answer."""
+    exact_raw, f1_raw = {}, {}
+    for qid, golds in examples:
+        golds = [g for g in golds if normalize_answer(g)] or [""]
         if qid not in predictions:
             continue
         prediction = predictions[qid]
-        exact += max(float(normalize_answer(prediction) == normalize_answer(g)) for g in golds)
-        f1 += max(f1_v1(prediction, g) for g in golds)
-    return {"exact_match": 100.0 * exact / total, "f1": 100.0 * f1 / total}
+        exact_raw[qid] = max(float(normalize_answer(g) == normalize_answer(prediction)) for g in golds)
+        f1_raw[qid] = max(f1_v2(g, prediction) for g in golds)
+    return exact_raw, f1_raw
 
 
 def _summary(exact: dict[str, float], f1: dict[str, float], qids: list[str]) -> dict[str, float]:
@@ -94,14 +120,7 @@ def score_v2(
     examples = list(examples)
     has_answer = {qid: bool(golds) for qid, golds in examples}
     probabilities = na_probs if na_probs is not None else {k: 0.0 for k in predictions}
-    exact_raw, f1_raw = {}, {}
-    for qid, golds in examples:
-        golds = [g for g in golds if normalize_answer(g)] or [""]
-        if qid not in predictions:
-            continue
-        prediction = predictions[qid]
-        exact_raw[qid] = max(float(normalize_answer(g) == normalize_answer(prediction)) for g in golds)
-        f1_raw[qid] = max(f1_v2(g, prediction) for g in golds)
+    exact_raw, f1_raw = per_question_v2(examples, predictions)
 
     def thresholded(scores: dict[str, float]) -> dict[str, float]:
         return {q: float(not has_answer[q]) if probabilities[q] > na_prob_thresh else s for q, s in scores.items()}

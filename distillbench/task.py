@@ -133,6 +133,16 @@ class Task:
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
 
+    def prediction_arrays(self, predictions: Any, labels: Any) -> dict[str, np.ndarray]:
+        """What a run stores per dev example (see predictions.py): by default the model's outputs (the
+        logits, or their reduction) and the labels, row i being dev example i."""
+        return {"predictions": np.asarray(predictions), "labels": np.asarray(labels)}
+
+    def metric_on(self, arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, float]:
+        """The task's metrics on a subset (or resample) ``rows`` of stored predictions: what a paired
+        bootstrap recomputes for each resample."""
+        return self.compute_metrics(arrays["predictions"][rows], arrays["labels"][rows])
+
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     """``--data-dir`` wins, then ``$DISTILLBENCH_DATA``; ``None`` means: use the hub."""

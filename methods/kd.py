@@ -13,27 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from distillbench import Method, Outputs, register_method
-from distillbench.losses import soft_kl
-
-
-def logit_kd(student: Outputs, teacher: Outputs, output_type: str, temperature: float) -> Tensor:
-    """Mean over the task's distillable outputs of softened KL (categorical) or MSE (regression)."""
-    terms = [
-        F.mse_loss(s, t) if output_type == "regression" else soft_kl(s, t, temperature)
-        for s, t in zip(student.distill, teacher.distill, strict=True)
-    ]
-    return sum(terms) / len(terms)
-
-
-def with_logit_kd(terms: dict[str, Tensor], student: Outputs, teacher: Outputs, hp, output_type: str) -> dict:
-    """Add ``kd = kl_alpha · logit_kd`` to a method's terms when its ``kl_alpha`` is non-zero."""
-    if hp.kl_alpha:
-        terms["kd"] = hp.kl_alpha * logit_kd(student, teacher, output_type, hp.temperature)
-    return terms
+from distillbench.losses import REGRESSION_KD_ALPHA
 
 
 @register_method("kd")
@@ -46,8 +29,10 @@ class KD(Method):
         temperature: float = 2.0
         student_start: str = "pretrained"
 
-    # The TED reference's KD weights per task (../shared/reference/TED.md).
-    task_defaults = {t: {"kl_alpha": 20.0} for t in ("qqp", "qnli", "sst2", "rte", "cola", "mrpc", "stsb")} | {
+    # The TED reference's KD weights per task (../shared/reference/TED.md); STS-B is regression, where the
+    # reference's weight multiplies a term that is identically zero, so its own weight applies (losses.py).
+    task_defaults = {t: {"kl_alpha": 20.0} for t in ("qqp", "qnli", "sst2", "rte", "cola", "mrpc")} | {
+        "stsb": {"kl_alpha": REGRESSION_KD_ALPHA},
         "mnli": {"kl_alpha": 5.0},
         "squad": {"kl_alpha": 10.0},
         "squad_v2": {"kl_alpha": 10.0},
@@ -65,4 +50,4 @@ class KD(Method):
 
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         assert teacher is not None
-        return with_logit_kd({"task": student.loss}, student, teacher, self.hp, self.task.output_type)
+        return self.with_logit_kd({"task": student.loss}, student, teacher)

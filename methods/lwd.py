@@ -16,8 +16,7 @@ from torch import Tensor, nn
 
 from distillbench import Method, Outputs, register_method
 from distillbench.errors import UserError
-from distillbench.losses import mse, uniform_layer_map
-from distillbench.methods.kd import with_logit_kd
+from distillbench.losses import REGRESSION_KD_ALPHA, mse, uniform_layer_map
 
 
 def parse_layer_map(spec: str, student_layers: int, teacher_layers: int) -> list[int]:
@@ -57,7 +56,7 @@ class LWD(Method):
         "rte": {"kl_alpha": 20.0, "mse_alpha": 20.0},
         "cola": {"kl_alpha": 0.0, "mse_alpha": 5.0},
         "mrpc": {"kl_alpha": 20.0, "mse_alpha": 5.0},
-        "stsb": {"kl_alpha": 20.0, "mse_alpha": 5.0},
+        "stsb": {"kl_alpha": REGRESSION_KD_ALPHA, "mse_alpha": 5.0},
         "squad": {"kl_alpha": 10.0, "mse_alpha": 100.0},
         "squad_v2": {"kl_alpha": 10.0, "mse_alpha": 100.0},
     }
@@ -95,4 +94,4 @@ class LWD(Method):
         ]
         layerwise = sum(mse(s, t.detach()) for s, t in pairs) / len(pairs)
         terms = {"task": student.loss, "mse": self.hp.mse_alpha * layerwise}
-        return with_logit_kd(terms, student, teacher, self.hp, self.task.output_type)
+        return self.with_logit_kd(terms, student, teacher)

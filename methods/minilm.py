@@ -26,7 +26,6 @@ from torch import Tensor
 from distillbench import Method, Outputs, register_method
 from distillbench.errors import UserError
 from distillbench.losses import relation_kl
-from distillbench.methods.kd import with_logit_kd
 
 
 class _RelationMethod(Method):
@@ -50,7 +49,7 @@ class _RelationMethod(Method):
             "task": student.loss,
             "relation": self.hp.minilm_alpha * self.relation_loss(student, teacher, batch["attention_mask"]),
         }
-        return with_logit_kd(terms, student, teacher, self.hp, self.task.output_type)
+        return self.with_logit_kd(terms, student, teacher)
 
 
 @register_method("minilm")

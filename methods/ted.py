@@ -31,8 +31,7 @@ from transformers.activations import ACT2FN
 
 from distillbench import Method, Outputs, Stage, Task, register_method
 from distillbench.errors import UserError
-from distillbench.losses import mse
-from distillbench.methods.kd import with_logit_kd
+from distillbench.losses import REGRESSION_KD_ALPHA, mse
 
 
 def make_filter(width: int, output_dim: int, nonlinear: bool, activation: str) -> nn.Module:
@@ -112,7 +111,7 @@ class TED(Method):
         "rte": {"kl_alpha": 20.0, "mse_alpha": 50.0},
         "cola": {"kl_alpha": 0.0, "mse_alpha": 10.0},
         "mrpc": {"kl_alpha": 20.0, "mse_alpha": 100.0},
-        "stsb": {"kl_alpha": 20.0, "mse_alpha": 50.0},
+        "stsb": {"kl_alpha": REGRESSION_KD_ALPHA, "mse_alpha": 50.0},
         "squad": {"kl_alpha": 10.0, "mse_alpha": 5000.0},
         "squad_v2": {"kl_alpha": 10.0, "mse_alpha": 5000.0},
     }
@@ -178,4 +177,4 @@ class TED(Method):
             )
         ]
         terms = {"task": student.loss, "mse": self.hp.mse_alpha * sum(mse(s, t) for s, t in pairs) / len(pairs)}
-        return with_logit_kd(terms, student, teacher, self.hp, self.task.output_type)
+        return self.with_logit_kd(terms, student, teacher)

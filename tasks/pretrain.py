@@ -172,7 +172,14 @@ class ContinualPretraining(Task):
         nll = nll.view(labels.shape).sum(-1)
         return torch.stack([nll, (labels != -100).sum(-1).to(nll.dtype)], dim=-1)
 
-    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def prediction_arrays(self, predictions: Any, labels: Any) -> dict[str, np.ndarray]:
+        """Per held-out block: masked-token NLL sum and count (the token labels are the fixed masks)."""
+        return {"predictions": np.asarray(predictions)}
+
+    def metric_on(self, arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, float]:
+        return self.compute_metrics(arrays["predictions"][rows], None)
+
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
         total_nll, count = predictions[:, 0].sum(), predictions[:, 1].sum()
         mean_nll = float(total_nll / max(count, 1.0))
         return {"mlm_loss": mean_nll, "perplexity": metrics.perplexity(mean_nll)}

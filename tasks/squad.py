@@ -22,7 +22,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 from torch import Tensor, nn
 
 from distillbench.errors import UserError
-from distillbench.squad_eval import score_v1, score_v2
+from distillbench.squad_eval import per_question_v1, per_question_v2, score_v1, score_v2
 from distillbench.task import Task, register_task
 
 
@@ -236,16 +236,40 @@ class SquadTask(Task):
             answers[example["id"]] = "" if margin > options.null_score_diff_threshold else text
         return answers, null_margins
 
-    def compute_metrics(self, predictions: Any, labels: Any) -> dict[str, float]:
+    def _answers(self, predictions: Any) -> tuple[list[tuple[str, list[str]]], dict[str, str], dict[str, float]]:
+        """Gold (id, answer texts), predicted answer per id, and (v2.0) no-answer probability per id."""
         start_logits, end_logits = predictions
         answers, margins = self.postprocess(start_logits, end_logits)
         gold = [(e["id"], e["answers"]["text"]) for e in self.eval_examples]
-        if not self.with_negative:
-            return score_v1(gold, answers)
         # The null-score margin through a sigmoid is the no-answer probability the official script's
         # best-threshold search sorts by (monotone, and never above its default 1.0 cut-off).
         na_probs = {qid: float(1 / (1 + np.exp(-np.clip(m, -50, 50)))) for qid, m in margins.items()}
-        return score_v2(gold, answers, na_probs)
+        return gold, answers, na_probs
+
+    def compute_metrics(self, predictions: Any, labels: Any) -> dict[str, float]:
+        gold, answers, na_probs = self._answers(predictions)
+        return score_v2(gold, answers, na_probs) if self.with_negative else score_v1(gold, answers)
+
+    def prediction_arrays(self, predictions: Any, labels: Any) -> dict[str, np.ndarray]:
+        """Per question: id, answer text (what the official script reads), v2.0's no-answer probability,
+        and the official per-question EM/F1 (what a bootstrap resamples)."""
+        gold, answers, na_probs = self._answers(predictions)
+        per_question = per_question_v2 if self.with_negative else per_question_v1
+        exact, f1 = per_question(gold, answers)
+        ids = [qid for qid, _ in gold]
+        arrays = {
+            "id": np.array(ids, dtype=str),
+            "answer": np.array([answers.get(q, "") for q in ids], dtype=str),
+            "exact": np.array([exact.get(q, 0.0) for q in ids]),
+            "f1": np.array([f1.get(q, 0.0) for q in ids]),
+        }
+        if self.with_negative:
+            arrays["na_prob"] = np.array([na_probs[q] for q in ids])
+        return arrays
+
+    def metric_on(self, arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, float]:
+        exact_name = self.paper_metrics[0]
+        return {exact_name: 100.0 * float(arrays["exact"][rows].mean()), "f1": 100.0 * float(arrays["f1"][rows].mean())}
 
 
 def _register(name: str, version: str, hub_name: str, metrics: tuple[str, str]) -> None:

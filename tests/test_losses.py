@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distillbench import UserError
-from distillbench.losses import kl_between_distributions, mse, relation_kl, soft_kl, uniform_layer_map
+from distillbench.losses import kl_between_log_distributions, mse, relation_kl, soft_kl, uniform_layer_map
 
 
 def test_soft_kl_matches_hand_computation():
@@ -51,9 +51,9 @@ def test_kl_between_distributions_by_hand_and_masked_queries():
     teacher = torch.tensor([[[[0.75, 0.25], [0.5, 0.5]]]])
     student = torch.tensor([[[[0.5, 0.5], [0.5, 0.5]]]])
     first = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
-    both = kl_between_distributions(teacher, student, torch.tensor([[1, 1]]))
+    both = kl_between_log_distributions(teacher.log(), student.log(), torch.tensor([[1, 1]]))
     assert both.item() == pytest.approx(first / 2, rel=1e-6)
-    only_first = kl_between_distributions(teacher, student, torch.tensor([[1, 0]]))
+    only_first = kl_between_log_distributions(teacher.log(), student.log(), torch.tensor([[1, 0]]))
     assert only_first.item() == pytest.approx(first, rel=1e-6)
 
 
@@ -73,3 +73,20 @@ def test_relation_kl_ignores_padding_keys():
     padded_other = torch.tensor([[[1.0], [0.5], [-4.0]]])
     mask = torch.tensor([[1, 1, 0]])
     assert relation_kl((states, states), (padded_other, padded_other), 1, mask).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_relation_kl_is_exact_where_student_probabilities_underflow():
+    """Peaked student relations: a probability of e^-60 is far below the old 1e-12 clamp. The exact KL
+    (here by hand, in float64) counts the teacher mass there; the clamped formula under-estimated it and
+    had no gradient through the underflowed entry."""
+    teacher = torch.tensor([[[[0.5, 0.5]]]], dtype=torch.float64)
+    student_log = torch.tensor([[[[0.0, -60.0]]]], dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 1, dtype=torch.long)
+    exact = 0.5 * (math.log(0.5) - 0.0) + 0.5 * (math.log(0.5) + 60.0)
+    loss = kl_between_log_distributions(teacher.log(), student_log, mask)
+    assert loss.item() == pytest.approx(exact, rel=1e-9)
+    clamped_student = student_log.detach().exp().clamp_min(1e-12)
+    clamped = (teacher * (teacher.log() - clamped_student.log())).sum()
+    assert clamped.item() < exact / 2  # what the clamp version gave: less than half the true KL
+    loss.backward()
+    assert student_log.grad[0, 0, 0, 1].item() == pytest.approx(-0.5)  # d/ds of -p_t·s

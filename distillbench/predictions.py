@@ -1,0 +1,107 @@
+"""Per-example dev predictions of every evaluation, stored beside the run record.
+
+A score alone cannot be tested against another score; the predictions behind it can (a paired bootstrap
+over dev examples). Every evaluation a run makes is captured while the Trainer scores it, written as one
+compressed ``.npz`` under ``<results>/predictions/`` and referenced from the record with its sha256, so
+a reader can tell a file that changed after the run. What the arrays hold is the task's choice
+(:meth:`Task.prediction_arrays`: GLUE logits and labels, SQuAD question ids, answers and per-question
+EM/F1); array names are ``<split>/step<N>/<name>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from distillbench.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import EvalPrediction, Trainer
+
+    from distillbench.task import Task
+
+FOLDER = "predictions"
+
+
+class EvalCapture:
+    """The Trainer's ``compute_metrics``: scores an evaluation and keeps its per-example predictions."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.trainer: Trainer | None = None
+        self.evaluations: dict[str, dict[str, np.ndarray]] = {}
+
+    def attach(self, trainer: Trainer) -> None:
+        """The trainer whose step and current dev split label each evaluation."""
+        self.trainer = trainer
+
+    def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
+        assert self.trainer is not None, "attach the trainer first"
+        prefix = getattr(self.trainer, "eval_prefix", "eval")
+        split = prefix.removeprefix("eval_") if prefix != "eval" else self.task.eval_splits[0]
+        label = f"{split}/step{self.trainer.state.global_step}"
+        self.evaluations[label] = self.task.prediction_arrays(prediction.predictions, prediction.label_ids)
+        return self.task.compute_metrics(prediction.predictions, prediction.label_ids)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_predictions(results_dir: Path, name: str, capture: EvalCapture) -> dict[str, Any] | None:
+    """Write the captured evaluations atomically; the record's reference to them (None: nothing ran)."""
+    if not capture.evaluations:
+        return None
+    folder = results_dir / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{label}/{key}": value for label, named in capture.evaluations.items() for key, value in named.items()}
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".npz")
+    os.close(handle)
+    try:
+        np.savez_compressed(temporary, **arrays)
+        path = folder / f"{name}.npz"
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return {"path": f"{FOLDER}/{name}.npz", "sha256": file_sha256(path), "evaluations": sorted(capture.evaluations)}
+
+
+def load_predictions(record: dict[str, Any], results_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """``{"<split>/step<N>": {name: array}}`` of a record, after checking the file's sha256."""
+    reference = record.get("predictions")
+    if not reference:
+        raise UserError(f"record {record.get('run_id')} has no stored predictions")
+    path = results_dir / reference["path"]
+    if not path.is_file():
+        raise UserError(f"predictions file {path} of record {record.get('run_id')} is missing")
+    if file_sha256(path) != reference["sha256"]:
+        raise UserError(f"predictions file {path} differs from the sha256 its record holds")
+    evaluations: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path, allow_pickle=False) as stored:
+        for key in stored.files:
+            label, _, name = key.rpartition("/")
+            evaluations.setdefault(label, {})[name] = stored[key]
+    return evaluations
+
+
+def evaluation_of(record: dict[str, Any], results_dir: Path, score: str = "final") -> dict[str, np.ndarray]:
+    """The main split's predictions at the record's last evaluation (``final``) or its best epoch."""
+    evaluations = load_predictions(record, results_dir)
+    split = record["main_metric"].split("/")[0] if "/" in record["main_metric"] else None
+    chosen = record.get("best_epoch") if score == "best" else None
+    step = (chosen or (record.get("epochs") or [{}])[-1]).get("step")
+    candidates = [k for k in evaluations if (split is None or k.startswith(f"{split}/"))]
+    wanted = [k for k in candidates if k.endswith(f"/step{step}")]
+    if not wanted:
+        raise UserError(f"record {record.get('run_id')} stored no predictions for step {step}")
+    return evaluations[wanted[0]]

@@ -1,0 +1,192 @@
+"""Campaigns: a grid of ordinary runs (methods × tasks × seeds), resumable, with one overall progress bar.
+
+Each cell is exactly the ``distillbench run`` its arguments spell, so it writes the same record and
+shares the same stage caches. A cell whose complete record (same run key) exists is skipped; a cell
+killed half-way has no record and resumes from its last checkpoint. Cells run task by task, seed by
+seed, in the methods' listed order, so the first cell of a task builds the teacher stage and every later
+cell reads it (as every stage shared by several methods is built by the first that needs it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from distillbench.errors import UserError
+
+SPEC_KEYS = {"methods", "tasks", "seeds", "args", "task_args", "method_args", "estimate"}
+
+
+@dataclass
+class SweepSpec:
+    """The grid and the run arguments: common, per task and per method (flags as on the command line)."""
+
+    methods: list[str]
+    tasks: list[str]
+    seeds: list[int]
+    args: list[str] = field(default_factory=list)
+    task_args: dict[str, list[str]] = field(default_factory=dict)
+    method_args: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_toml(cls, path: Path) -> SweepSpec:
+        """A committed sweep file (``sweeps/<name>.toml``); unknown keys are errors, not silently ignored."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as error:
+            raise UserError(f"cannot read sweep file {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise UserError(f"sweep file {path}: {error}") from None
+        unknown = sorted(set(data) - SPEC_KEYS)
+        if unknown:
+            raise UserError(f"sweep file {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(SPEC_KEYS))})")
+        try:
+            return cls(
+                methods=[str(m) for m in data["methods"]],
+                tasks=[str(t) for t in data["tasks"]],
+                seeds=[int(s) for s in data["seeds"]],
+                args=[str(a) for a in data.get("args", [])],
+                task_args={k: [str(a) for a in v] for k, v in data.get("task_args", {}).items()},
+                method_args={k: [str(a) for a in v] for k, v in data.get("method_args", {}).items()},
+            )
+        except KeyError as error:
+            raise UserError(f"sweep file {path}: missing key {error.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as error:
+            raise UserError(f"sweep file {path}: {error}") from None
+
+    def cells(self) -> list[tuple[str, str, int, list[str]]]:
+        """(task, method, seed, run arguments) in execution order."""
+        return [
+            (
+                task,
+                method,
+                seed,
+                [
+                    *("--method", method, "--task", task, "--seed", str(seed)),
+                    *self.args,
+                    *self.task_args.get(task, []),
+                    *self.method_args.get(method, []),
+                ],
+            )
+            for task in self.tasks
+            for seed in self.seeds
+            for method in self.methods
+        ]
+
+
+def parse_list(text: str, kind: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UserError(f"--{kind} needs a comma-separated list")
+    return items
+
+
+@dataclass
+class Cell:
+    task: str
+    method: str
+    seed: int
+    argv: list[str]
+    plan: Any
+    done: bool
+    estimate_s: float | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.task} {self.method} seed {self.seed}"
+
+
+def wall_time_estimates(records: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """Mean wall time of earlier complete student runs per (task, method): the sweep's ETA."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for record in records:
+        if record.get("role") == "student" and record.get("status") == "complete" and record.get("wall_time_s"):
+            times.setdefault((record["task"], record["method"]), []).append(float(record["wall_time_s"]))
+    return {key: sum(values) / len(values) for key, values in times.items()}
+
+
+def plan_cells(spec: SweepSpec, extra: list[str], parse: Callable[[list[str]], Any], results_dir: Path) -> list[Cell]:
+    """Validate every cell before any runs (a typo fails the sweep at once, not hours in)."""
+    from distillbench.records import read_records
+
+    records = read_records(results_dir) if results_dir.is_dir() else []
+    complete = {Path(r["_path"]).name for r in records if r.get("status") == "complete"}
+    estimates = wall_time_estimates(records)
+    cells = []
+    for task, method, seed, argv in spec.cells():
+        try:
+            plan = parse([*argv, *extra])
+        except UserError as error:
+            raise UserError(f"sweep cell {task} {method} seed {seed}: {error}") from None
+        done = f"{plan.run_name}.json" in complete
+        cells.append(Cell(task, method, seed, [*argv, *extra], plan, done, estimates.get((task, method))))
+    return cells
+
+
+def format_minutes(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / 60:.0f} min"
+
+
+def dry_run_text(cells: list[Cell]) -> str:
+    lines = [f"{'task':<10} {'method':<10} {'seed':>4}  {'state':<5} {'estimate':>9}  run"]
+    for cell in cells:
+        state = "done" if cell.done else "todo"
+        estimate = "" if cell.done else format_minutes(cell.estimate_s)
+        lines.append(
+            f"{cell.task:<10} {cell.method:<10} {cell.seed:>4}  {state:<5} {estimate:>9}  {cell.plan.run_name}"
+        )
+    todo = [c for c in cells if not c.done]
+    known = [c.estimate_s for c in todo if c.estimate_s is not None]
+    total = f"≈{format_minutes(sum(known))}" + (
+        f" + {len(todo) - len(known)} cells without an estimate" if len(known) < len(todo) else ""
+    )
+    lines.append(f"{len(cells)} cells: {len(cells) - len(todo)} done, {len(todo)} to run, estimated {total}")
+    lines.append("estimates: mean wall time of earlier records of the same task and method")
+    return "\n".join(lines)
+
+
+@dataclass
+class SweepOutcome:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"sweep: {len(self.ran)} ran, {len(self.skipped)} already complete, {len(self.failed)} failed"]
+        lines += [f"  failed: {label}: {reason}" for label, reason in self.failed]
+        return "\n".join(lines)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def run_cells(cells: list[Cell], execute: Callable[[Cell], None], show_progress: bool) -> SweepOutcome:
+    """Run every cell not yet done; a failing cell is reported and the others still run."""
+    from tqdm.auto import tqdm
+
+    outcome = SweepOutcome(skipped=[c.label for c in cells if c.done])
+    todo = [c for c in cells if not c.done]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", desc="sweep", disable=not show_progress)
+    with bar:
+        for position, cell in enumerate(todo):
+            remaining = [c.estimate_s for c in todo[position:] if c.estimate_s is not None]
+            bar.set_postfix_str(f"{cell.label}; est. left {format_minutes(sum(remaining) if remaining else None)}")
+            started = time.time()
+            try:
+                execute(cell)
+            except KeyboardInterrupt:
+                raise
+            except Exception as error:
+                outcome.failed.append((cell.label, one_line(error)))
+            else:
+                outcome.ran.append(cell.label)
+            cell.estimate_s = time.time() - started
+            bar.update(1)
+    return outcome
