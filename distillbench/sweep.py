@@ -10,12 +10,11 @@ cell reads it (as every stage shared by several methods is built by the first th
 from __future__ import annotations
 
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from distillbench.errors import UserError
 
