@@ -392,10 +392,15 @@ class Runner:
         done = folder / "done.json"
         if not done.is_file():
             started = time.time()
-            set_seed(self.seed_of(stage.model))
             model = load_for_task(str(base_dir), self.task.model_class, self.task.model_kwargs(), False)
+            features = None
+            if stage.frozen_layers is not None and cfg.teacher_cache != "off" and self.task.deterministic_inputs:
+                base_key = base_info.get("key") or base_info.get("weights_sha256")
+                features = self.output_cache(model, base_key, stage.frozen_layers, cfg)
+            set_seed(self.seed_of(stage.model))
             module = stage.build(model, self.task)
-            trainer = self.train_module(module, folder / "trainer", cfg, evaluate=False)
+            module.features = features
+            trainer = self.train_module(module, folder / "trainer", cfg, evaluate=False, indexed=features is not None)
             save_file({k: v.contiguous() for k, v in module.extra.state_dict().items()}, folder / "extra.safetensors")
             shutil.rmtree(folder / "trainer")
             write_json_atomic(
@@ -404,7 +409,9 @@ class Runner:
                     "key": folder.name,
                     "settings": settings,
                     "wall_time_s": time.time() - started,
+                    "train_runtime_s": train_runtime(trainer.state.log_history),
                     "loss_terms": final_loss_terms(trainer.state.log_history),
+                    "read_cache": features.folder.name if features is not None else None,
                 },
             )
         self.stage_log[stage.name] = json.loads(done.read_text())
@@ -412,16 +419,25 @@ class Runner:
 
     def teacher_cache(self, teacher: torch.nn.Module, teacher_info: dict[str, Any]) -> TeacherCache | None:
         """The teacher-output cache this run reads, built on first use; ``None`` when switched off, when
-        the method or the task needs a live teacher, or (``auto``) when a new cache would not pay: more
-        than ``teacher_cache_max_gb`` of disk (hidden states of a large task), or a run shorter than the
-        one teacher pass that builds it (a bounded demo); a skip is said on stderr."""
+        the method or the task needs a live teacher, or (``auto``) when a new cache would not pay."""
         cfg, method, task = self.train_cfg, self.plan.method, self.task
         if cfg.teacher_cache == "off" or cache_refusal(self.config, method, task):
             return None
-        layers = method.cached_teacher_layers() or ()
+        model_key = teacher_info.get("key") or teacher_info.get("weights_sha256")
+        return self.output_cache(teacher, model_key, method.cached_teacher_layers() or (), cfg)
+
+    def output_cache(
+        self, model: torch.nn.Module, model_key: str, layers: tuple[int, ...], cfg: TrainConfig
+    ) -> TeacherCache | None:
+        """The outputs of a frozen, eval-mode ``model`` over the training set (its distillable outputs and
+        the hidden states ``layers``), cached under a key of its weights and built on first use. ``auto``
+        skips a new cache that would not pay — more than ``teacher_cache_max_gb`` of disk (hidden states
+        of a large task), or a stage shorter than the one pass that builds it (a bounded demo) — and says
+        so on stderr. The Stage II teacher and TED's Stage I teacher filters read one and the same cache."""
+        task = self.task
         spec = CacheSpec(tuple(sorted(set(layers))), cfg.teacher_cache_dtype, task.per_token_distill)
         settings = {
-            "teacher": teacher_info.get("key") or teacher_info.get("weights_sha256"),
+            "teacher": model_key,
             "task": self.config.task,
             "data": self.plan.data_sha256,
             "tokenizer": self.plan.identity(self.plan.teacher_source),
@@ -432,7 +448,7 @@ class Runner:
         }
         folder = self.plan.paths.cache_dir / "teacher-outputs" / f"{self.config.task}-{stable_key(settings)}"
         lengths = [len(ids) for ids in self.data["train"]["input_ids"]]
-        size = estimated_bytes(lengths, spec, teacher.config.hidden_size)
+        size = estimated_bytes(lengths, spec, model.config.hidden_size)
         skip = None
         if size > cfg.teacher_cache_max_gb * 2**30:
             skip = f"it would take {size / 2**30:.1f} GiB > teacher_cache_max_gb={cfg.teacher_cache_max_gb}"
@@ -443,7 +459,7 @@ class Runner:
             return None
         cache = build_cache(
             folder,
-            teacher,
+            model,
             with_index(self.data["train"]),
             task,
             self.tokenizer,
@@ -452,7 +468,7 @@ class Runner:
             self.plan.paths.show_progress,
         )
         print(
-            f"teacher cache {folder} ({cache.disk_bytes / 2**20:.1f} MiB, {spec.dtype}, "
+            f"output cache {folder.name} ({cache.disk_bytes / 2**20:.1f} MiB, {spec.dtype}, "
             f"max rounding error {cache.meta['max_abs_rounding_error']:.2e})",
             file=sys.stderr,
         )

@@ -72,6 +72,11 @@ class Stage:
     same Trainer path as every other stage, caches ``extra``'s state dict under a key of everything that
     changes it (``hparams`` included), and gives it back to the method as ``stage_states[name]``.
     ``learning_rate`` picks the model's own learning rate when ``None``.
+
+    ``frozen_layers``: the ``hidden_states`` indices the module reads from a backbone that stays frozen
+    and in eval mode. Then those states are a function of the input alone, and the harness may compute
+    them once (an output cache, as for the Stage II teacher) and set the module's ``features`` to it; the
+    module then reads them by the batch's ``example_index`` instead of running the backbone.
     """
 
     name: str
@@ -79,6 +84,7 @@ class Stage:
     build: Callable[[PreTrainedModel, Task], nn.Module]
     hparams: dict[str, Any] = field(default_factory=dict)
     learning_rate: float | None = None
+    frozen_layers: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from transformers.activations import ACT2FN
 from distillbench import Method, Outputs, Stage, Task, register_method
 from distillbench.errors import UserError
 from distillbench.losses import REGRESSION_KD_ALPHA, mse
+from distillbench.teacher_cache import INDEX_COLUMN
 
 
 def make_filter(width: int, output_dim: int, nonlinear: bool, activation: str) -> nn.Module:
@@ -59,7 +60,14 @@ def filter_bank(config: Any, count: int, output_dim: int, nonlinear: bool) -> nn
 
 
 class FilterLearner(nn.Module):
-    """Stage I: a frozen fine-tuned backbone, trainable filters, one task head per filter."""
+    """Stage I: a frozen fine-tuned backbone, trainable filters, one task head per filter.
+
+    The backbone stays in eval mode (the reference leaves dropout on in its frozen backbone, which only
+    adds noise to the filters' inputs): its hidden states are then a function of the input alone, so the
+    harness can serve them from an output cache (``features``) instead of running the backbone every step.
+    """
+
+    features = None  # a TeacherCache of the backbone's states, set by the harness when it built one
 
     def __init__(self, model: PreTrainedModel, task: Task, layers: list[int], output_dim: int, nonlinear: bool) -> None:
         super().__init__()
@@ -75,9 +83,18 @@ class FilterLearner(nn.Module):
             }
         )
 
+    def train(self, mode: bool = True) -> FilterLearner:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
     def forward(self, **batch: Tensor) -> dict[str, Any]:
-        inputs = {k: v for k, v in batch.items() if k not in self.task.label_keys}
-        hidden = self.backbone(**inputs, output_hidden_states=True).hidden_states
+        index = batch.pop(INDEX_COLUMN, None)
+        if self.features is not None and index is not None:
+            hidden = self.features.lookup(index, batch["input_ids"].shape[1], index.device).hidden_states
+        else:
+            inputs = {k: v for k, v in batch.items() if k not in self.task.label_keys}
+            hidden = self.backbone(**inputs, output_hidden_states=True).hidden_states
         losses = [
             self.task.head_loss(head(filt(hidden[layer + 1])), batch)
             for layer, filt, head in zip(self.layers, self.extra["filters"], self.extra["heads"], strict=True)
@@ -131,19 +148,21 @@ class TED(Method):
         self.output_dim = self.hp.filter_output_dim or teacher.hidden_size
 
     def stages(self) -> list[Stage]:
-        settings = {"output_dim": self.output_dim, "nonlinear": self.hp.filter_nonlinear}
+        settings = {"output_dim": self.output_dim, "nonlinear": self.hp.filter_nonlinear, "backbone": "eval"}
         return [
             Stage(
                 "ted-filters-teacher",
                 "teacher",
                 partial(self._learner, layers=self.teacher_layers),
                 {**settings, "layers": self.teacher_layers},
+                frozen_layers=tuple(t + 1 for t in self.teacher_layers),
             ),
             Stage(
                 "ted-filters-student",
                 "student",
                 partial(self._learner, layers=self.student_layers),
                 {**settings, "layers": self.student_layers},
+                frozen_layers=tuple(s + 1 for s in self.student_layers),
             ),
         ]
 

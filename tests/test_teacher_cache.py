@@ -116,7 +116,7 @@ def test_index_column_never_reaches_the_models(tiny_bert, glue_dir, tmp_path):
 def test_cache_is_built_once_and_reused_by_later_runs(tiny_bert, glue_dir, workdir, capsys):
     assert main(tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-cache", "on")) == 0
     first = json.loads(next((workdir / "results" / "runs").glob("mrpc-kd-*.json")).read_text())
-    assert "teacher cache" in capsys.readouterr().err
+    assert "output cache" in capsys.readouterr().err
     meta = first["teacher_cache"]
     assert meta["examples"] == first["data"]["train_examples"] and meta["layers"] == []
     assert first["train"]["teacher_cache"] == "on" and first["train"]["group_by_length"] is True
@@ -232,3 +232,30 @@ def test_auto_skips_a_cache_a_short_run_would_not_repay(tiny_bert, glue_dir, tmp
     assert "fewer rows than building it" in capsys.readouterr().err
     runner.train_cfg.max_steps = 6  # 48 rows: one teacher pass either way, and later epochs/runs gain
     assert runner.teacher_cache(teacher, info) is not None
+
+
+def test_ted_stage_one_learns_the_same_filters_from_cached_features(tiny_bert, glue_dir, workdir, monkeypatch):
+    """Stage I's backbone is frozen and in eval mode, so reading its states from the output cache must
+    train the same filters and heads as running it live (to float summation order)."""
+    from safetensors.torch import load_file
+
+    states, records = {}, {}
+    for mode in ("off", "on"):
+        monkeypatch.setenv("DISTILLBENCH_CACHE", str(workdir / f"cache-{mode}"))
+        args = tiny_run_args(tiny_bert, glue_dir, "ted", "mrpc", "--teacher-cache", mode)
+        assert main([*args, "--results-dir", f"results-{mode}", "--output-dir", f"out-{mode}"]) == 0
+        stages = workdir / f"cache-{mode}" / "stages"
+        states[mode] = {
+            p.parent.name.rsplit("-", 1)[0]: load_file(p) for p in stages.glob("*ted-filters*/*.safetensors")
+        }
+        (path,) = [p for p in (workdir / f"results-{mode}" / "runs").glob("*ted*.json")]
+        records[mode] = json.loads(path.read_text())
+    assert sorted(states["on"]) == ["mrpc-ted-filters-student", "mrpc-ted-filters-teacher"]
+    for stage, tensors in states["off"].items():
+        for name, tensor in tensors.items():
+            torch.testing.assert_close(states["on"][stage][name], tensor, atol=1e-6, rtol=0)
+    for stage in ("ted-filters-teacher", "ted-filters-student"):
+        assert records["off"]["stages"][stage]["read_cache"] is None
+        assert records["on"]["stages"][stage]["read_cache"]
+    # the Stage II teacher reads the very cache the teacher's Stage I built
+    assert records["on"]["teacher_cache"]["key"] == records["on"]["stages"]["ted-filters-teacher"]["read_cache"]
