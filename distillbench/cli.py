@@ -110,8 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--score", default="final", help="final (last epoch) or best (best epoch, as TED reports)")
     table.add_argument("--reference", action="store_true", help="add the TED reference block with deltas")
     table.add_argument("--include-dirty", action="store_true", help="keep records from a dirty git tree")
+    table.add_argument(
+        "--significance",
+        action="store_true",
+        help="mark cells better/worse than the baselines (paired bootstrap, Holm-corrected); legend below",
+    )
+    table.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (--significance)")
     table.add_argument("--results-dir", type=Path, default=Path("results"))
     table.add_argument("--out", type=Path, help="write here instead of stdout")
+    compare = commands.add_parser("compare", help="is method A better than method B on a task? (bootstrap + seeds)")
+    compare.add_argument("method", help="method A")
+    compare.add_argument("baseline", help="method B")
+    compare.add_argument("--task", required=True)
+    compare.add_argument("--score", default="final", help="final or best epoch")
+    compare.add_argument("--setting", default="task-specific", help="e.g. 'after kd pre-training'")
+    compare.add_argument("--resamples", type=int, default=10_000)
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    compare.add_argument("--results-dir", type=Path, default=Path("results"))
+    compare.add_argument("--include-dirty", action="store_true", help="keep records from a dirty git tree")
     plot = commands.add_parser("plot", help="seaborn figures (PNG + SVG) from records or a study")
     plot.add_argument("kind", help="methods (bars per task × method), loss (curves of one run) or study")
     plot.add_argument("--run", type=Path, help="the run record for `loss`")
@@ -323,7 +339,16 @@ def _names(text: str | None, known: list[str], kind: str) -> list[str] | None:
 
 
 def command_table(args: argparse.Namespace) -> int:
-    from distillbench.leaderboard import FORMATS, SCORES, aggregate, build_table, collect, reference_table, render
+    from distillbench.leaderboard import (
+        FORMATS,
+        SCORES,
+        aggregate,
+        build_table,
+        collect,
+        reference_table,
+        render,
+        significance,
+    )
     from distillbench.method import list_methods
     from distillbench.task import list_tasks
 
@@ -337,7 +362,14 @@ def command_table(args: argparse.Namespace) -> int:
     print(selection.report(), file=sys.stderr)
     stats = aggregate(selection.records, args.score)
     title = f"dev set, {args.score} epoch"
-    text = render(build_table(stats, tasks, methods, title), args.format)
+    marks = None
+    if args.significance:
+        if args.resamples < 1000:
+            raise UserError("--resamples must be at least 1000")
+        marks = significance(selection.records, args.score, args.resamples)
+    text = render(build_table(stats, tasks, methods, title, marks.markers if marks else None), args.format)
+    if marks:
+        text += f"\n{marks.legend()}\n"
     if args.reference:
         reference = reference_table(aggregate(selection.records, "best"), tasks)
         block = (
@@ -349,6 +381,32 @@ def command_table(args: argparse.Namespace) -> int:
         args.out.write_text(text)
     else:
         print(text)
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from distillbench.leaderboard import SCORES, collect, row_key
+    from distillbench.significance import compare_records, describe
+    from distillbench.task import get_task
+
+    if args.score not in SCORES:
+        raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
+    if args.resamples < 1000:
+        raise UserError("--resamples must be at least 1000")
+    task = get_task(args.task)
+    selection = collect(args.results_dir, args.include_dirty)
+    records = [r for r in selection.records if r["task"] == args.task and r.get("role") == "student"]
+    chosen = {}
+    for method in (args.method, args.baseline):
+        mine = [r for r in records if r["method"] == method and r.get("setting") == args.setting]
+        if not mine:
+            raise UserError(f"no usable {args.task} records of method {method!r} (setting {args.setting!r})")
+        chosen[method] = mine
+    experiments = {row_key(r)[2:] for r in chosen[args.method]} & {row_key(r)[2:] for r in chosen[args.baseline]}
+    if len(experiments) != 1:
+        raise UserError(f"{args.method} and {args.baseline} must share exactly one teacher/student/setting")
+    comparison = compare_records(chosen[args.method], chosen[args.baseline], args.score, args.resamples, args.seed)
+    print(describe(comparison, task.display_scale))
     return 0
 
 
@@ -421,6 +479,7 @@ COMMANDS = {
     "sweep": command_sweep,
     "list": command_list,
     "table": command_table,
+    "compare": command_compare,
     "plot": command_plot,
     "leaderboard": command_leaderboard,
     "bench": command_bench,

@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from distillbench.errors import UserError
+from distillbench.method import get_method, list_methods
 from distillbench.portable import packaged_alias
 from distillbench.records import read_records
+from distillbench.significance import ALPHA, DEFAULT_RESAMPLES, Comparison, compare_records, holm
 from distillbench.task import get_task, list_tasks
 
 FORMATS = ("md", "latex", "csv", "html")
@@ -175,8 +177,73 @@ def _method_order(method: str) -> tuple[int, str]:
     return (order.index(method), method) if method in order else (len(order), method)
 
 
+MARKS = (("†", "‡"), ("⁺", "⁻"))  # better / worse than the first baseline, then the second
+
+
+def baseline_methods() -> list[str]:
+    """The methods every other one is tested against, as the methods themselves declare."""
+    return [name for name in list_methods() if get_method(name).is_baseline][: len(MARKS)]
+
+
+@dataclass
+class Significance:
+    """Cell markers from paired bootstraps against the baselines, Holm-corrected over one table."""
+
+    markers: dict[tuple, str] = field(default_factory=dict)
+    comparisons: list[tuple[tuple, Comparison, float]] = field(default_factory=list)
+    skipped: int = 0
+
+    def legend(self) -> str:
+        if not self.comparisons:
+            return "No significance markers: no pair of methods has stored predictions for a common seed."
+        names = baseline_methods()
+        marks = "; ".join(
+            f"{up} / {down}: better / worse than {name}" for (up, down), name in zip(MARKS, names, strict=False)
+        )
+        resamples = self.comparisons[0][1].bootstrap.resamples
+        return (
+            f"{marks} — paired bootstrap over dev examples ({resamples:,} resamples, seed pairs averaged), "
+            f"Holm-corrected over the {len(self.comparisons)} comparisons of this table, p < {ALPHA}."
+        )
+
+
+def significance(records: list[dict[str, Any]], score: str, resamples: int = DEFAULT_RESAMPLES) -> Significance:
+    """Compare every method with every baseline of the same task and experiment (teacher, student,
+    setting) on the main metric; cells whose Holm-corrected p is below 0.05 get a marker."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[row_key(record)].append(record)
+    result = Significance()
+    baselines = baseline_methods()
+    for position, baseline in enumerate(baselines):
+        for key, members in groups.items():
+            task, method, *experiment = key
+            base = groups.get((task, baseline, *experiment))
+            if method == "teacher" or method in baselines[: position + 1] or not base:
+                continue  # an earlier baseline was already compared with this one
+            if not all(r.get("predictions") for r in [*members, *base]):
+                result.skipped += 1
+                continue
+            try:
+                comparison = compare_records(members, base, score, resamples)
+            except UserError:
+                result.skipped += 1
+                continue
+            result.comparisons.append((key, comparison, position))
+    adjusted = holm([c.bootstrap.p_value for _, c, _ in result.comparisons])
+    for (key, comparison, position), p_value in zip(result.comparisons, adjusted, strict=True):
+        if p_value < ALPHA:
+            better = (comparison.bootstrap.difference > 0) == get_task(key[0]).greater_is_better
+            result.markers[key] = result.markers.get(key, "") + MARKS[position][0 if better else 1]
+    return result
+
+
 def build_table(
-    stats: pd.DataFrame, tasks: list[str] | None = None, methods: list[str] | None = None, title: str = ""
+    stats: pd.DataFrame,
+    tasks: list[str] | None = None,
+    methods: list[str] | None = None,
+    title: str = "",
+    markers: dict[tuple, str] | None = None,
 ) -> Table:
     """Rows = (method, teacher, student, setting); one column per task with its paper metrics; a
     benchmark average (e.g. GLUE avg) over the tasks present; the best student per column is marked."""
@@ -194,7 +261,8 @@ def build_table(
         for r in stats.itertuples(index=False)
     }
     records, main_scores = [], defaultdict(dict)
-    benchmarks = sorted({get_task(t).benchmark for t in task_names if get_task(t).benchmark})
+    in_benchmark = [get_task(t).benchmark for t in task_names if get_task(t).benchmark]
+    benchmarks = sorted(b for b in set(in_benchmark) if in_benchmark.count(b) > 1)  # an average of one task is none
     for index, (method, teacher, student, setting) in enumerate(row_keys):
         row: dict[str, Any] = {"method": method, "teacher": teacher, "student": student, "setting": setting}
         ns, averages = set(), defaultdict(list)
@@ -202,7 +270,8 @@ def build_table(
             task = get_task(task_name)
             found = [lookup.get((task_name, method, teacher, student, setting, m)) for m in task.paper_metrics]
             present = [f for f in found if f is not None]
-            row[task.column_label] = _cell(present, task.display_scale, task.display_decimals) if present else ""
+            mark = (markers or {}).get((task_name, method, teacher, student, setting), "")
+            row[task.column_label] = _cell(present, task.display_scale, task.display_decimals) + mark if present else ""
             if present:
                 ns.update(f[2] for f in present)
                 main_scores[task.column_label][index] = present[0][0] * (1 if task.greater_is_better else -1)
@@ -210,7 +279,7 @@ def build_table(
                     averages[task.benchmark].append(float(np.mean([f[0] for f in present])))
         for benchmark in benchmarks:
             tasks_in = [t for t in task_names if get_task(t).benchmark == benchmark]
-            label = f"{benchmark} avg"
+            label = average_label(benchmark, tasks_in)
             complete = len(averages[benchmark]) == len(tasks_in)
             scale = get_task(tasks_in[0]).display_scale
             row[label] = f"{scale * np.mean(averages[benchmark]):.1f}" if complete else ""
@@ -226,6 +295,14 @@ def build_table(
             top = max(students.values())
             best.update((i, column) for i, s in students.items() if s == top)
     return Table(cells, best, title)
+
+
+def average_label(benchmark: str, tasks_in: list[str]) -> str:
+    """``GLUE avg`` only over every task of the benchmark; otherwise it names what it averages."""
+    every = [t for t in list_tasks() if get_task(t).benchmark == benchmark]
+    if set(tasks_in) >= set(every):
+        return f"{benchmark} avg"
+    return "avg " + ", ".join(get_task(t).column_label.split(" ")[0] for t in tasks_in)
 
 
 def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.DataFrame:

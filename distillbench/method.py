@@ -101,6 +101,8 @@ class Method:
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
     uses_teacher: ClassVar[bool] = True
+    # A baseline every other method is tested against (``table --significance``); finetune and kd say so.
+    is_baseline: ClassVar[bool] = False
     task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @dataclass

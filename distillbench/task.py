@@ -143,6 +143,11 @@ class Task:
         bootstrap recomputes for each resample."""
         return self.compute_metrics(arrays["predictions"][rows], arrays["labels"][rows])
 
+    def metric_rows(self, arrays: dict[str, np.ndarray], rows: np.ndarray, metric: str) -> np.ndarray:
+        """``metric`` for every row of ``rows`` ([R, n] example indices): a paired bootstrap's inner loop.
+        Tasks override it with array operations; this default calls :meth:`metric_on` per row."""
+        return np.array([self.metric_on(arrays, r)[metric] for r in rows])
+
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     """``--data-dir`` wins, then ``$DISTILLBENCH_DATA``; ``None`` means: use the hub."""

@@ -12,6 +12,7 @@ class FineTune(Method):
     """Student trained on labels alone (the baseline every method must beat): L = L_task."""
 
     uses_teacher = False
+    is_baseline = True
 
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"task": student.loss}

@@ -23,6 +23,8 @@ from distillbench.losses import REGRESSION_KD_ALPHA
 class KD(Method):
     """Hinton KD: task loss + kl_alpha · KL(student/T ‖ teacher/T) · T² (MSE to teacher for regression)."""
 
+    is_baseline = True
+
     @dataclass
     class HParams:
         kl_alpha: float = 1.0

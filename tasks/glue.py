@@ -159,6 +159,13 @@ METRIC_FUNCTIONS = {
     "pearson": metrics.pearson,
     "spearman": metrics.spearman,
 }
+ROW_METRIC_FUNCTIONS = {
+    "accuracy": metrics.accuracy_rows,
+    "f1": metrics.binary_f1_rows,
+    "mcc": metrics.matthews_rows,
+    "pearson": metrics.pearson_rows,
+    "spearman": metrics.spearman_rows,
+}
 
 
 class SequenceHead(nn.Module):
@@ -276,9 +283,16 @@ class GlueTask(Task):
             return nn.functional.mse_loss(head_output.squeeze(-1), labels.to(head_output.dtype))
         return nn.functional.cross_entropy(head_output, labels)
 
+    def _point_predictions(self, predictions: np.ndarray) -> np.ndarray:
+        return predictions.squeeze(-1) if self.is_regression else predictions.argmax(-1)
+
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        predictions = predictions.squeeze(-1) if self.is_regression else predictions.argmax(-1)
+        predictions = self._point_predictions(predictions)
         return {name: METRIC_FUNCTIONS[name](predictions, labels) for name in self.spec.metric_names}
+
+    def metric_rows(self, arrays: dict[str, np.ndarray], rows: np.ndarray, metric: str) -> np.ndarray:
+        points = self._point_predictions(arrays["predictions"])
+        return ROW_METRIC_FUNCTIONS[metric](points[rows], arrays["labels"][rows])
 
 
 SHORT_NAMES = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}

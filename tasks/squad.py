@@ -267,6 +267,9 @@ class SquadTask(Task):
             arrays["na_prob"] = np.array([na_probs[q] for q in ids])
         return arrays
 
+    def metric_rows(self, arrays: dict[str, np.ndarray], rows: np.ndarray, metric: str) -> np.ndarray:
+        return 100.0 * arrays["f1" if metric == "f1" else "exact"][rows].mean(-1)
+
     def metric_on(self, arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, float]:
         exact_name = self.paper_metrics[0]
         return {exact_name: 100.0 * float(arrays["exact"][rows].mean()), "f1": 100.0 * float(arrays["f1"][rows].mean())}

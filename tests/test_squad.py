@@ -198,3 +198,34 @@ def test_eval_strategy_end_scores_once_after_training(tiny_bert, squad_dir, work
         key=lambda r: len(r["epochs"]),
     )
     assert len(student["epochs"]) == 2
+
+
+@pytest.mark.parametrize("task", ["squad", "squad_v2"])
+def test_stored_predictions_rescore_to_the_records_figures(task, tiny_bert, squad_dir, workdir, capsys, tmp_path):
+    """The predictions file a run stores is what the official script reads: rescoring it (with the
+    official script when ../shared has it, always with the project's own scorer) gives the record's EM/F1."""
+    from distillbench.predictions import evaluation_of
+
+    args = [*tiny_run_args(tiny_bert, squad_dir, "kd", task), "--set", "max_seq_length=48", "--set", "doc_stride=16"]
+    assert main(args) == 0
+    records = [json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("*.json")]
+    for record in records:  # the teacher stage stores its predictions too
+        arrays = evaluation_of(record, workdir / "results")
+        predictions = dict(zip(arrays["id"].tolist(), arrays["answer"].tolist(), strict=True))
+        version = "1.1" if task == "squad" else "2.0"
+        data = squad_dir / "squad" / f"dev-v{version}.json"
+        examples = [
+            (qa["id"], [a["text"] for a in qa["answers"]])
+            for article in json.loads(data.read_text())["data"]
+            for paragraph in article["paragraphs"]
+            for qa in paragraph["qas"]
+        ]
+        na_probs = (
+            dict(zip(arrays["id"].tolist(), arrays["na_prob"].tolist(), strict=True)) if "na_prob" in arrays else None
+        )
+        ours = score_v1(examples, predictions) if na_probs is None else score_v2(examples, predictions, na_probs)
+        assert ours == pytest.approx({k: record["metrics"][k] for k in ours})
+        if (OFFICIAL / "evaluate-v2.0.py").is_file():
+            script = f"evaluate-v{version}.py"
+            scored = official(script, data, predictions, tmp_path, na_probs)
+            assert scored == pytest.approx({k: record["metrics"][k] for k in scored})

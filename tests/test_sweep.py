@@ -120,3 +120,20 @@ def test_sweep_file(tmp_path):
     path.write_text('methods = ["kd"]\ntasks = ["mrpc"]\nseed = [1]\n')
     with pytest.raises(UserError, match="unknown key 'seed'"):
         SweepSpec.from_toml(path)
+
+
+def test_table_significance_and_compare_read_a_sweeps_records(tiny_bert, glue_dir, workdir, capsys):
+    grid = ("--methods", "finetune,kd,lwd", "--tasks", "mrpc", "--seeds", "1,2")
+    assert main(sweep_args(tiny_bert, glue_dir, grid=grid)) == 0
+    capsys.readouterr()
+    assert main(["table", "--significance", "--include-dirty", "--resamples", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "Holm-corrected over the 3 comparisons of this table" in out  # kd, lwd vs finetune; lwd vs kd
+    assert "† / ‡: better / worse than finetune; ⁺ / ⁻: better / worse than kd" in out
+    assert "avg" not in out  # one task: no average column
+    assert main(["compare", "lwd", "finetune", "--task", "mrpc", "--include-dirty", "--resamples", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "paired bootstrap over dev examples, 2 seed pair(s) [1, 2], 1000 resamples" in out
+    assert "exact permutation test" in out and "95% CI [" in out
+    assert main(["compare", "lwd", "minilm", "--task", "mrpc", "--include-dirty"]) == 2
+    assert "no usable mrpc records of method 'minilm'" in capsys.readouterr().err
