@@ -54,6 +54,35 @@ class TrainConfig:
     teacher_cache_dtype: str = "float32"  # or float16: half the disk, rounding error recorded
     teacher_cache_max_gb: float = 4.0  # auto skips a new cache larger than this (hidden states of big tasks)
     eval_strategy: str = "epoch"  # or "end": one dev evaluation after training (SQuAD's 10k-question dev set)
+    bf16: bool = False  # bfloat16 autocast (the teacher runs under the same autocast)
+    fp16: bool = False  # float16 autocast with loss scaling (CUDA)
+    gradient_accumulation_steps: int = 1  # the optimizer steps once per this many batches
+    torch_compile: bool = False
+    dataloader_num_workers: int = 0
+
+
+# Settings that change how fast a run goes, not what it computes: they stay out of run keys, stage keys and
+# the leaderboard's configuration fingerprint, so two records differing only in them are one experiment.
+EXECUTION_ONLY = frozenset(
+    {
+        "teacher_cache",
+        "teacher_cache_dtype",
+        "teacher_cache_max_gb",
+        "save_steps",
+        "logging_steps",
+        "eval_batch_size",
+        "torch_compile",
+        "dataloader_num_workers",
+    }
+)
+
+
+def result_settings(train: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """The training settings that can change a result (missing ones, e.g. of an older record, at their
+    defaults): what keys a run and what seeds of one experiment must agree on."""
+    values = dataclasses.asdict(train) if isinstance(train, TrainConfig) else train
+    defaults = dataclasses.asdict(TrainConfig())
+    return {k: v for k, v in {**defaults, **values}.items() if k not in EXECUTION_ONLY}
 
 
 EVAL_STRATEGIES = ("epoch", "end")

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 
 from distillbench import provenance
-from distillbench.config import EVAL_STRATEGIES, RunConfig, TrainConfig
+from distillbench.config import EVAL_STRATEGIES, RunConfig, TrainConfig, result_settings
 from distillbench.distiller import Distiller, DistillTrainer
 from distillbench.errors import UserError
 from distillbench.method import Method, ModelPair, Stage, get_method
@@ -135,7 +135,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             "method": config.method,
             "task": config.task,
             "hparams": dataclasses.asdict(hp),
-            "train": dataclasses.asdict(config.train),
+            "train": result_settings(config.train),
             "seed": config.seed,
             **({"teacher_seed": config.teacher_seed} if config.teacher_seed is not None else {}),
             "teacher": teacher_identity(config),
@@ -211,6 +211,11 @@ class Runner:
             disable_tqdm=not self.plan.paths.show_progress,
             use_cpu=not torch.cuda.is_available(),
             train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+            bf16=cfg.bf16,
+            fp16=cfg.fp16,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            torch_compile=cfg.torch_compile,
+            dataloader_num_workers=cfg.dataloader_num_workers,
         )
 
     def trainer(
@@ -295,7 +300,7 @@ class Runner:
                 for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
             },
             **({"task_options": config.task_options} if config.task_options else {}),
-            **grouping_key(role_cfg),
+            **optional_stage_settings(role_cfg),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
         done = folder / "done.json"
@@ -386,7 +391,7 @@ class Runner:
             "data": self.plan.data_sha256,
             "batch_size": cfg.batch_size,
             "max_train_samples": cfg.max_train_samples,
-            **grouping_key(cfg),
+            **optional_stage_settings(cfg),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{self.config.task}-{stage.name}-{stable_key(settings)}"
         done = folder / "done.json"
@@ -609,9 +614,13 @@ def check_teacher_cache(config: RunConfig, method: Method, task: Task) -> None:
         raise UserError(f"--teacher-cache on: {reason}")
 
 
-def grouping_key(cfg: TrainConfig) -> dict[str, bool]:
-    """Length grouping enters a stage key only when on, so stages cached before it existed stay valid."""
-    return {"group_by_length": True} if cfg.group_by_length else {}
+OPTIONAL_STAGE_SETTINGS = {"group_by_length": False, "bf16": False, "fp16": False, "gradient_accumulation_steps": 1}
+
+
+def optional_stage_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """Settings added after stages were first cached enter a stage key only when they differ from their
+    old behaviour (length grouping on, mixed precision, gradient accumulation), so older stages stay valid."""
+    return {k: getattr(cfg, k) for k, off in OPTIONAL_STAGE_SETTINGS.items() if getattr(cfg, k) != off}
 
 
 # history helpers ---------------------------------------------------------------------------------

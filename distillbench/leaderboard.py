@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from distillbench.config import result_settings
 from distillbench.errors import UserError
 from distillbench.method import get_method, list_methods
 from distillbench.portable import packaged_alias
@@ -74,7 +75,7 @@ def row_key(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
 
 def config_fingerprint(record: dict[str, Any]) -> str:
     """Everything that should agree between seeds of one group: hparams, training settings, data."""
-    train = {k: v for k, v in (record.get("train") or {}).items() if k not in ("save_steps", "logging_steps")}
+    train = result_settings(record.get("train") or {})
     return json.dumps(
         {
             "hparams": record.get("hparams"),

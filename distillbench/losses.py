@@ -1,6 +1,8 @@
 """Loss pieces shared by methods, written once: softened KL, MSE, relation KL, layer maps.
 
-Every function takes plain tensors so each can be checked against a hand-computed value.
+Every function takes plain tensors so each can be checked against a hand-computed value, and computes in
+float32 whatever the inputs' dtype: under bf16/fp16 autocast a softened KL over half-precision logits
+can come out negative.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     (``F.kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean") * T**2``); rows are the leading
     dimensions, classes the last.
     """
-    s = student_logits.reshape(-1, student_logits.shape[-1]) / temperature
-    t = teacher_logits.reshape(-1, teacher_logits.shape[-1]) / temperature
+    s = student_logits.float().reshape(-1, student_logits.shape[-1]) / temperature
+    t = teacher_logits.float().reshape(-1, teacher_logits.shape[-1]) / temperature
     kl = F.kl_div(F.log_softmax(s, dim=-1), F.softmax(t, dim=-1), reduction="batchmean")
     return kl * temperature**2
 
@@ -38,7 +40,7 @@ def logit_kd(student: list[Tensor], teacher: list[Tensor], output_type: str, tem
     """Mean over a task's distillable outputs (classification logits; QA start and end logits; MLM
     logits at masked positions) of softened KL, or of the MSE between predictions for regression."""
     terms = [
-        F.mse_loss(s, t) if output_type == "regression" else soft_kl(s, t, temperature)
+        F.mse_loss(s.float(), t.float()) if output_type == "regression" else soft_kl(s, t, temperature)
         for s, t in zip(student, teacher, strict=True)
     ]
     return sum(terms) / len(terms)
@@ -49,6 +51,7 @@ def mse(student: Tensor, teacher: Tensor, mask: Tensor | None = None) -> Tensor:
 
     The TED reference averages over all positions, padding included; ``mask=None`` reproduces that.
     """
+    student, teacher = student.float(), teacher.float()  # losses in float32, also under bf16/fp16 autocast
     if mask is None:
         return F.mse_loss(student, teacher)
     weights = mask.to(student.dtype).unsqueeze(-1)
@@ -81,7 +84,7 @@ def relation_log_probs(left: Tensor, right: Tensor, heads: int, attention_mask: 
     With A = Q, B = K this is the attention distribution itself; with A = B = X (Q, K or V) it is
     MiniLM's self-relation.
     """
-    a, b = split_heads(left, heads), split_heads(right, heads)
+    a, b = split_heads(left.float(), heads), split_heads(right.float(), heads)
     scores = a @ b.transpose(-1, -2) / math.sqrt(a.shape[-1])
     key_mask = attention_mask[:, None, None, :].bool()
     scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)

@@ -96,7 +96,7 @@ def test_table_cells_average_and_best_marking(results):
     cells = table.cells.set_index("method")
     assert cells.loc["kd", "MRPC acc/F1"] == "82.0±2.0/87.0±2.0"
     assert cells.loc["teacher", "MRPC acc/F1"] == "99.0/99.0"
-    # the average (over MRPC and STS-B only, so named by them) = mean over tasks of the mean of each task's paper metrics
+    # the average over MRPC and STS-B (so named by them) = mean over tasks of the mean of their paper metrics
     assert cells.loc["kd", "avg MRPC, STS-B"] == f"{100 * ((0.82 + 0.87) / 2 + (0.81 + 0.83) / 2) / 2:.1f}"
     best_columns = {column for row, column in table.best if table.cells.loc[row, "method"] == "kd"}
     assert best_columns == {"MRPC acc/F1", "STS-B Pearson/Spearman", "avg MRPC, STS-B"}  # never the teacher
