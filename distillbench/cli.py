@@ -242,7 +242,11 @@ def command_tune(args: argparse.Namespace) -> int:
     base, _ = build_run(args)  # validates the run arguments before the storage is touched
     teacher = base.train.for_role("teacher")
     # Trials vary the student's settings only: the teacher keeps the base settings (one cached teacher).
-    pinned = {"teacher_batch_size": teacher.batch_size, "teacher_warmup_steps": teacher.warmup_steps}
+    pinned = {
+        "teacher_batch_size": teacher.batch_size,
+        "teacher_warmup_steps": teacher.warmup_steps,
+        "teacher_epochs": teacher.epochs,
+    }
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     metric = main_metric_key(task_cls(None))
@@ -356,6 +360,8 @@ def command_table(args: argparse.Namespace) -> int:
         raise UserError(f"unknown format {args.format!r}; choose one of {', '.join(FORMATS)}")
     if args.score not in SCORES:
         raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
+    if args.resamples < 1000:
+        raise UserError("--resamples must be at least 1000")
     tasks = _names(args.tasks, list_tasks(), "task")
     methods = _names(args.methods, list_methods(), "method")
     selection = collect(args.results_dir, args.include_dirty)
@@ -364,8 +370,6 @@ def command_table(args: argparse.Namespace) -> int:
     title = f"dev set, {args.score} epoch"
     marks = None
     if args.significance:
-        if args.resamples < 1000:
-            raise UserError("--resamples must be at least 1000")
         marks = significance(selection.records, args.score, args.resamples)
     text = render(build_table(stats, tasks, methods, title, marks.markers if marks else None), args.format)
     if marks:
@@ -424,7 +428,11 @@ def command_plot(args: argparse.Namespace) -> int:
     elif args.kind == "loss":
         if not args.run or not args.run.is_file():
             raise UserError("plot loss needs --run PATH of an existing run record")
-        record = json.loads(args.run.read_text()) | {"_path": str(args.run)}
+        try:
+            record = json.loads(args.run.read_text()) | {"_path": str(args.run)}
+            record["loss_history"]
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+            raise UserError(f"{args.run} is not a readable run record with a loss history") from None
         paths = plots.loss_curves(record, out_dir)
     elif args.kind == "study":
         from distillbench.tuning import load_study

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distillbench.errors import UserError
+from distillbench.fields import setting
 
 
 @dataclass
@@ -33,32 +34,32 @@ class TrainConfig:
             max_train_samples=None,
         )
 
-    learning_rate: float = 5e-5
-    teacher_learning_rate: float = 2e-5
-    epochs: float = 3.0
-    teacher_epochs: float | None = None  # None: same as epochs
-    max_steps: int = -1
-    teacher_max_steps: int = -1
-    batch_size: int = 32
-    teacher_batch_size: int | None = None  # None: same as batch_size
-    teacher_warmup_steps: int | None = None  # None: same as warmup_steps
-    eval_batch_size: int = 128
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_seq_length: int = 128
-    max_train_samples: int | None = None  # a student-side budget: the teacher always sees all of train
-    save_steps: int = 200
-    logging_steps: int = 20
-    group_by_length: bool = True  # batches of similar lengths: less padding under dynamic padding
-    teacher_cache: str = "auto"  # on | off | auto (on when the method and task allow it)
-    teacher_cache_dtype: str = "float32"  # or float16: half the disk, rounding error recorded
-    teacher_cache_max_gb: float = 4.0  # auto skips a new cache larger than this (hidden states of big tasks)
-    eval_strategy: str = "epoch"  # or "end": one dev evaluation after training (SQuAD's 10k-question dev set)
-    bf16: bool = False  # bfloat16 autocast (the teacher runs under the same autocast)
-    fp16: bool = False  # float16 autocast with loss scaling (CUDA)
-    gradient_accumulation_steps: int = 1  # the optimizer steps once per this many batches
-    torch_compile: bool = False
-    dataloader_num_workers: int = 0
+    learning_rate: float = setting(5e-5, gt=0, help="student learning rate")
+    teacher_learning_rate: float = setting(2e-5, gt=0, help="learning rate of stages that train the teacher")
+    epochs: float = setting(3.0, gt=0, help="training epochs of every stage")
+    teacher_epochs: float | None = setting(None, gt=0, help="teacher stages' epochs (None: same as epochs)")
+    max_steps: int = setting(-1, gt=0, allow=(-1,), help="stop the student stage after this many steps (-1: epochs)")
+    teacher_max_steps: int = setting(-1, gt=0, allow=(-1,), help="the same for teacher stages")
+    batch_size: int = setting(32, ge=1, help="training batch size")
+    teacher_batch_size: int | None = setting(None, ge=1, help="teacher stages' batch size (None: batch_size)")
+    teacher_warmup_steps: int | None = setting(None, ge=0, help="teacher stages' warm-up (None: warmup_steps)")
+    eval_batch_size: int = setting(128, ge=1, help="dev-set batch size")
+    warmup_steps: int = setting(0, ge=0, help="linear warm-up steps")
+    weight_decay: float = setting(0.0, ge=0, help="AdamW weight decay")
+    max_seq_length: int = setting(128, ge=8, help="tokens per example (at most the model's position limit)")
+    max_train_samples: int | None = setting(None, ge=1, help="a student-side budget: the teacher sees all of train")
+    save_steps: int = setting(200, ge=1, help="checkpoint every this many steps (resume after a kill)")
+    logging_steps: int = setting(20, ge=1, help="log the loss terms every this many steps")
+    group_by_length: bool = setting(True, help="batches of similar lengths: less padding under dynamic padding")
+    teacher_cache: str = setting("auto", choices=("on", "off", "auto"), help="read teacher outputs from a disk cache")
+    teacher_cache_dtype: str = setting("float32", choices=("float32", "float16"), help="cache storage dtype")
+    teacher_cache_max_gb: float = setting(4.0, ge=0, help="auto skips a new cache larger than this")
+    eval_strategy: str = setting("epoch", choices=("epoch", "end"), help="score the dev set every epoch or once")
+    bf16: bool = setting(False, help="bfloat16 autocast (the teacher runs under the same autocast)")
+    fp16: bool = setting(False, help="float16 autocast with loss scaling (CUDA)")
+    gradient_accumulation_steps: int = setting(1, ge=1, help="optimizer step once per this many batches")
+    torch_compile: bool = setting(False, help="torch.compile the trained module")
+    dataloader_num_workers: int = setting(0, ge=0, help="data-loading worker processes")
 
 
 # Settings that change how fast a run goes, not what it computes: they stay out of run keys, stage keys and
@@ -84,8 +85,6 @@ def result_settings(train: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     defaults = dataclasses.asdict(TrainConfig())
     return {k: v for k, v in {**defaults, **values}.items() if k not in EXECUTION_ONLY}
 
-
-EVAL_STRATEGIES = ("epoch", "end")
 
 # Bounded presets: named, documented budgets (the README demo uses "demo").
 PRESETS: dict[str, dict[str, Any]] = {

@@ -24,9 +24,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
 
 from distillbench import provenance
-from distillbench.config import EVAL_STRATEGIES, RunConfig, TrainConfig, result_settings
+from distillbench.cached import cached_folder, exclusive
+from distillbench.config import RunConfig, TrainConfig, result_settings
 from distillbench.distiller import Distiller, DistillTrainer
 from distillbench.errors import UserError
+from distillbench.fields import check_fields
 from distillbench.method import Method, ModelPair, Stage, get_method
 from distillbench.models import (
     StudentSpec,
@@ -107,14 +109,26 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     it enters the run key, hence the output folder and the record name."""
     method_cls = get_method(config.method)
     task_cls = get_task(config.task)
+    for what, folder in (("results", paths.results_dir), ("cache", paths.cache_dir), ("output", paths.output_dir)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise UserError(f"{what} folder {folder} is a file")
+    check_fields(config.train, "--set")
+    if config.train.bf16 and config.train.fp16:
+        raise UserError("--set bf16=true and fp16=true: choose one mixed precision")
     try:
         options = task_cls.options_for(config.task_options)
     except (TypeError, ValueError) as error:
         raise UserError(f"{config.task}: {error}") from None
+    check_fields(options, f"{config.task} option")
     task = task_cls(resolve_data_dir(config.data_dir), options)
     task.data_files()  # raises on missing files before anything is written
     teacher_source = resolve_model(config.teacher)
+    if config.teacher_finetuned:
+        load_config(resolve_model(config.teacher_finetuned))
     teacher_config = load_config(teacher_source)
+    positions = getattr(teacher_config, "max_position_embeddings", None)
+    if positions and config.train.max_seq_length > positions:
+        raise UserError(f"--set max_seq_length={config.train.max_seq_length}: the teacher has {positions} positions")
     student_spec = StudentSpec.parse(
         config.student, config.student_layers, config.student_layer_ids, teacher_config.num_hidden_layers
     )
@@ -125,10 +139,9 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             f"({teacher_config.vocab_size}); both must share one tokenizer"
         )
     hp = method_cls.hparams_for(config.task, config.method_overrides)
+    check_fields(hp, config.method)
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
     check_teacher_cache(config, method, task)
-    if config.train.eval_strategy not in EVAL_STRATEGIES:
-        raise UserError(f"eval_strategy must be one of {EVAL_STRATEGIES}, got {config.train.eval_strategy!r}")
     data_sha = task.data_sha256()
     key = stable_key(
         {
@@ -188,8 +201,12 @@ class Runner:
         return self.data[splits[0]] if len(splits) == 1 else {s: self.data[s] for s in splits}
 
     # training -----------------------------------------------------------------------------------
-    def training_arguments(self, out_dir: Path, cfg: TrainConfig, evaluate: bool) -> TrainingArguments:
-        """The Trainer's arguments for one stage under ``cfg``."""
+    def training_arguments(
+        self, out_dir: Path, cfg: TrainConfig, evaluate: bool, seed: int | None = None
+    ) -> TrainingArguments:
+        """The Trainer's arguments for one stage under ``cfg``; ``seed`` (default: the run's) seeds its
+        data order and dropout: a teacher-side stage passes the teacher seed, so it is the same stage
+        whichever student seed's run happens to build it."""
         return TrainingArguments(
             output_dir=str(out_dir),
             per_device_train_batch_size=cfg.batch_size,
@@ -204,7 +221,7 @@ class Runner:
             save_steps=cfg.save_steps,
             save_total_limit=1,
             logging_steps=cfg.logging_steps,
-            seed=self.config.seed,
+            seed=self.config.seed if seed is None else seed,
             report_to="none",
             remove_unused_columns=False,
             label_names=list(self.task.label_keys),
@@ -252,9 +269,10 @@ class Runner:
         callbacks: tuple[TrainerCallback, ...] = (),
         indexed: bool = False,
         capture: EvalCapture | None = None,
+        seed: int | None = None,
     ) -> DistillTrainer:
         """Train any module with the Trainer under ``cfg``, resuming from the last checkpoint in ``out_dir``."""
-        args = self.training_arguments(out_dir, cfg, evaluate)
+        args = self.training_arguments(out_dir, cfg, evaluate, seed)
         train = self.train_split(cfg.max_train_samples, indexed)
         trainer = self.trainer(module, args, train, callbacks=callbacks, capture=capture)
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(out_dir))
@@ -303,39 +321,44 @@ class Runner:
             **optional_stage_settings(role_cfg),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
-        done = folder / "done.json"
-        if done.is_file():
-            info = json.loads(done.read_text())
-            self.stage_log[f"{role}-finetune"] = info
-            return folder / "model", info
-        started = time.time()
-        set_seed(self.seed_of(role))
-        if role == "teacher":
-            model = load_for_task(self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False)
-        else:
-            model = build_student(
-                self.plan.student_spec, self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False
+
+        def build(folder: Path) -> dict[str, Any]:
+            started = time.time()
+            set_seed(self.seed_of(role))
+            if role == "teacher":
+                model = load_for_task(self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False)
+            else:
+                model = build_student(
+                    self.plan.student_spec,
+                    self.plan.teacher_source,
+                    self.task.model_class,
+                    self.task.model_kwargs(),
+                    False,
+                )
+            self.task.prepare_model(model, role)
+            init["initial_state_sha256"] = state_sha256(model)
+            capture = EvalCapture(self.task)
+            trainer = self.train_module(
+                model, folder / "trainer", role_cfg, evaluate=True, capture=capture, seed=self.seed_of(role)
             )
-        self.task.prepare_model(model, role)
-        init["initial_state_sha256"] = state_sha256(model)
-        capture = EvalCapture(self.task)
-        trainer = self.train_module(model, folder / "trainer", role_cfg, evaluate=True, capture=capture)
-        metrics = self.evaluate(trainer)
-        model.save_pretrained(folder / "model")
-        self.tokenizer.save_pretrained(folder / "model")
-        shutil.rmtree(folder / "trainer")  # the finished model is kept; its resume checkpoints are not
-        info = {
-            "key": folder.name,
-            "settings": settings,
-            "metrics": metrics,
-            "epochs": epoch_history(trainer.state.log_history, self.task),
-            "wall_time_s": time.time() - started,
-            "weights_sha256": weights_sha256(str(folder / "model")),
-        }
-        write_json_atomic(done, info)
+            metrics = self.evaluate(trainer)
+            model.save_pretrained(folder / "model")
+            self.tokenizer.save_pretrained(folder / "model")
+            shutil.rmtree(folder / "trainer")  # the finished model is kept; its resume checkpoints are not
+            info = {
+                "key": folder.name,
+                "settings": settings,
+                "metrics": metrics,
+                "epochs": epoch_history(trainer.state.log_history, self.task),
+                "wall_time_s": time.time() - started,
+                "weights_sha256": weights_sha256(str(folder / "model")),
+            }
+            if role == "teacher":
+                self._write_stage_record(role, info, trainer, capture)
+            return info
+
+        info, _ = cached_folder(folder, build)
         self.stage_log[f"{role}-finetune"] = info
-        if role == "teacher":
-            self._write_stage_record(role, info, trainer, capture)
         return folder / "model", info
 
     def seed_of(self, role: str) -> int:
@@ -394,8 +417,8 @@ class Runner:
             **optional_stage_settings(cfg),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{self.config.task}-{stage.name}-{stable_key(settings)}"
-        done = folder / "done.json"
-        if not done.is_file():
+
+        def build(folder: Path) -> dict[str, Any]:
             started = time.time()
             model = load_for_task(str(base_dir), self.task.model_class, self.task.model_kwargs(), False)
             features = None
@@ -405,21 +428,26 @@ class Runner:
             set_seed(self.seed_of(stage.model))
             module = stage.build(model, self.task)
             module.features = features
-            trainer = self.train_module(module, folder / "trainer", cfg, evaluate=False, indexed=features is not None)
+            trainer = self.train_module(
+                module,
+                folder / "trainer",
+                cfg,
+                evaluate=False,
+                indexed=features is not None,
+                seed=self.seed_of(stage.model),
+            )
             save_file({k: v.contiguous() for k, v in module.extra.state_dict().items()}, folder / "extra.safetensors")
             shutil.rmtree(folder / "trainer")
-            write_json_atomic(
-                done,
-                {
-                    "key": folder.name,
-                    "settings": settings,
-                    "wall_time_s": time.time() - started,
-                    "train_runtime_s": train_runtime(trainer.state.log_history),
-                    "loss_terms": final_loss_terms(trainer.state.log_history),
-                    "read_cache": features.folder.name if features is not None else None,
-                },
-            )
-        self.stage_log[stage.name] = json.loads(done.read_text())
+            return {
+                "key": folder.name,
+                "settings": settings,
+                "wall_time_s": time.time() - started,
+                "train_runtime_s": train_runtime(trainer.state.log_history),
+                "loss_terms": final_loss_terms(trainer.state.log_history),
+                "read_cache": features.folder.name if features is not None else None,
+            }
+
+        self.stage_log[stage.name], _ = cached_folder(folder, build)
         return load_file(folder / "extra.safetensors")
 
     def teacher_cache(self, teacher: torch.nn.Module, teacher_info: dict[str, Any]) -> TeacherCache | None:
@@ -487,6 +515,13 @@ class Runner:
 
     # the run ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Stages, distillation and record, holding the run's lock: a second process started with the
+        same run (same key, same output folder) is refused at once instead of clobbering it."""
+        out_dir = self.plan.paths.output_dir or Path("outputs") / self.plan.run_name
+        with exclusive(out_dir.with_name(out_dir.name + ".lock"), wait=False):
+            return self._run(out_dir)
+
+    def _run(self, out_dir: Path) -> dict[str, Any]:
         started = time.time()
         plan, config, method, task = self.plan, self.config, self.plan.method, self.task
         attentions = "attentions" in method.needs
@@ -506,7 +541,6 @@ class Runner:
                 plan.student_spec, plan.teacher_source, task.model_class, task.model_kwargs(), attentions
             )
         student_init_sha = state_sha256(student)
-        out_dir = plan.paths.output_dir or Path("outputs") / plan.run_name
         resumed_from = last_complete_checkpoint(out_dir)
         cfg = self.train_cfg
         cache = self.teacher_cache(teacher, teacher_info) if teacher is not None else None
@@ -606,9 +640,6 @@ def cache_refusal(config: RunConfig, method: Method, task: Task) -> str | None:
 def check_teacher_cache(config: RunConfig, method: Method, task: Task) -> None:
     """Reject a bad ``teacher_cache`` setting before anything trains."""
     mode = config.train.teacher_cache
-    if mode not in ("on", "off", "auto"):
-        raise UserError(f"teacher_cache must be on, off or auto, got {mode!r}")
-    CacheSpec((), config.train.teacher_cache_dtype)
     reason = cache_refusal(config, method, task) if method.uses_teacher else "the method uses no teacher"
     if mode == "on" and reason:
         raise UserError(f"--teacher-cache on: {reason}")

@@ -307,9 +307,11 @@ def average_label(benchmark: str, tasks_in: list[str]) -> str:
 
 
 def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.DataFrame:
-    """The TED reference numbers, with measured-minus-reference deltas for (method, task, metric)."""
+    """The TED reference numbers beside each measured experiment of the same method, task and metric,
+    with measured-minus-reference deltas. One row per experiment (teacher, student, setting): students
+    of different experiments (e.g. pre-trained first, or another student) are never averaged together."""
     reference = load_reference()
-    measured = stats.groupby(["method", "task", "metric"])["mean"].mean() if len(stats) else pd.Series(dtype=float)
+    columns = ["method", "task", "metric", "teacher", "student", "setting", "n", "reference", "measured", "delta"]
     rows = []
     for method, by_task in reference["results"].items():
         for task, metrics in by_task.items():
@@ -317,18 +319,18 @@ def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.D
                 continue
             scale = get_task(task).display_scale
             for metric, value in metrics.items():
-                ours = measured.get((method, task, metric))
-                rows.append(
-                    {
-                        "method": method,
-                        "task": task,
-                        "metric": metric,
-                        "reference": value,
-                        "measured": None if ours is None else round(scale * ours, 1),
-                        "delta": None if ours is None else round(scale * ours - value, 1),
-                    }
-                )
-    return pd.DataFrame(rows, columns=["method", "task", "metric", "reference", "measured", "delta"], dtype=object)
+                mine = stats[(stats["method"] == method) & (stats["task"] == task) & (stats["metric"] == metric)]
+                base = {"method": method, "task": task, "metric": metric, "reference": value}
+                if mine.empty:
+                    rows.append(base)
+                for r in mine.itertuples(index=False):
+                    measured = round(scale * r.mean, 1)
+                    rows.append(
+                        base
+                        | {"teacher": r.teacher, "student": r.student, "setting": r.setting, "n": r.n}
+                        | {"measured": measured, "delta": round(measured - value, 1)}
+                    )
+    return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
 LATEX_ESCAPES = {
@@ -380,4 +382,8 @@ def render(table: Table, fmt: str) -> str:
 def collect(results_dir: Path, include_dirty: bool = False) -> Selection:
     if not results_dir.is_dir():
         raise UserError(f"results directory {results_dir} does not exist")
-    return select(read_records(results_dir), include_dirty)
+    unreadable: list[Path] = []
+    selection = select(read_records(results_dir, unreadable), include_dirty)
+    if unreadable:
+        selection.excluded["unreadable (not valid JSON)"] += len(unreadable)
+    return selection

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import Tensor, nn
 
 from distillbench.errors import UserError
+from distillbench.fields import setting
 from distillbench.losses import logit_kd
 from distillbench.registry import Registry
 
@@ -107,7 +108,10 @@ class Method:
 
     @dataclass
     class HParams:
-        student_start: str = "pretrained"
+        """Every method's hyper-parameters extend this (``@dataclass class HParams(Method.HParams)``)."""
+
+        START_HELP: ClassVar[str] = "start from the pretrained or the task-fine-tuned student"
+        student_start: str = setting("pretrained", choices=STUDENT_STARTS, help=START_HELP)
 
     def __init__(self, hp: Any, task: Task, pair: ModelPair) -> None:
         """Validate the pair before anything trains; modules come later, from :meth:`setup`."""
@@ -116,8 +120,6 @@ class Method:
         self.pair = pair
         self.stage_states: dict[str, dict[str, Tensor]] = {}
         self.modules = nn.ModuleDict()
-        if getattr(hp, "student_start", "pretrained") not in STUDENT_STARTS:
-            raise UserError(f"student_start must be one of {STUDENT_STARTS}, got {hp.student_start!r}")
         self.validate()
 
     def setup(self, stage_states: dict[str, dict[str, Tensor]]) -> None:

@@ -29,13 +29,16 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def read_records(root: Path) -> list[dict[str, Any]]:
-    """Every run record under ``root`` (recursively), each with its ``_path``."""
+def read_records(root: Path, unreadable: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Every run record under ``root`` (recursively), each with its ``_path``; files under ``runs/``
+    that cannot be parsed (a truncated copy) are listed in ``unreadable`` when given."""
     records = []
     for path in sorted(root.rglob("*.json")):
         try:
             record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            if unreadable is not None and path.parent.name == "runs":
+                unreadable.append(path)
             continue
         if isinstance(record, dict) and record.get("kind") == "run":
             record = upgrade(record)

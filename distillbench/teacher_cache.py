@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
+from distillbench.cached import exclusive, lock_for, manifest, manifest_problem
 from distillbench.errors import UserError
 from distillbench.method import Outputs
 from distillbench.records import write_json_atomic
@@ -101,9 +103,37 @@ def build_cache(
     batch_size: int,
     show_progress: bool = True,
 ) -> TeacherCache:
-    """Run the teacher over ``train`` (which carries ``example_index``) and write the cache atomically."""
-    if (folder / "meta.json").is_file():
-        return TeacherCache(folder)
+    """Run the teacher over ``train`` (which carries ``example_index``) and write the cache atomically,
+    under a lock (concurrent runs build it once); an existing cache is checked against its manifest and
+    rebuilt when a file is missing, truncated or changed."""
+    with exclusive(lock_for(folder)):
+        if (folder / "meta.json").is_file():
+            problem = cache_problem(folder)
+            if problem is None:
+                return TeacherCache(folder)
+            print(f"teacher cache {folder.name}: {problem}; rebuilding", file=sys.stderr)
+            shutil.rmtree(folder)
+        return _build(folder, teacher, train, task, tokenizer, spec, batch_size, show_progress)
+
+
+def cache_problem(folder: Path) -> str | None:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "meta.json is unreadable"
+    return manifest_problem(folder, meta.get("manifest"))
+
+
+def _build(
+    folder: Path,
+    teacher: nn.Module,
+    train: Dataset,
+    task: Any,
+    tokenizer: Any,
+    spec: CacheSpec,
+    batch_size: int,
+    show_progress: bool,
+) -> TeacherCache:
     started = time.time()
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -152,6 +182,7 @@ def build_cache(
         "per_token_distill": spec.per_token_distill,
         "max_abs_rounding_error": rounding_error,
         "build_seconds": time.time() - started,
+        "manifest": manifest(partial, skip=("meta.json",)),
     }
     write_json_atomic(partial / "meta.json", meta)
     shutil.rmtree(folder, ignore_errors=True)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,7 +34,7 @@ from distillbench.errors import UserError
 from distillbench.records import write_json_atomic
 
 PRUNERS = ("median", "hyperband", "none")
-CLAIMED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+CLAIMED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 COMMON_SUGGESTIONS: dict[str, Callable[[optuna.Trial], Any]] = {
@@ -188,15 +189,23 @@ def run_worker(
     train_names = {f.name for f in fields(TrainConfig)}
     started = time.time()
     while settings.timeout is None or time.time() - started < settings.timeout:
-        fail_stale_trials(study)
+        fail_stale_trials(study)  # a dead worker's trial → FAIL, and a WAITING copy to retry
         with storage_lock(settings.storage, settings.study_name):
-            claimed = len(study.get_trials(deepcopy=False, states=CLAIMED_STATES))
-            if claimed >= settings.trials:
+            counts = Counter(t.state for t in study.get_trials(deepcopy=False))
+            claimed = sum(counts[state] for state in CLAIMED_STATES)
+            trial = None
+            if counts[TrialState.WAITING] or claimed < settings.trials:
+                # Re-seeded per claim: reproducible for one worker, yet two workers (or a restarted one)
+                # never replay the same random start-up trials. ``ask`` takes a WAITING retry first.
+                study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials))
+                trial = study.ask()
+        if trial is None:
+            if not counts[TrialState.RUNNING]:
                 break
-            # Re-seeded per claim: reproducible for one worker, yet two workers (or a restarted one) never
-            # replay the same random start-up trials.
-            study.sampler = optuna.samplers.TPESampler(seed=settings.seed + len(study.trials))
-            trial = study.ask()
+            # Enough trials are claimed but some still run: in another worker, or in one that died and
+            # whose heartbeat has not gone stale yet. Wait, so that a dead worker's trial is retried here.
+            time.sleep(settings.heartbeat_interval)
+            continue
         history = RetryHeartbeatStaleTrialCallback.retry_history(storage.get_trial(trial._trial_id))
         origin = history[0] if history else trial.number  # a retried trial continues its original's run
         params = {**method_space(trial), **common_space(trial, settings.common)}

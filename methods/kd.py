@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from distillbench import Method, Outputs, register_method
+from distillbench.fields import setting
 from distillbench.losses import REGRESSION_KD_ALPHA
 
 
@@ -26,12 +27,10 @@ class KD(Method):
     is_baseline = True
 
     @dataclass
-    class HParams:
-        kl_alpha: float = 1.0
-        temperature: float = 2.0
-        student_start: str = "pretrained"
+    class HParams(Method.HParams):
+        kl_alpha: float = setting(1.0, ge=0, help="weight of the logit KD term (0: off)")
+        temperature: float = setting(2.0, gt=0, help="softmax temperature of logit KD")
 
-    # The TED reference's KD weights per task (../shared/reference/TED.md); STS-B is regression, where the
     # reference's weight multiplies a term that is identically zero, so its own weight applies (losses.py).
     task_defaults = {t: {"kl_alpha": 20.0} for t in ("qqp", "qnli", "sst2", "rte", "cola", "mrpc")} | {
         "stsb": {"kl_alpha": REGRESSION_KD_ALPHA},

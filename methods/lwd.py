@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from distillbench import Method, Outputs, register_method
 from distillbench.errors import UserError
+from distillbench.fields import setting
 from distillbench.losses import REGRESSION_KD_ALPHA, mse, uniform_layer_map
 
 
@@ -39,15 +40,17 @@ class LWD(Method):
     needs = frozenset({"hidden_states"})
 
     @dataclass
-    class HParams:
-        kl_alpha: float = 1.0
-        mse_alpha: float = 1.0
-        temperature: float = 2.0
-        layer_map: str = "uniform"
-        projection: str = "always"
-        student_start: str = "pretrained"
+    class HParams(Method.HParams):
+        kl_alpha: float = setting(1.0, ge=0, help="weight of the logit KD term (0: off)")
+        mse_alpha: float = setting(1.0, ge=0, help="weight of the hidden-state MSE term")
+        temperature: float = setting(2.0, gt=0, help="softmax temperature of logit KD")
+        layer_map: str = setting("uniform", help="uniform, or comma-separated teacher layers per student layer")
+        projection: str = setting(
+            "always",
+            choices=("always", "auto"),
+            help="always project student states (reference), or only when widths differ",
+        )
 
-    # The TED reference's LWD weights per task (kl / mse).
     task_defaults = {
         "mnli": {"kl_alpha": 5.0, "mse_alpha": 100.0},
         "qqp": {"kl_alpha": 20.0, "mse_alpha": 20.0},
@@ -69,8 +72,6 @@ class LWD(Method):
         }
 
     def validate(self) -> None:
-        if self.hp.projection not in ("always", "auto"):
-            raise UserError(f"lwd projection must be 'always' or 'auto', got {self.hp.projection!r}")
         student, teacher = self.pair.student, self.pair.teacher
         self.layer_map = parse_layer_map(self.hp.layer_map, student.num_hidden_layers, teacher.num_hidden_layers)
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from distillbench import Method, Outputs, register_method
 from distillbench.errors import UserError
+from distillbench.fields import setting
 from distillbench.losses import relation_kl
 
 
@@ -57,11 +58,10 @@ class MiniLM(_RelationMethod):
     """MiniLM v1: last-layer attention-distribution KL + value-relation KL (equal head counts)."""
 
     @dataclass
-    class HParams:
-        minilm_alpha: float = 1.0
-        kl_alpha: float = 0.0
-        temperature: float = 2.0
-        student_start: str = "pretrained"
+    class HParams(Method.HParams):
+        minilm_alpha: float = setting(1.0, ge=0, help="weight of the relation KL term")
+        kl_alpha: float = setting(0.0, ge=0, help="weight of the logit KD term (0: off)")
+        temperature: float = setting(2.0, gt=0, help="softmax temperature of logit KD")
 
     def validate(self) -> None:
         s_heads, t_heads = self.pair.student.num_attention_heads, self.pair.teacher.num_attention_heads
@@ -84,13 +84,12 @@ class MiniLMv2(_RelationMethod):
     """MiniLM v2: Q-Q, K-K, V-V self-relation KL with R relation heads from one teacher layer."""
 
     @dataclass
-    class HParams:
-        minilm_alpha: float = 1.0
-        kl_alpha: float = 0.0
-        temperature: float = 2.0
-        relation_heads: int = 0  # 0: the teacher's attention head count
-        teacher_layer: int = -1  # which teacher layer (negative counts from the top)
-        student_start: str = "pretrained"
+    class HParams(Method.HParams):
+        minilm_alpha: float = setting(1.0, ge=0, help="weight of the relation KL term")
+        kl_alpha: float = setting(0.0, ge=0, help="weight of the logit KD term (0: off)")
+        temperature: float = setting(2.0, gt=0, help="softmax temperature of logit KD")
+        relation_heads: int = setting(0, ge=0, help="relation heads R (0: the teacher's head count)")
+        teacher_layer: int = setting(-1, help="which teacher layer's Q/K/V (negative counts from the top)")
 
     def validate(self) -> None:
         student, teacher = self.pair.student, self.pair.teacher

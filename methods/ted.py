@@ -31,7 +31,9 @@ from transformers.activations import ACT2FN
 
 from distillbench import Method, Outputs, Stage, Task, register_method
 from distillbench.errors import UserError
+from distillbench.fields import setting
 from distillbench.losses import REGRESSION_KD_ALPHA, mse
+from distillbench.method import STUDENT_STARTS
 from distillbench.teacher_cache import INDEX_COLUMN
 
 
@@ -110,16 +112,15 @@ class TED(Method):
     needs = frozenset({"hidden_states"})
 
     @dataclass
-    class HParams:
-        kl_alpha: float = 1.0
-        mse_alpha: float = 1.0
-        temperature: float = 2.0
-        num_filters: int = 0  # 0: one filter per student layer
-        filter_output_dim: int = 0  # 0: the teacher's hidden width
-        filter_nonlinear: bool = False
-        student_start: str = "finetuned"
+    class HParams(Method.HParams):
+        kl_alpha: float = setting(1.0, ge=0, help="weight of the logit KD term (0: off)")
+        mse_alpha: float = setting(1.0, ge=0, help="weight of the hidden-state MSE term")
+        temperature: float = setting(2.0, gt=0, help="softmax temperature of logit KD")
+        num_filters: int = setting(0, ge=0, help="filters per model (0: one per student layer)")
+        filter_output_dim: int = setting(0, ge=0, help="filter output width (0: the teacher's hidden width)")
+        filter_nonlinear: bool = setting(False, help="Linear-act-Linear filters instead of one Linear")
+        student_start: str = setting("finetuned", choices=STUDENT_STARTS, help=Method.HParams.START_HELP)
 
-    # The TED reference's Stage II weights per task (kl / mse).
     task_defaults = {
         "mnli": {"kl_alpha": 5.0, "mse_alpha": 7500.0},
         "qqp": {"kl_alpha": 20.0, "mse_alpha": 1000.0},

@@ -236,14 +236,42 @@ class GlueTask(Task):
         return data.rename_columns({c: f"text{i}" for i, c in enumerate(spec.text_columns)})
 
     def _check_tsv(self, path: Path) -> list[str]:
-        """Every row must have the header's field count (QUOTE_NONE): a clear error before parsing."""
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            columns = list(self.spec.column_names) if self.spec.column_names else next(rows, [])
-            for line, row in enumerate(rows, start=1 if self.spec.column_names else 2):
-                if len(row) != len(columns):
-                    raise UserError(f"malformed TSV {path}: line {line} has {len(row)} fields, expected {len(columns)}")
+        """Every row must have the header's field count (QUOTE_NONE) and a valid label; the file must be
+        UTF-8 and hold at least one row: each a clear error naming file and line before parsing."""
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+                columns = list(self.spec.column_names) if self.spec.column_names else next(rows, [])
+                if not columns:
+                    raise UserError(f"malformed TSV {path}: the file is empty")
+                label = columns.index(self.spec.label_column) if self.spec.label_column in columns else None
+                count = 0
+                for line, row in enumerate(rows, start=1 if self.spec.column_names else 2):
+                    if len(row) != len(columns):
+                        raise UserError(
+                            f"malformed TSV {path}: line {line} has {len(row)} fields, expected {len(columns)}"
+                        )
+                    if label is not None:
+                        self._check_label(row[label], path, line)
+                    count += 1
+        except UnicodeDecodeError as error:
+            raise UserError(f"malformed TSV {path}: not UTF-8 text (byte {error.start})") from None
+        if not count:
+            raise UserError(f"malformed TSV {path}: no data rows")
         return columns
+
+    def _check_label(self, value: str, path: Path, line: int) -> None:
+        if self.spec.labels is None:
+            try:
+                score = float(value)
+            except ValueError:
+                raise UserError(f"malformed TSV {path}: line {line} has a non-numeric score {value!r}") from None
+            if score != score:
+                raise UserError(f"malformed TSV {path}: line {line} has a non-numeric score {value!r}")
+        elif value not in self.spec.labels:
+            raise UserError(
+                f"malformed TSV {path}: line {line} has label {value!r}, expected one of {self.spec.labels}"
+            )
 
     def _encode_label(self, row: dict[str, Any]) -> dict[str, Any]:
         value = str(row.pop(self.spec.label_column))

@@ -29,6 +29,7 @@ from transformers import DataCollatorForLanguageModeling, DataCollatorWithPaddin
 
 from distillbench import metrics
 from distillbench.errors import UserError
+from distillbench.fields import setting
 from distillbench.task import Task, register_task
 
 DEFAULT_CORPUS = "text/wikitext-2-raw/wiki.test.raw"
@@ -81,10 +82,10 @@ class ContinualPretraining(Task):
 
     @dataclass
     class Options:
-        corpus: str = ""  # comma-separated text files; default: <data>/text/wikitext-2-raw/wiki.test.raw
-        validation_fraction: float = 0.05
-        mlm_probability: float = 0.15
-        teacher_backbone: bool = False  # also update the teacher's backbone while its MLM head trains
+        corpus: str = setting("", help="comma-separated text files (default: WikiText-2 raw test split)")
+        validation_fraction: float = setting(0.05, gt=0, lt=1, help="held-out fraction of the text blocks")
+        mlm_probability: float = setting(0.15, gt=0, lt=1, help="fraction of tokens masked")
+        teacher_backbone: bool = setting(False, help="also train the teacher's backbone while its MLM head trains")
 
     def _files(self) -> list[Path]:
         if self.options.corpus:

@@ -22,6 +22,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 from torch import Tensor, nn
 
 from distillbench.errors import UserError
+from distillbench.fields import setting
 from distillbench.squad_eval import per_question_v1, per_question_v2, score_v1, score_v2
 from distillbench.task import Task, register_task
 
@@ -86,10 +87,12 @@ class SquadTask(Task):
 
     @dataclass
     class Options:
-        doc_stride: int = 128
-        max_answer_length: int = 30
-        n_best_size: int = 20
-        null_score_diff_threshold: float = 0.0
+        doc_stride: int = setting(128, ge=1, help="tokens shared by consecutive windows of a long context")
+        max_answer_length: int = setting(30, ge=1, help="longest answer span in tokens")
+        n_best_size: int = setting(20, ge=1, help="start/end candidates per window")
+        null_score_diff_threshold: float = setting(
+            0.0, help="predict no answer when null score − best span score exceeds this (v2.0)"
+        )
 
     @property
     def with_negative(self) -> bool:

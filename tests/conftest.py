@@ -179,7 +179,7 @@ def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int =
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=2 * hidden,
-        max_position_embeddings=64,
+        max_position_embeddings=128,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_run_args, write_tsv
+from conftest import tiny_run_args
 from distillbench import list_methods
 from distillbench.cli import main
 
@@ -69,13 +69,22 @@ def test_cli_subprocess_run_writes_a_complete_record(tiny_bert, glue_dir, workdi
     assert len(teacher_records) == 1
 
 
-@pytest.mark.parametrize("method", ["finetune", "kd", "lwd", "minilm", "minilmv2", "ted"])
+@pytest.mark.parametrize("method", list_methods())
 def test_every_method_runs_end_to_end(method, tiny_bert, glue_dir, workdir, capsys):
     assert main(tiny_run_args(tiny_bert, glue_dir, method)) == 0
     record = only_record(workdir / "results")
-    assert record["method"] == method
+    assert record["method"] == method and record["status"] == "complete"
     assert record["model"]["student"]["layer_ids"] == [1, 3]
-    assert all(v == v for v in record["loss_terms"].values())  # no NaN
+    terms = {k.removeprefix("loss/"): v for k, v in record["loss_terms"].items() if k.startswith("loss/")}
+    hp = record["hparams"]
+    expected = {"task"} | ({"kd"} if hp.get("kl_alpha") else set()) | ({"mse"} if "mse_alpha" in hp else set())
+    expected |= {"relation"} if "minilm_alpha" in hp else set()
+    assert set(terms) == expected
+    # the optimised loss is the sum of the named terms (last logged step, logging_steps=1)
+    assert record["loss_terms"]["loss"] == pytest.approx(sum(terms.values()), rel=1e-4)
+    # the task term is the student's own cross-entropy: at most log(2)+ε early on for a 2-class task
+    assert 0 < terms["task"] < 1.0
+    assert record["predictions"]["evaluations"] and record["epochs"][-1]["step"] == 3
 
 
 def test_ted_stage_one_is_cached_and_reused(tiny_bert, glue_dir, workdir, capsys):
@@ -104,70 +113,6 @@ def test_set_overrides_are_typed_and_recorded(tiny_bert, glue_dir, workdir, caps
     record = only_record(workdir / "results")
     assert record["hparams"]["kl_alpha"] == 3.0 and record["hparams"]["filter_nonlinear"] is True
     assert record["model"]["student_start"] == "finetuned"
-
-
-BAD_INPUTS = {
-    "unknown method": (["--method", "tde"], "unknown method 'tde'. Did you mean 'ted'?"),
-    "unknown task": (["--task", "mrcp"], "unknown task 'mrcp'"),
-    "unknown hparam": (["--set", "kl_alpa=2"], "--set kl_alpa: unknown hyper-parameter"),
-    "wrong type": (["--set", "kl_alpha=lots"], "expected a value of type float"),
-    "not key=value": (["--set", "kl_alpha"], "--set expects key=value"),
-    "unmappable pair": (["--method", "lwd", "--student-layers", "3"], "cannot map a 3-layer student"),
-    "ted unmappable": (["--method", "ted", "--set", "num_filters=3"], "cannot place 3 filters"),
-    "bad student_start": (["--set", "student_start=half"], "student_start must be one of"),
-    "missing teacher": (["--teacher", "./no-such-model"], "model folder ./no-such-model does not exist"),
-    "unknown preset": (["--preset", "huge"], "unknown preset 'huge'"),
-}
-
-
-def run_bad(args: list[str], capsys) -> tuple[int, str]:
-    code = main(args)
-    return code, capsys.readouterr().err
-
-
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_bert, glue_dir, workdir, capsys):
-    change, message = BAD_INPUTS[case]
-    args = tiny_run_args(tiny_bert, glue_dir, "kd")
-    for flag, value in zip(change[::2], change[1::2], strict=True):
-        if flag in args and flag != "--set":
-            args[args.index(flag) + 1] = value
-        else:
-            args += [flag, value]
-    code, err = run_bad(args, capsys)
-    assert code == 2
-    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
-    assert not (workdir / "results").exists() and not (workdir / "outputs").exists()
-
-
-def test_missing_data_dir_and_file(tiny_bert, glue_dir, workdir, capsys, tmp_path):
-    code, err = run_bad(tiny_run_args(tiny_bert, tmp_path / "nowhere", "kd"), capsys)
-    assert code == 2 and "data directory" in err and "does not exist" in err
-    partial = tmp_path / "partial"
-    (partial / "glue" / "MRPC").mkdir(parents=True)
-    (partial / "glue" / "MRPC" / "train.tsv").write_text((glue_dir / "glue" / "MRPC" / "train.tsv").read_text())
-    code, err = run_bad(tiny_run_args(tiny_bert, partial, "kd"), capsys)
-    assert code == 2 and err.startswith("error: missing data file") and "dev.tsv" in err
-    assert not (workdir / "results").exists()
-
-
-def test_malformed_tsv_row(tiny_bert, glue_dir, workdir, capsys, tmp_path):
-    bad = tmp_path / "bad"
-    rows = [["1", "1", "2", "a cat sat .", "a dog sat ."], ["0", "3", "4", "a cat", "the dog", "extra"]]
-    for split in ("train", "dev"):
-        write_tsv(bad / "glue" / "MRPC" / f"{split}.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], rows)
-    code, err = run_bad(tiny_run_args(tiny_bert, bad, "kd"), capsys)
-    assert code == 2 and err.startswith("error: malformed TSV") and err.count("\n") == 1
-    short = tmp_path / "short"
-    for split in ("train", "dev"):
-        write_tsv(
-            short / "glue" / "MRPC" / f"{split}.tsv",
-            ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-            [rows[0], ["1", "5", "6", "only one sentence"]],
-        )
-    code, err = run_bad(tiny_run_args(tiny_bert, short, "kd"), capsys)
-    assert code == 2 and "malformed TSV" in err and "line 3 has 4 fields, expected 5" in err
-    assert not (workdir / "results").exists()
 
 
 def test_list_prints_every_method_and_task(capsys):

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from distillbench.cli import main
@@ -203,3 +204,42 @@ def test_an_average_is_named_glue_avg_only_over_every_glue_task():
     glue = [t for t in list_tasks() if get_task(t).benchmark == "GLUE"]
     assert len(glue) == 9 and average_label("GLUE", glue) == "GLUE avg"
     assert average_label("GLUE", ["mrpc", "stsb"]) == "avg MRPC, STS-B"
+
+
+def test_reference_block_keeps_experiments_apart():
+    """The task-specific student and a student pre-trained first are two experiments: two rows, never a
+    mean of both (the old block averaged them into one 'measured' figure)."""
+    from distillbench.leaderboard import reference_table
+
+    stats = pd.DataFrame(
+        [
+            dict(
+                task="mrpc",
+                method="finetune",
+                teacher="t",
+                student="s",
+                setting="task-specific",
+                metric="accuracy",
+                mean=0.70,
+                std=0.0,
+                n=3,
+                seeds=[1, 2, 3],
+            ),
+            dict(
+                task="mrpc",
+                method="finetune",
+                teacher="t",
+                student="kd-pretrain student",
+                setting="after kd pre-training",
+                metric="accuracy",
+                mean=0.60,
+                std=0.0,
+                n=1,
+                seeds=[1],
+            ),
+        ]
+    )
+    table = reference_table(stats, ["mrpc"])
+    rows = table[(table["method"] == "finetune") & (table["metric"] == "accuracy")]
+    assert sorted(rows["measured"]) == [60.0, 70.0]
+    assert set(rows["setting"]) == {"task-specific", "after kd pre-training"}

@@ -171,11 +171,17 @@ def test_declared_search_space_names_only_existing_hparams(name):
 def test_set_validation_per_method(name):
     method = get_method(name)
     fields = method.hparam_fields()
+    samples = {
+        "float": [("0.5", 0.5), ("3", 3.0)],
+        "int": [("2", 2), ("-1", -1)],
+        "bool": [("true", True), ("no", False)],
+    }
+    samples["str"] = [("finetuned", "finetuned"), ("auto", "auto")]
     for field in fields.values():
-        sample = {"float": "0.5", "int": "2", "bool": "true", "str": "pretrained"}
-        kind = next(k for k in sample if k in str(field.type))
-        _, parsed, _ = parse_overrides([f"{field.name}={sample[kind]}"], fields)
-        assert type(parsed[field.name]).__name__ == kind
+        kind = next(k for k in samples if k in str(field.type))
+        for text, value in samples[kind]:
+            _, parsed, _ = parse_overrides([f"{field.name}={text}"], fields)
+            assert parsed[field.name] == value and type(parsed[field.name]) is type(value), (field.name, text)
     with pytest.raises(UserError, match="unknown hyper-parameter"):
         parse_overrides(["no_such_knob=1"], fields)
     numeric = [f for f in fields.values() if "float" in str(f.type)]
@@ -183,3 +189,87 @@ def test_set_validation_per_method(name):
         with pytest.raises(UserError, match="expected a value of type float"):
             parse_overrides([f"{field.name}=abc"], fields)
     assert dataclasses.is_dataclass(method.HParams)
+
+
+def test_best_epoch_selection_follows_the_metric_direction():
+    from distillbench.harness import best_epoch
+
+    history = [{"epoch": e, "step": e * 10, "metrics": {"accuracy": a}} for e, a in ((1, 0.6), (2, 0.8), (3, 0.7))]
+    assert best_epoch(history, get_task("mrpc")(None))["epoch"] == 2
+    losses = [
+        {"epoch": e, "step": e, "metrics": {"mlm_loss": v, "perplexity": 2.0**v}} for e, v in ((1, 5.0), (2, 3.0))
+    ]
+    pretrain = get_task("pretrain")
+    assert pretrain.main_metric in ("mlm_loss", "perplexity") and not pretrain.greater_is_better
+    assert best_epoch(losses, pretrain(None))["epoch"] == 2  # the lowest loss
+
+
+def tiny_pair(student_layers: int = 2, heads: int = 4) -> ModelPair:
+    teacher = BertConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=4, intermediate_size=64)
+    student = BertConfig(
+        hidden_size=32, num_attention_heads=heads, num_hidden_layers=student_layers, intermediate_size=64
+    )
+    return ModelPair(student=student, teacher=teacher)
+
+
+@pytest.mark.parametrize("name", ["minilm", "minilmv2"])
+def test_relation_loss_ignores_padding(name):
+    """On a padded batch the relation loss equals that of the same examples unpadded (weighted by their
+    real query positions, as the batch mean is): padding keys and queries never count."""
+    from types import SimpleNamespace
+
+    from distillbench.method import Outputs
+
+    method_cls = get_method(name)
+    method = method_cls(method_cls.HParams(), get_task("mrpc")(None), tiny_pair())
+    torch.manual_seed(0)
+    lengths, width = (5, 3), 32
+
+    def outputs(states):  # one layer's Q, K, V per model
+        return Outputs(raw=SimpleNamespace(loss=torch.tensor(0.0)), distill=[], qkv=[states] * 4)
+
+    student = [torch.randn(2, 5, width) for _ in range(3)]
+    teacher = [torch.randn(2, 5, width) for _ in range(3)]
+    for tensors in (student, teacher):
+        for t in tensors:
+            t[1, 3:] = 100.0  # garbage in the padding of example 1
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    padded = method.relation_loss(outputs(student), outputs(teacher), mask)
+    alone = [
+        method.relation_loss(
+            outputs([t[i : i + 1, :n] for t in student]),
+            outputs([t[i : i + 1, :n] for t in teacher]),
+            torch.ones(1, n, dtype=torch.long),
+        )
+        for i, n in enumerate(lengths)
+    ]
+    expected = (lengths[0] * alone[0] + lengths[1] * alone[1]) / sum(lengths)
+    torch.testing.assert_close(padded, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lwd_pairs_student_layer_i_with_teacher_layer_m_of_i():
+    """Student layer i (hidden_states[i + 1]) against teacher layer m(i) (hidden_states[m(i) + 1]),
+    m = (1, 3) for 2 → 4 layers; states are constants so each pairing gives a different loss."""
+    from types import SimpleNamespace
+
+    from distillbench.method import Outputs
+
+    lwd = get_method("lwd")
+    method = lwd(lwd.HParams(kl_alpha=0.0, mse_alpha=1.0, projection="auto"), get_task("mrpc")(None), tiny_pair())
+    method.setup({})
+    assert method.layer_map == [1, 3] and "projections" not in method.modules
+
+    def outputs(count: int) -> Outputs:
+        states = tuple(torch.full((1, 3, 32), float(j)) for j in range(count + 1))
+        return Outputs(raw=SimpleNamespace(hidden_states=states, loss=torch.tensor(0.0)), distill=[])
+
+    terms = method.loss(outputs(2), outputs(4), {})
+    # student states 1 and 2 against teacher states 2 and 4: ((1 - 2)² + (2 - 4)²) / 2
+    assert terms["mse"].item() == pytest.approx(2.5)
+
+
+def test_ted_teacher_filters_are_frozen_in_stage_two(runner):
+    method = runner.plan.method
+    method.setup({stage.name: runner.method_stage(stage) for stage in method.stages()})
+    assert not any(p.requires_grad for p in method.modules["teacher_filters"].parameters())
+    assert all(p.requires_grad for p in method.modules["student_filters"].parameters())
