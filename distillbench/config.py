@@ -78,11 +78,21 @@ EXECUTION_ONLY = frozenset(
 )
 
 
+# Result-changing settings added after records and stages existed, with the behaviour they had before
+# (no length grouping, full precision, no accumulation): a record or stage key without one had that value.
+BEFORE_INTRODUCED: dict[str, Any] = {
+    "group_by_length": False,
+    "bf16": False,
+    "fp16": False,
+    "gradient_accumulation_steps": 1,
+}
+
+
 def result_settings(train: TrainConfig | dict[str, Any]) -> dict[str, Any]:
-    """The training settings that can change a result (missing ones, e.g. of an older record, at their
-    defaults): what keys a run and what seeds of one experiment must agree on."""
+    """The training settings that can change a result: what keys a run and what seeds of one experiment
+    must agree on. An older record's missing settings take the value they had before they existed."""
     values = dataclasses.asdict(train) if isinstance(train, TrainConfig) else train
-    defaults = dataclasses.asdict(TrainConfig())
+    defaults = dataclasses.asdict(TrainConfig()) | BEFORE_INTRODUCED
     return {k: v for k, v in {**defaults, **values}.items() if k not in EXECUTION_ONLY}
 
 

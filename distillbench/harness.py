@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_
 
 from distillbench import provenance
 from distillbench.cached import cached_folder, exclusive
-from distillbench.config import RunConfig, TrainConfig, result_settings
+from distillbench.config import BEFORE_INTRODUCED, RunConfig, TrainConfig, result_settings
 from distillbench.distiller import Distiller, DistillTrainer
 from distillbench.errors import UserError
 from distillbench.fields import check_fields
@@ -609,7 +609,7 @@ class Runner:
             "role": role,
             "setting": self._setting() if role == "student" else "task-specific",
             "seed": self.config.seed,
-            "teacher_seed": self.seed_of("teacher"),
+            "teacher_seed": self.config.teacher_seed,  # None: each seed's own teacher; else pinned
             "preset": self.config.preset,
             "main_metric": main_metric_key(self.task),
             "task_options": dataclasses.asdict(self.task.options),
@@ -645,13 +645,10 @@ def check_teacher_cache(config: RunConfig, method: Method, task: Task) -> None:
         raise UserError(f"--teacher-cache on: {reason}")
 
 
-OPTIONAL_STAGE_SETTINGS = {"group_by_length": False, "bf16": False, "fp16": False, "gradient_accumulation_steps": 1}
-
-
 def optional_stage_settings(cfg: TrainConfig) -> dict[str, Any]:
     """Settings added after stages were first cached enter a stage key only when they differ from their
     old behaviour (length grouping on, mixed precision, gradient accumulation), so older stages stay valid."""
-    return {k: getattr(cfg, k) for k, off in OPTIONAL_STAGE_SETTINGS.items() if getattr(cfg, k) != off}
+    return {k: getattr(cfg, k) for k, before in BEFORE_INTRODUCED.items() if getattr(cfg, k) != before}
 
 
 # history helpers ---------------------------------------------------------------------------------

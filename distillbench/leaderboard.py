@@ -49,8 +49,12 @@ def student_label(model: dict[str, Any]) -> str:
 
 
 def teacher_label(record: dict[str, Any]) -> str:
+    """The teacher's model, and its seed when pinned (``--teacher-seed``): one fine-tuned teacher shared
+    by every student seed is another experiment than a teacher fine-tuned per seed."""
     model = record.get("model") or {}
-    return model_label(model.get("teacher_source") or model.get("source"))
+    label = model_label(model.get("teacher_source") or model.get("source"))
+    pinned = record.get("teacher_seed")
+    return label if pinned is None else f"{label} (seed {pinned})"
 
 
 @dataclass
@@ -67,10 +71,27 @@ class Selection:
         return kept + "; excluded: " + ", ".join(f"{n} {why}" for why, n in sorted(self.excluded.items()))
 
 
-def row_key(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
+def budget_label(record: dict[str, Any]) -> str:
+    """The training budget of a record's (student or teacher) stage: steps when capped, else epochs."""
+    train = record.get("train") or {}
+    if record.get("role") == "teacher":
+        steps, epochs = train.get("teacher_max_steps", -1), train.get("teacher_epochs") or train.get("epochs")
+    else:
+        steps, epochs = train.get("max_steps", -1), train.get("epochs")
+    if steps and steps > 0:
+        return f"{steps} steps"
+    return f"{epochs:g} ep" if epochs is not None else "?"
+
+
+EXPERIMENT = ("teacher", "student", "setting", "budget")
+
+
+def row_key(record: dict[str, Any]) -> tuple[str, ...]:
+    """(task, method, *EXPERIMENT): what one table cell pools over seeds, and nothing else."""
     method = "teacher" if record.get("role") == "teacher" else record["method"]
     student = "-" if record.get("role") == "teacher" else student_label(record.get("model") or {})
-    return (record["task"], method, teacher_label(record), student, record.get("setting", "task-specific"))
+    setting = record.get("setting", "task-specific")
+    return (record["task"], method, teacher_label(record), student, setting, budget_label(record))
 
 
 def config_fingerprint(record: dict[str, Any]) -> str:
@@ -82,6 +103,8 @@ def config_fingerprint(record: dict[str, Any]) -> str:
             "train": train,
             "data": (record.get("data") or {}).get("sha256"),
             "preset": record.get("preset"),
+            # a pinned teacher seed is part of the experiment: seeds of it share one teacher
+            "teacher_seed": record.get("teacher_seed"),
         },
         sort_keys=True,
         default=str,
@@ -138,7 +161,7 @@ def aggregate(records: list[dict[str, Any]], score: str = "final") -> pd.DataFra
             values = [score_of(r, score)[metric] for r in members if metric in score_of(r, score)]
             rows.append(
                 dict(
-                    zip(("task", "method", "teacher", "student", "setting"), key, strict=True),
+                    zip(("task", "method", *EXPERIMENT), key, strict=True),
                     metric=metric,
                     mean=float(np.mean(values)),
                     std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
@@ -146,7 +169,7 @@ def aggregate(records: list[dict[str, Any]], score: str = "final") -> pd.DataFra
                     seeds=sorted({r["seed"] for r in members}),
                 )
             )
-    columns = ["task", "method", "teacher", "student", "setting", "metric", "mean", "std", "n", "seeds"]
+    columns = ["task", "method", *EXPERIMENT, "metric", "mean", "std", "n", "seeds"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -254,24 +277,24 @@ def build_table(
         stats = stats[stats["method"].isin([*methods, "teacher"])]
     task_names = [t for t in list_tasks() if t in set(stats["task"])]
     row_keys = sorted(
-        {tuple(r) for r in stats[["method", "teacher", "student", "setting"]].itertuples(index=False)},
-        key=lambda k: (k[3], k[1], _method_order(k[0]), k[2]),
+        {tuple(r) for r in stats[["method", *EXPERIMENT]].itertuples(index=False)},
+        key=lambda k: (k[3], k[4], k[1], _method_order(k[0]), k[2]),
     )
     lookup = {
-        (r.task, r.method, r.teacher, r.student, r.setting, r.metric): (r.mean, r.std, r.n)
+        (r.task, r.method, r.teacher, r.student, r.setting, r.budget, r.metric): (r.mean, r.std, r.n)
         for r in stats.itertuples(index=False)
     }
     records, main_scores = [], defaultdict(dict)
     in_benchmark = [get_task(t).benchmark for t in task_names if get_task(t).benchmark]
     benchmarks = sorted(b for b in set(in_benchmark) if in_benchmark.count(b) > 1)  # an average of one task is none
-    for index, (method, teacher, student, setting) in enumerate(row_keys):
-        row: dict[str, Any] = {"method": method, "teacher": teacher, "student": student, "setting": setting}
+    for index, (method, *experiment) in enumerate(row_keys):
+        row: dict[str, Any] = {"method": method, **dict(zip(EXPERIMENT, experiment, strict=True))}
         ns, averages = set(), defaultdict(list)
         for task_name in task_names:
             task = get_task(task_name)
-            found = [lookup.get((task_name, method, teacher, student, setting, m)) for m in task.paper_metrics]
+            found = [lookup.get((task_name, method, *experiment, m)) for m in task.paper_metrics]
             present = [f for f in found if f is not None]
-            mark = (markers or {}).get((task_name, method, teacher, student, setting), "")
+            mark = (markers or {}).get((task_name, method, *experiment), "")
             row[task.column_label] = _cell(present, task.display_scale, task.display_decimals) + mark if present else ""
             if present:
                 ns.update(f[2] for f in present)
@@ -311,7 +334,7 @@ def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.D
     with measured-minus-reference deltas. One row per experiment (teacher, student, setting): students
     of different experiments (e.g. pre-trained first, or another student) are never averaged together."""
     reference = load_reference()
-    columns = ["method", "task", "metric", "teacher", "student", "setting", "n", "reference", "measured", "delta"]
+    columns = ["method", "task", "metric", *EXPERIMENT, "n", "reference", "measured", "delta"]
     rows = []
     for method, by_task in reference["results"].items():
         for task, metrics in by_task.items():
@@ -327,7 +350,13 @@ def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.D
                     measured = round(scale * r.mean, 1)
                     rows.append(
                         base
-                        | {"teacher": r.teacher, "student": r.student, "setting": r.setting, "n": r.n}
+                        | {
+                            "teacher": r.teacher,
+                            "student": r.student,
+                            "setting": r.setting,
+                            "budget": r.budget,
+                            "n": r.n,
+                        }
                         | {"measured": measured, "delta": round(measured - value, 1)}
                     )
     return pd.DataFrame(rows, columns=columns, dtype=object)

@@ -66,6 +66,7 @@ def write_predictions(results_dir: Path, name: str, capture: EvalCapture) -> dic
     arrays = {f"{label}/{key}": value for label, named in capture.evaluations.items() for key, value in named.items()}
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".npz")
     os.close(handle)
+    os.chmod(temporary, 0o644)
     try:
         np.savez_compressed(temporary, **arrays)
         path = folder / f"{name}.npz"

@@ -19,6 +19,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(temporary, 0o644)  # mkstemp's 0600 would make shared results folders unreadable to others
     try:
         with os.fdopen(handle, "w") as file:
             json.dump(payload, file, indent=2, sort_keys=True, default=str)

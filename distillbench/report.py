@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distillbench.leaderboard import aggregate, build_table, collect, reference_table, render, row_key
+from distillbench.leaderboard import aggregate, build_table, collect, reference_table, render, row_key, significance
 from distillbench.records import read_records
 from distillbench.task import get_task
 
@@ -81,8 +81,20 @@ def leaderboard_markdown(results_dir: Path) -> str:
     if not records:
         return "\n".join([*parts, "No usable records yet.", ""])
     for score, heading in (("final", "Final epoch"), ("best", "Best epoch (what the TED reference reports)")):
-        table = build_table(aggregate(records, score))
-        parts += [f"#### {heading}, dev set", "", render(table, "md")]
+        stats = aggregate(records, score)
+        several = stats[stats["n"] > 1]
+        if len(several):
+            marks = significance(records, score)
+            parts += [
+                f"#### {heading}, dev set, several seeds",
+                "",
+                render(build_table(several, markers=marks.markers), "md"),
+            ]
+            parts += [marks.legend(), ""]
+        single = stats[stats["n"] == 1]
+        if len(single):
+            parts += [f"#### {heading}, dev set, single runs (one seed: no error bar, no test)", ""]
+            parts += [render(build_table(single), "md")]
     parts += [
         "Cells: mean over seeds (±std when n > 1), ×100; **bold**: best student per column.",
         "",
