@@ -10,7 +10,6 @@ EM/F1); array names are ``<split>/step<N>/<name>``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distillbench.cached import sha256_of
 from distillbench.errors import UserError
 
 if TYPE_CHECKING:
@@ -49,14 +49,6 @@ class EvalCapture:
         return self.task.compute_metrics(prediction.predictions, prediction.label_ids)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_predictions(results_dir: Path, name: str, capture: EvalCapture) -> dict[str, Any] | None:
     """Write the captured evaluations atomically; the record's reference to them (None: nothing ran)."""
     if not capture.evaluations:
@@ -74,7 +66,7 @@ def write_predictions(results_dir: Path, name: str, capture: EvalCapture) -> dic
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return {"path": f"{FOLDER}/{name}.npz", "sha256": file_sha256(path), "evaluations": sorted(capture.evaluations)}
+    return {"path": f"{FOLDER}/{name}.npz", "sha256": sha256_of(path), "evaluations": sorted(capture.evaluations)}
 
 
 def load_predictions(record: dict[str, Any], results_dir: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -85,7 +77,7 @@ def load_predictions(record: dict[str, Any], results_dir: Path) -> dict[str, dic
     path = results_dir / reference["path"]
     if not path.is_file():
         raise UserError(f"predictions file {path} of record {record.get('run_id')} is missing")
-    if file_sha256(path) != reference["sha256"]:
+    if sha256_of(path) != reference["sha256"]:
         raise UserError(f"predictions file {path} differs from the sha256 its record holds")
     evaluations: dict[str, dict[str, np.ndarray]] = {}
     with np.load(path, allow_pickle=False) as stored:

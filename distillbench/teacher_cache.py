@@ -113,7 +113,7 @@ def build_cache(
                 return TeacherCache(folder)
             print(f"teacher cache {folder.name}: {problem}; rebuilding", file=sys.stderr)
             shutil.rmtree(folder)
-        return _build(folder, teacher, train, task, tokenizer, spec, batch_size, show_progress)
+        return _write(folder, teacher, train, task, tokenizer, spec, batch_size, show_progress)
 
 
 def cache_problem(folder: Path) -> str | None:
@@ -124,16 +124,9 @@ def cache_problem(folder: Path) -> str | None:
     return manifest_problem(folder, meta.get("manifest"))
 
 
-def _build(
-    folder: Path,
-    teacher: nn.Module,
-    train: Dataset,
-    task: Any,
-    tokenizer: Any,
-    spec: CacheSpec,
-    batch_size: int,
-    show_progress: bool,
-) -> TeacherCache:
+def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenizer: Any, spec: CacheSpec,
+           batch_size: int, show_progress: bool) -> TeacherCache:  # fmt: skip
+    """The teacher pass itself, under :func:`build_cache`'s lock."""
     started = time.time()
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,19 @@ WORDS = [
     "house",
 ]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+STSB_HEADER = [
+    "index",
+    "genre",
+    "filename",
+    "year",
+    "old_index",
+    "source1",
+    "source2",
+    "sentence1",
+    "sentence2",
+    "score",
+]
 PUNCT = ['"', ".", ",", "'", "?"]
 
 
@@ -76,24 +91,13 @@ def make_glue(root: Path, seed: int = 0, train: int = 48, dev: int = 16) -> Path
         pairs = [(sentence(rng), sentence(rng)) for _ in range(n)]
         write_tsv(
             glue / "MRPC" / f"{split}.tsv",
-            ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+            MRPC_HEADER,
             [[str(i % 2), str(i), str(i + 1), a, b] for i, (a, b) in enumerate(pairs)],
             bom=True,
         )
         write_tsv(
             glue / "STS-B" / f"{split}.tsv",
-            [
-                "index",
-                "genre",
-                "filename",
-                "year",
-                "old_index",
-                "source1",
-                "source2",
-                "sentence1",
-                "sentence2",
-                "score",
-            ],
+            STSB_HEADER,
             [[str(i), "g", "f", "y", "0", "s", "s", a, b, f"{(i * 0.37) % 5:.3f}"] for i, (a, b) in enumerate(pairs)],
         )
         write_tsv(
@@ -246,3 +250,17 @@ def tiny_run_args(tiny_bert: Path, glue_dir: Path, method: str, task: str = "mrp
         "--no-progress",
         *extra,
     ]
+
+
+def launch_cli(args: list[str], cwd: Path, cache: Path) -> subprocess.Popen:
+    """``distillbench`` in a subprocess with its own stage cache, one CPU thread (so a kernel's summation
+    order cannot depend on how loaded the machine is), stdout and stderr captured as text."""
+    env = {**os.environ, "DISTILLBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "distillbench.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

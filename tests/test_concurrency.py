@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import tiny_run_args
+from conftest import launch_cli, tiny_run_args
 from distillbench.cli import main
-
-
-def launch(args: list[str], cwd: Path, cache: Path) -> subprocess.Popen:
-    # one thread each: a CPU kernel's summation order then cannot depend on how loaded the machine is
-    env = {**os.environ, "DISTILLBENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "distillbench.cli", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def students(results: Path) -> dict[tuple[str, int], dict]:
@@ -42,9 +26,9 @@ def test_concurrent_runs_build_shared_stages_once_and_match_their_solo_runs(tiny
     solo_dir.mkdir()
     together_dir.mkdir()
     for args in cells:
-        process = launch([*args, *common], solo_dir, solo_dir / "cache")
+        process = launch_cli([*args, *common], solo_dir, solo_dir / "cache")
         assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
-    processes = [launch([*args, *common], together_dir, together_dir / "cache") for args in cells]
+    processes = [launch_cli([*args, *common], together_dir, together_dir / "cache") for args in cells]
     for process in processes:
         assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
     alone, together = students(solo_dir / "results"), students(together_dir / "results")
@@ -68,7 +52,7 @@ def test_the_same_run_twice_at_once_is_refused_not_clobbered(tiny_bert, glue_dir
 
     name = plan_run(*build_run(build_parser().parse_args(args))).run_name
     with exclusive(workdir / "outputs" / f"{name}.lock"):
-        second = launch(args, workdir, workdir / "cache")
+        second = launch_cli(args, workdir, workdir / "cache")
         assert second.wait(timeout=300) == 2
         err = second.stderr.read().strip().splitlines()
         assert err[-1].startswith("error: another process holds") and "already running" in err[-1]

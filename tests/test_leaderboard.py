@@ -211,34 +211,11 @@ def test_reference_block_keeps_experiments_apart():
     mean of both (the old block averaged them into one 'measured' figure)."""
     from distillbench.leaderboard import reference_table
 
+    common = dict(task="mrpc", method="finetune", teacher="t", budget="3 ep", metric="accuracy", std=0.0)
     stats = pd.DataFrame(
         [
-            dict(
-                task="mrpc",
-                method="finetune",
-                teacher="t",
-                student="s",
-                setting="task-specific",
-                budget="3 ep",
-                metric="accuracy",
-                mean=0.70,
-                std=0.0,
-                n=3,
-                seeds=[1, 2, 3],
-            ),
-            dict(
-                task="mrpc",
-                method="finetune",
-                teacher="t",
-                student="kd-pretrain student",
-                setting="after kd pre-training",
-                budget="3 ep",
-                metric="accuracy",
-                mean=0.60,
-                std=0.0,
-                n=1,
-                seeds=[1],
-            ),
+            common | dict(student="s", setting="task-specific", mean=0.70, n=3, seeds=[1, 2, 3]),
+            common | dict(student="kd-pretrain student", setting="after kd pre-training", mean=0.60, n=1, seeds=[1]),
         ]
     )
     table = reference_table(stats, ["mrpc"])

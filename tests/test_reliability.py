@@ -11,22 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_run_args, write_tsv
+from conftest import MRPC_HEADER, STSB_HEADER, tiny_run_args, write_tsv
 from distillbench.cli import main
-
-MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
-STSB_HEADER = [
-    "index",
-    "genre",
-    "filename",
-    "year",
-    "old_index",
-    "source1",
-    "source2",
-    "sentence1",
-    "sentence2",
-    "score",
-]
 
 # (extra run arguments after the valid tiny defaults — later flags win, method kd unless changed, message part)
 RUN_CASES: dict[str, tuple[list[str], str]] = {

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run_args
 from distillbench.cli import main
 from distillbench.errors import UserError
 from distillbench.sweep import SweepSpec
@@ -20,26 +21,9 @@ GRID = ("--methods", "finetune,kd", "--tasks", "mrpc", "--seeds", "1,2")
 
 
 def sweep_args(tiny_bert: Path, glue_dir: Path, *extra: str, grid: tuple[str, ...] = GRID) -> list[str]:
-    return [
-        "sweep",
-        *grid,
-        "--teacher",
-        str(tiny_bert),
-        "--teacher-seed",
-        "7",
-        "--data-dir",
-        str(glue_dir),
-        "--max-steps",
-        "4",
-        "--set",
-        "teacher_max_steps=3",
-        "--set",
-        "batch_size=8",
-        "--set",
-        "save_steps=2",
-        "--no-progress",
-        *extra,
-    ]
+    """The tiny run's flags (less ``run --method M --task T``) after the grid, four steps per cell."""
+    run_flags = tiny_run_args(tiny_bert, glue_dir, "kd")[5:]
+    return ["sweep", *grid, *run_flags, "--teacher-seed", "7", "--max-steps", "4", *extra]
 
 
 def student_records(results: Path) -> list[dict]:

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from conftest import tiny_run_args
+from conftest import launch_cli, tiny_run_args
 from distillbench.cli import main
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -152,19 +152,8 @@ POSTGRES = os.environ.get("DISTILLBENCH_TEST_POSTGRES")
 def test_two_workers_share_one_postgres_study(tiny_bert, glue_dir, tmp_path):
     assert POSTGRES, "CI must provide DISTILLBENCH_TEST_POSTGRES (.ci/run starts a PostgreSQL server)"
     name = f"s{int(time.time() * 1000)}"
-    env = {**os.environ, "DISTILLBENCH_CACHE": str(tmp_path / "cache")}
     args = [a if a != "s" else name for a in tune_args(tiny_bert, glue_dir, POSTGRES, 5)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "distillbench.cli", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    workers = [launch_cli(args, tmp_path, tmp_path / "cache") for _ in range(2)]
     for worker in workers:
         _, err = worker.communicate(timeout=900)
         assert worker.returncode == 0, err[-2000:]
