@@ -74,6 +74,7 @@ def test_damaged_caches_are_detected_and_rebuilt(tiny_bert, glue_dir, workdir, c
             "model.safetensors has",
         ),
         "changed .npy": (lambda: flip_a_byte(next(outputs.glob("hidden_*.npy"))), "differs from its recorded sha256"),
+        "truncated .npy": (lambda: truncate(next(outputs.glob("distill_*.npy"))), "bytes, expected"),
         "truncated marker": (lambda: filters_marker.write_text('{"key": '), "done.json is unreadable"),
     }
     for name, (damage, message) in damages.items():
@@ -93,3 +94,7 @@ def flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
