@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="print the cells, which are done, the estimated time")
     sweep.add_argument("--results-dir", type=Path, default=Path("results"), help="where run records go")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars (the sweep's nor the runs')")
+    show = commands.add_parser("show", help="a method's or task's settings: help, defaults, ranges, search space")
+    show.add_argument("name", help="a method or task name")
     listing = commands.add_parser("list", help="registered methods and tasks")
     listing.add_argument("pattern", nargs="?", default="*")
     table = commands.add_parser("table", help="a paper-style leaderboard from run records")
@@ -319,6 +321,13 @@ def command_sweep(args: argparse.Namespace) -> int:
     return EXIT_FAILED if outcome.failed else 0
 
 
+def command_show(args: argparse.Namespace) -> int:
+    from distillbench.show import show
+
+    print(show(args.name))
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     from distillbench.method import get_method, list_methods
     from distillbench.task import get_task, list_tasks
@@ -485,6 +494,7 @@ COMMANDS = {
     "run": command_run,
     "tune": command_tune,
     "sweep": command_sweep,
+    "show": command_show,
     "list": command_list,
     "table": command_table,
     "compare": command_compare,

@@ -132,3 +132,26 @@ def test_record_names_the_commit_the_run_started_from(tiny_bert, glue_dir, workd
     assert main(tiny_run_args(tiny_bert, glue_dir, "finetune")) == 0
     git = only_record(workdir / "results")["git"]
     assert git == {"commit": "start", "dirty": False, "at_end": {"commit": "moved", "dirty": False}}
+
+
+@pytest.mark.parametrize("name", [*list_methods(), "mrpc", "squad", "pretrain"])
+def test_show_prints_every_setting_with_its_help(name, capsys):
+    import dataclasses
+
+    from distillbench import get_method, get_task
+    from distillbench.fields import help_of
+
+    assert main(["show", name]) == 0
+    out = capsys.readouterr().out
+    declared = get_method(name).HParams if name in list_methods() else get_task(name).Options
+    for item in dataclasses.fields(declared):
+        assert f"  {item.name} = {item.default!r}" in out and help_of(item) and help_of(item) in out, item.name
+
+
+def test_show_ted_lists_its_search_space_and_per_task_defaults(capsys):
+    assert main(["show", "ted"]) == 0
+    out = capsys.readouterr().out
+    assert "search: float in [1, 10000] (log)" in out and "mrpc: {'kl_alpha': 20.0, 'mse_alpha': 100.0}" in out
+    assert "L_II = L_task" in out and "teacher-output cache: can read one" in out
+    assert main(["show", "tde"]) == 2
+    assert "no method or task named 'tde'" in capsys.readouterr().err

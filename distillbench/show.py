@@ -1,0 +1,108 @@
+"""``distillbench show NAME``: what a method or task declares, read from the plug-in itself.
+
+Everything printed comes from the registered class — its docstring, ``HParams`` fields with their
+declared help and ranges, per-task defaults, search space, needs, training defaults and options — so the
+page cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+from distillbench.errors import UserError
+from distillbench.fields import help_of
+from distillbench.method import Method, get_method, list_methods
+from distillbench.task import get_task, list_tasks
+
+
+class SpaceRecorder:
+    """Stands in for an Optuna trial and writes down what a search space asks for."""
+
+    def __init__(self) -> None:
+        self.space: dict[str, str] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False, step: float | None = None) -> float:
+        self.space[name] = f"float in [{low:g}, {high:g}]" + (" (log)" if log else "")
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        self.space[name] = f"int in [{low}, {high}]" + (" (log)" if log else "")
+        return low
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        self.space[name] = "one of " + ", ".join(map(str, choices))
+        return choices[0]
+
+
+def rule_text(item: dataclasses.Field) -> str:
+    check = item.metadata.get("check") or {}
+    symbols = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+    parts = [f"{symbols[k]} {check[k]}" for k in symbols if k in check]
+    if "choices" in check:
+        parts.append("one of " + ", ".join(map(str, check["choices"])))
+    if check.get("allow"):
+        parts.append("or " + ", ".join(map(str, check["allow"])))
+    return " ".join(parts)
+
+
+def field_lines(fields: list[dataclasses.Field], extra: dict[str, str] | None = None) -> list[str]:
+    lines = []
+    for item in fields:
+        default = item.default if item.default is not dataclasses.MISSING else "(required)"
+        rule = rule_text(item)
+        text = f"  {item.name} = {default!r}" + (f"  [{rule}]" if rule else "")
+        lines.append(text)
+        if help_of(item):
+            lines.append(f"      {help_of(item)}")
+        if extra and item.name in extra:
+            lines.append(f"      search: {extra[item.name]}")
+    return lines
+
+
+def show_method(name: str) -> str:
+    cls = get_method(name)
+    recorder = SpaceRecorder()
+    cls.search_space(recorder)
+    reads_cache = cls.cached_teacher_layers is not Method.cached_teacher_layers
+    lines = [
+        f"method {name}: {cls.summary()}",
+        "",
+        *[f"  {line}".rstrip() for line in (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()],
+        "",
+        f"needs: {', '.join(sorted(cls.needs)) or 'the task outputs only'}; "
+        f"teacher: {'yes' if cls.uses_teacher else 'no'}; "
+        f"teacher-output cache: {'can read one' if reads_cache else 'no (live teacher)'}"
+        + ("; a significance baseline" if cls.is_baseline else ""),
+        "",
+        "hyper-parameters (--set KEY=VALUE):",
+        *field_lines(list(dataclasses.fields(cls.HParams)), recorder.space),
+    ]
+    if cls.task_defaults:
+        lines += ["", "per-task defaults:"]
+        lines += [f"  {task}: {values}" for task, values in sorted(cls.task_defaults.items())]
+    return "\n".join(lines)
+
+
+def show_task(name: str) -> str:
+    cls = get_task(name)
+    lines = [
+        f"task {name}: {cls.summary()}",
+        f"model: {cls.model_class} ({cls.output_type}); main metric: {cls.main_metric} "
+        f"({'higher' if cls.greater_is_better else 'lower'} is better); dev splits: {', '.join(cls.eval_splits)}",
+        f"training defaults: {cls.train_defaults or '(the dataclass defaults)'}",
+    ]
+    options = list(dataclasses.fields(cls.Options))
+    if options:
+        lines += ["", "task options (--set KEY=VALUE):", *field_lines(options)]
+    return "\n".join(lines)
+
+
+def show(name: str) -> str:
+    if name in list_methods():
+        return show_method(name)
+    if name in list_tasks():
+        return show_task(name)
+    known = ", ".join([*list_methods(), *list_tasks()])
+    raise UserError(f"no method or task named {name!r} (known: {known})")
