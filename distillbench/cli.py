@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from distillbench.errors import RunFailed, UserError
+from distillbench.plugins import load_plugin, take_plugin_arguments
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -70,7 +71,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="distillbench", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="distillbench",
+        description=__doc__.splitlines()[0],
+        epilog="--plugin FILE.py (anywhere, repeatable; or DISTILLBENCH_PLUGINS) loads methods/tasks from a file",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = commands.add_parser("run", help="fine-tune the teacher (cached) and distil a student")
     add_run_arguments(run)
@@ -506,6 +511,9 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        plugins, argv = take_plugin_arguments(sys.argv[1:] if argv is None else list(argv))
+        for path in plugins:
+            load_plugin(path)
         parser = build_parser()
         args, passthrough = parser.parse_known_args(argv)
         if passthrough and args.command != "sweep":

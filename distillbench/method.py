@@ -187,7 +187,7 @@ class Method:
         return terms
 
 
-method_registry: Registry[type[Method]] = Registry("method", "distillbench.methods", "distillbench.methods")
+method_registry: Registry[type[Method]] = Registry("method", "distillbench.methods", "distillbench.methods", Method)
 register_method = method_registry.register
 
 

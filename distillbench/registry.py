@@ -23,8 +23,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named collection of classes with lazy discovery of built-ins and entry-point plug-ins."""
 
-    def __init__(self, kind: str, builtin_package: str, entry_point_group: str) -> None:
+    def __init__(self, kind: str, builtin_package: str, entry_point_group: str, base: type | None = None) -> None:
         self.kind = kind
+        self.base = base
         self.builtin_package = builtin_package
         self.entry_point_group = entry_point_group
         self._entries: dict[str, T] = {}
@@ -34,6 +35,8 @@ class Registry(Generic[T]):
         """Class decorator: ``@registry.register("kd")``. A name may be registered only once."""
 
         def decorator(obj: T) -> T:
+            if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
+                raise UserError(f"{self.kind} {name!r}: {obj!r} is not a subclass of {self.base.__name__}")
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name]!r}")
             self._entries[name] = obj

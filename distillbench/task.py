@@ -160,7 +160,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
-task_registry: Registry[type[Task]] = Registry("task", "distillbench.tasks", "distillbench.tasks")
+task_registry: Registry[type[Task]] = Registry("task", "distillbench.tasks", "distillbench.tasks", Task)
 register_task = task_registry.register
 
 

@@ -19,6 +19,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+EXAMPLE_PLUGINS = sorted((Path(__file__).resolve().parents[1] / "examples" / "plugins").glob("*.py"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The example file plug-ins join the registries, so every test parametrised over ``list_methods()``
+    covers them as it covers the built-ins (no list to edit)."""
+    from distillbench.plugins import load_plugin
+
+    for path in EXAMPLE_PLUGINS:
+        load_plugin(path)
+
+
 WORDS = [
     "the",
     "a",
