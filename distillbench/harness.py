@@ -424,7 +424,8 @@ class Runner:
             features = None
             if stage.frozen_layers is not None and cfg.teacher_cache != "off" and self.task.deterministic_inputs:
                 base_key = base_info.get("key") or base_info.get("weights_sha256")
-                features = self.output_cache(model, base_key, stage.frozen_layers, cfg)
+                first_only = self.task.head_reads_first_position  # a [CLS] head needs no other position
+                features = self.output_cache(model, base_key, stage.frozen_layers, cfg, first_only)
             set_seed(self.seed_of(stage.model))
             module = stage.build(model, self.task)
             module.features = features
@@ -460,15 +461,22 @@ class Runner:
         return self.output_cache(teacher, model_key, method.cached_teacher_layers() or (), cfg)
 
     def output_cache(
-        self, model: torch.nn.Module, model_key: str, layers: tuple[int, ...], cfg: TrainConfig
+        self,
+        model: torch.nn.Module,
+        model_key: str,
+        layers: tuple[int, ...],
+        cfg: TrainConfig,
+        first_position_only: bool = False,
     ) -> TeacherCache | None:
         """The outputs of a frozen, eval-mode ``model`` over the training set (its distillable outputs and
         the hidden states ``layers``), cached under a key of its weights and built on first use. ``auto``
         skips a new cache that would not pay — more than ``teacher_cache_max_gb`` of disk (hidden states
         of a large task), or a stage shorter than the one pass that builds it (a bounded demo) — and says
-        so on stderr. The Stage II teacher and TED's Stage I teacher filters read one and the same cache."""
+        so on stderr. ``first_position_only``: the reader looks at each state's first position alone (a
+        [CLS] head), so only that is stored."""
         task = self.task
-        spec = CacheSpec(tuple(sorted(set(layers))), cfg.teacher_cache_dtype, task.per_token_distill)
+        layers = tuple(sorted(set(layers)))
+        spec = CacheSpec(layers, cfg.teacher_cache_dtype, task.per_token_distill, first_position_only)
         settings = {
             "teacher": model_key,
             "task": self.config.task,
@@ -478,6 +486,7 @@ class Runner:
             "layers": list(spec.layers),
             "dtype": spec.dtype,
             **({"task_options": self.config.task_options} if self.config.task_options else {}),
+            **({"first_position_only": True} if first_position_only else {}),
         }
         folder = self.plan.paths.cache_dir / "teacher-outputs" / f"{self.config.task}-{stable_key(settings)}"
         lengths = [len(ids) for ids in self.data["train"]["input_ids"]]

@@ -47,6 +47,7 @@ class Task:
     display_decimals: ClassVar[int] = 1
     deterministic_inputs: ClassVar[bool] = True  # False when the collator randomises inputs (MLM masking)
     per_token_distill: ClassVar[bool] = False  # True when distill_targets has a sequence axis (QA logits)
+    head_reads_first_position: ClassVar[bool] = False  # make_head's head reads states[:, 0] alone ([CLS])
 
     @dataclass
     class Options:

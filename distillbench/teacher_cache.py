@@ -42,11 +42,13 @@ CACHE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """What is cached: hidden-state indices (into ``hidden_states``), storage dtype, per-token outputs."""
+    """What is cached: hidden-state indices (into ``hidden_states``), storage dtype, per-token outputs,
+    and whether only the first position of each hidden state is read (a [CLS] head: 1/length the disk)."""
 
     layers: tuple[int, ...]
     dtype: str = "float32"
     per_token_distill: bool = False
+    first_position_only: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in CACHE_DTYPES:
@@ -66,6 +68,7 @@ class TeacherCache:
         self.distill = [np.load(folder / f"distill_{j}.npy", mmap_mode="r") for j in range(self.meta["distill"])]
         self.hidden = {int(i): np.load(folder / f"hidden_{i}.npy", mmap_mode="r") for i in self.meta["layers"]}
         self.per_token = self.meta["per_token_distill"]
+        self.first_position_only = self.meta.get("first_position_only", False)
 
     @staticmethod
     def rows(array: np.ndarray, index: np.ndarray, length: int | None) -> Tensor:
@@ -78,7 +81,10 @@ class TeacherCache:
         distill = [self.rows(a, idx, length if self.per_token else None).to(device) for a in self.distill]
         count = self.meta["num_hidden_states"]
         hidden = tuple(
-            self.rows(self.hidden[i], idx, length).to(device) if i in self.hidden else None for i in range(count)
+            self.rows(self.hidden[i], idx, None if self.first_position_only else length).to(device)
+            if i in self.hidden
+            else None
+            for i in range(count)
         )
         return Outputs(raw=SimpleNamespace(hidden_states=hidden, loss=None), distill=distill)
 
@@ -89,8 +95,10 @@ class TeacherCache:
 
 def estimated_bytes(lengths: list[int], spec: CacheSpec, hidden_size: int) -> int:
     """Disk a cache of these rows will take (per-token signals dominate; class logits are ignored)."""
-    per_token = hidden_size * len(spec.layers) + (2 if spec.per_token_distill else 0)  # QA: start + end
-    return len(lengths) * max(lengths, default=0) * per_token * np.dtype(CACHE_DTYPES[spec.dtype]).itemsize
+    positions = max(lengths, default=0)
+    hidden = hidden_size * len(spec.layers) * (1 if spec.first_position_only else positions)
+    per_token = positions * (2 if spec.per_token_distill else 0)  # QA: start + end logits
+    return len(lengths) * (hidden + per_token) * np.dtype(CACHE_DTYPES[spec.dtype]).itemsize
 
 
 def build_cache(
@@ -151,7 +159,8 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
         with torch.no_grad():
             raw = teacher(**batch, output_hidden_states=bool(spec.layers))
         values = {f"distill_{j}": t for j, t in enumerate(task.distill_targets(raw, batch))}
-        values |= {f"hidden_{i}": raw.hidden_states[i] for i in spec.layers}
+        first = slice(0, 1) if spec.first_position_only else slice(None)
+        values |= {f"hidden_{i}": raw.hidden_states[i][:, first] for i in spec.layers}
         for name, tensor in values.items():
             data = tensor.float().cpu().numpy()
             if name not in arrays:
@@ -173,6 +182,7 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
         "num_hidden_states": num_hidden_states,
         "dtype": spec.dtype,
         "per_token_distill": spec.per_token_distill,
+        "first_position_only": spec.first_position_only,
         "max_abs_rounding_error": rounding_error,
         "build_seconds": time.time() - started,
         "manifest": manifest(partial, skip=("meta.json",)),

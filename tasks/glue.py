@@ -187,6 +187,7 @@ class GlueTask(Task):
 
     spec: GlueSpec
     benchmark = "GLUE"
+    head_reads_first_position = True  # SequenceHead: first token → dense → tanh → classifier
 
     @property
     def is_regression(self) -> bool:

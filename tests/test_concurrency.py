@@ -66,7 +66,7 @@ def test_damaged_caches_are_detected_and_rebuilt(tiny_bert, glue_dir, workdir, c
     capsys.readouterr()
     stages = workdir / "cache" / "stages"
     teacher_model = next(stages.glob("mrpc-teacher-finetune-*/model/model.safetensors"))
-    outputs = next((workdir / "cache" / "teacher-outputs").glob("mrpc-*/meta.json")).parent
+    outputs = workdir / "cache" / "teacher-outputs" / first["teacher_cache"]["key"]  # what Stage II reads
     filters_marker = next(stages.glob("mrpc-ted-filters-student-*/done.json"))
     damages = {
         "truncated model": (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers import DataCollatorWithPadding
@@ -203,6 +204,7 @@ def test_estimated_size_counts_rows_longest_row_width_layers_and_dtype():
     assert estimated_bytes([3, 5, 4], CacheSpec((2, 4)), hidden_size=8) == 3 * 5 * 8 * 2 * 4
     assert estimated_bytes([3, 5, 4], CacheSpec((2,), "float16", per_token_distill=True), 8) == 3 * 5 * (8 + 2) * 2
     assert estimated_bytes([3, 5], CacheSpec(()), 8) == 0  # class logits only: negligible
+    assert estimated_bytes([3, 5, 4], CacheSpec((2, 4), first_position_only=True), 8) == 3 * 1 * 8 * 2 * 4
 
 
 def test_auto_skips_a_cache_over_the_disk_limit_and_on_builds_it(tiny_bert, glue_dir, tmp_path, capsys):
@@ -249,5 +251,10 @@ def test_ted_stage_one_learns_the_same_filters_from_cached_features(tiny_bert, g
     for stage in ("ted-filters-teacher", "ted-filters-student"):
         assert records["off"]["stages"][stage]["read_cache"] is None
         assert records["on"]["stages"][stage]["read_cache"]
-    # the Stage II teacher reads the very cache the teacher's Stage I built
-    assert records["on"]["teacher_cache"]["key"] == records["on"]["stages"]["ted-filters-teacher"]["read_cache"]
+    # Stage I's [CLS] heads read one position: its caches store only that; Stage II reads every position
+    cache = workdir / "cache-on" / "teacher-outputs"
+    stage_one = cache / records["on"]["stages"]["ted-filters-teacher"]["read_cache"]
+    stage_two = cache / records["on"]["teacher_cache"]["key"]
+    assert json.loads((stage_one / "meta.json").read_text())["first_position_only"] is True
+    assert next(stage_one.glob("hidden_*.npy")).stat().st_size < next(stage_two.glob("hidden_*.npy")).stat().st_size
+    assert np.load(next(stage_one.glob("hidden_*.npy"))).shape[1] == 1
