@@ -403,7 +403,7 @@ def command_table(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from distillbench.leaderboard import SCORES, collect, row_key
+    from distillbench.leaderboard import EXPERIMENT, SCORES, collect, row_key
     from distillbench.significance import compare_records, describe
     from distillbench.task import get_task
 
@@ -420,11 +420,27 @@ def command_compare(args: argparse.Namespace) -> int:
         if not mine:
             raise UserError(f"no usable {args.task} records of method {method!r} (setting {args.setting!r})")
         chosen[method] = mine
-    experiments = {row_key(r)[2:] for r in chosen[args.method]} & {row_key(r)[2:] for r in chosen[args.baseline]}
-    if len(experiments) != 1:
-        raise UserError(f"{args.method} and {args.baseline} must share exactly one teacher/student/setting")
-    comparison = compare_records(chosen[args.method], chosen[args.baseline], args.score, args.resamples, args.seed)
-    print(describe(comparison, task.display_scale))
+
+    def of(method: str, experiment: tuple) -> list[dict]:
+        return [r for r in chosen[method] if row_key(r)[2:] == experiment]
+
+    def common_seeds(experiment: tuple) -> int:
+        return len(
+            {r["seed"] for r in of(args.method, experiment)} & {r["seed"] for r in of(args.baseline, experiment)}
+        )
+
+    shared = {row_key(r)[2:] for r in chosen[args.method]} & {row_key(r)[2:] for r in chosen[args.baseline]}
+    if not shared:
+        raise UserError(f"{args.method} and {args.baseline} share no experiment (teacher, student, budget)")
+
+    def rank(experiment: tuple) -> tuple[bool, int]:  # stored predictions first, then the most seed pairs
+        records = of(args.method, experiment) + of(args.baseline, experiment)
+        return all(r.get("predictions") for r in records), common_seeds(experiment)
+
+    experiment = max(sorted(shared), key=rank)
+    a, b = of(args.method, experiment), of(args.baseline, experiment)
+    print("experiment: " + ", ".join(f"{k} {v}" for k, v in zip(EXPERIMENT, experiment, strict=True)))
+    print(describe(compare_records(a, b, args.score, args.resamples, args.seed), task.display_scale))
     return 0
 
 
