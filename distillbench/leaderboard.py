@@ -226,7 +226,8 @@ class Significance:
         )
         resamples = self.comparisons[0][1].bootstrap.resamples
         return (
-            f"{marks} — paired bootstrap over dev examples ({resamples:,} resamples, seed pairs averaged), "
+            f"{marks}, on each task's main metric — paired bootstrap over dev examples ({resamples:,} resamples, "
+            "seed pairs averaged), "
             f"Holm-corrected over the {len(self.comparisons)} comparisons of this table, p < {ALPHA}."
         )
 

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from distillbench.leaderboard import aggregate, build_table, collect, reference_table, render, row_key, significance
+from distillbench.leaderboard import (
+    EXPERIMENT,
+    aggregate,
+    build_table,
+    collect,
+    reference_table,
+    render,
+    row_key,
+    significance,
+)
 from distillbench.records import read_records
 from distillbench.task import get_task
 
@@ -84,7 +93,8 @@ def leaderboard_markdown(results_dir: Path) -> str:
         stats = aggregate(records, score)
         several = stats[stats["n"] > 1]
         if len(several):
-            marks = significance(records, score)
+            keys = {tuple(r) for r in several[["task", "method", *EXPERIMENT]].itertuples(index=False)}
+            marks = significance([r for r in records if row_key(r) in keys], score)  # this table's rows only
             parts += [
                 f"#### {heading}, dev set, several seeds",
                 "",
