@@ -10,8 +10,6 @@ EM/F1); array names are ``<split>/step<N>/<name>``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from distillbench.cached import sha256_of
 from distillbench.errors import UserError
+from distillbench.records import write_atomic
 
 if TYPE_CHECKING:
     from transformers import EvalPrediction, Trainer
@@ -54,18 +53,9 @@ def write_predictions(results_dir: Path, name: str, capture: EvalCapture) -> dic
     if not capture.evaluations:
         return None
     folder = results_dir / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
     arrays = {f"{label}/{key}": value for label, named in capture.evaluations.items() for key, value in named.items()}
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".npz")
-    os.close(handle)
-    os.chmod(temporary, 0o644)
-    try:
-        np.savez_compressed(temporary, **arrays)
-        path = folder / f"{name}.npz"
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    path = folder / f"{name}.npz"
+    write_atomic(path, lambda file: np.savez_compressed(file, **arrays))
     return {"path": f"{FOLDER}/{name}.npz", "sha256": sha256_of(path), "evaluations": sorted(capture.evaluations)}
 
 

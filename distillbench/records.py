@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from distillbench.portable import legacy_portable
 
@@ -15,19 +16,24 @@ RECORD_VERSION = 2
 MIGRATED_KINDS = ("run", "bench")
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a record."""
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through ``write`` to a temporary file in the same folder, then rename: readers never see
+    half a file. Readable by others (mkstemp's 0600 would lock shared results folders)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(temporary, 0o644)  # mkstemp's 0600 would make shared results folders unreadable to others
+    os.chmod(temporary, 0o644)
     try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(payload, file, indent=2, sort_keys=True, default=str)
-            file.write("\n")
+        with os.fdopen(handle, "wb") as file:
+            write(file)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomic(path, lambda file: file.write(text.encode()))
 
 
 def read_records(root: Path, unreadable: list[Path] | None = None) -> list[dict[str, Any]]:
