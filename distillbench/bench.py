@@ -9,7 +9,16 @@ each phase from the same initial weights:
 (b) the harness's KD steps reading a teacher-output cache (built first, timed) vs running the teacher
     live vs the student-only fine-tune steps → cached KD steps should cost what the student alone costs;
 (c) dev-set evaluation throughput of the harness vs ``transformers.Trainer.evaluate`` alone;
-(d) the peak resident memory (CUDA: allocated memory) of each phase.
+(d) the peak resident memory (CUDA: allocated memory) of each phase;
+(e) a method stage on a frozen backbone (TED's Stage I) reading the backbone's states from an output
+    cache vs running the backbone live, on the same batches;
+(f) with ``--end-to-end``: whole ``distillbench run`` runs of the student-only baseline and of a staged
+    method (TED) on the task's full training set and budget, the teacher's stage cached first, so
+    the figure is what a campaign pays per seed.
+
+The methods come from the registry: the baselines (``is_baseline``; the one without a teacher is the
+student-only reference, the one with a teacher is logit KD) and the first method with a frozen-backbone
+stage.
 
 Speed does not depend on what the weights have learned, so the teacher is the pretrained model with a
 seeded, untrained head: no fine-tuning stage runs. The first ``warmup`` steps of every phase are not
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,20 +47,23 @@ from transformers import Trainer, TrainerCallback, get_linear_schedule_with_warm
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from distillbench import provenance
-from distillbench.config import RunConfig, TrainConfig
+from distillbench.cached import stable_key
+from distillbench.config import RunConfig, TrainConfig, build_train_config
 from distillbench.distiller import Distiller
 from distillbench.errors import UserError
-from distillbench.harness import Paths, Runner, plan_run, stable_key
-from distillbench.method import Method, ModelPair, get_method
+from distillbench.harness import Runner
+from distillbench.method import Method, ModelPair, Stage, baseline_methods, get_method, list_methods
 from distillbench.models import build_student, load_for_task, state_sha256
+from distillbench.planning import Paths, plan_run
 from distillbench.records import RECORD_VERSION, write_json_atomic
 from distillbench.task import get_task
-from distillbench.teacher_cache import INDEX_COLUMN, TeacherCache
+from distillbench.teacher_cache import INDEX_COLUMN, OutputCaches, TeacherCache
+from distillbench.training import RunData, Training
 
 
 @dataclass
 class BenchSettings:
-    task: str = "rte"
+    task: str
     teacher: str = "minilm-l6"
     steps: int = 20
     warmup: int = 3
@@ -59,6 +72,18 @@ class BenchSettings:
     max_seq_length: int = 128
     seed: int = 42
     data_dir: str | None = None
+    end_to_end_epochs: float = 0.0  # 0: no end-to-end runs
+    teacher_seed: int | None = 1
+
+
+def bench_methods() -> tuple[str, str]:
+    """(student-only baseline, logit-KD baseline) as the registered methods declare them."""
+    baselines = baseline_methods()
+    student_only = [m for m in baselines if not get_method(m).uses_teacher]
+    with_teacher = [m for m in baselines if get_method(m).uses_teacher]
+    if not student_only or not with_teacher:
+        raise UserError("bench needs a baseline method without a teacher and one with a teacher (is_baseline)")
+    return student_only[0], with_teacher[0]
 
 
 class MemoryPeak:
@@ -145,8 +170,9 @@ class Bench:
             save_steps=10**9,
             teacher_cache="on",
         )
+        self.student_only, self.kd = bench_methods()
         config = RunConfig(
-            method="kd",
+            method=self.kd,
             task=settings.task,
             teacher=settings.teacher,
             seed=settings.seed,
@@ -154,10 +180,12 @@ class Bench:
             train=train,
         )
         self.plan = plan_run(config, Paths(cache_dir=cache_dir, show_progress=False))
-        self.runner = Runner(self.plan)
+        self.data = RunData(self.plan)
+        self.training = Training(self.plan, self.data)
+        self.caches = OutputCaches(self.plan, self.data)
         self.task = self.plan.task
-        self.train_rows = self.runner.train_split(None, indexed=True)
-        self.collate_rows = self.task.collator(self.runner.tokenizer)
+        self.train_rows = self.data.train_split(None, indexed=True)
+        self.collate_rows = self.task.collator(self.data.tokenizer)
         self.batches = self._batches()
         set_seed(settings.seed)
         self.teacher = load_for_task(self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False)
@@ -180,17 +208,30 @@ class Bench:
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
         return self.collate_rows([self.train_rows[i] for i in rows])
 
-    def method(self, name: str) -> Method:
+    def method(self, name: str, setup: bool = True) -> Method:
         method_cls = get_method(name)
         hp = method_cls.hparams_for(self.settings.task, {})
         method = method_cls(hp, self.task, ModelPair(self.initial_student.config, self.teacher.config))
-        method.setup({})
+        if setup:
+            method.setup({})
         return method
+
+    def frozen_stage(self) -> tuple[str, Stage] | None:
+        """The first registered method's stage that trains on the frozen student (TED's Stage I)."""
+        for name in list_methods():
+            try:
+                method = self.method(name, setup=False)
+            except UserError:
+                continue  # a method this teacher/student pair cannot run
+            stage = next((s for s in method.stages() if s.frozen_layers is not None and s.model == "student"), None)
+            if stage is not None:
+                return name, stage
+        return None
 
     # (a) plain PyTorch -------------------------------------------------------------------------
     def plain_kd(self) -> dict[str, Any]:
         """KD written directly in PyTorch: the reference the harness's overhead is measured against."""
-        hp = self.method("kd").hp
+        hp = self.method(self.kd).hp
         student = copy.deepcopy(self.initial_student).train()
         lr = self.plan.config.train.learning_rate
         optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, fused=True)  # as the Trainer
@@ -225,12 +266,23 @@ class Bench:
         student = copy.deepcopy(self.initial_student)
         method = self.method(method_name)
         teacher = self.teacher if method.uses_teacher else None
-        distiller = Distiller(student, teacher, method, self.task, cache)
-        args = self.runner.training_arguments(out_dir, self.plan.config.train, evaluate=False)
+        return self.timed_training(Distiller(student, teacher, method, self.task, cache), out_dir)
+
+    def stage_one(self, stage: Stage, features: TeacherCache | None, out_dir: Path) -> dict[str, Any]:
+        """A frozen-backbone stage's steps on the fixed batches, the backbone's states from ``features``
+        (an output cache) or, with ``None``, from the live backbone."""
+        set_seed(self.settings.seed)
+        module = stage.build(copy.deepcopy(self.initial_student), self.task)
+        module.features = features
+        return self.timed_training(module, out_dir)
+
+    def timed_training(self, module: torch.nn.Module, out_dir: Path) -> dict[str, Any]:
+        """Train ``module`` with the harness's Trainer on the fixed batches, timing every step."""
+        args = self.training.arguments(out_dir, self.plan.config.train, evaluate=False)
         args = replace(args, per_device_train_batch_size=1, train_sampling_strategy="sequential", disable_tqdm=True)
         clock = StepClock()
-        trainer = self.runner.trainer(
-            distiller, args, IndexBatches(self.batches), data_collator=lambda items: self.collate(items[0])
+        trainer = self.training.trainer(
+            module, args, IndexBatches(self.batches), data_collator=lambda items: self.collate(items[0])
         )
         trainer.add_callback(clock)
         start = time.perf_counter()
@@ -244,17 +296,17 @@ class Bench:
     def evaluation(self, out_dir: Path) -> dict[str, Any]:
         """Dev-set examples per second: the harness's evaluate vs a bare ``Trainer.evaluate``."""
         student = copy.deepcopy(self.initial_student)
-        args = self.runner.training_arguments(out_dir, self.plan.config.train, evaluate=False)
+        args = self.training.arguments(out_dir, self.plan.config.train, evaluate=False)
         # Both in dataset order: the harness never length-groups evaluation, a bare Trainer would.
         args = replace(args, disable_tqdm=True, train_sampling_strategy="random")
-        harness = self.runner.trainer(Distiller(student, None, self.method("finetune"), self.task), args, None)
+        harness = self.training.trainer(Distiller(student, None, self.method(self.student_only), self.task), args, None)
         bare = Trainer(
             model=student,
             args=args,
-            eval_dataset=self.runner.eval_data(),
-            data_collator=self.task.collator(self.runner.tokenizer),
+            eval_dataset=self.data.eval_data(),
+            data_collator=self.task.collator(self.data.tokenizer),
         )
-        examples = len(self.runner.eval_data())
+        examples = len(self.data.eval_data())
         result: dict[str, Any] = {"examples": examples}
         for name, trainer in (("harness", harness), ("trainer_evaluate", bare)):
             with MemoryPeak() as memory:
@@ -300,7 +352,7 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
     scratch = cache_dir / "bench-output"
     cache_started = time.perf_counter()
     with MemoryPeak() as memory:
-        cache = bench.runner.teacher_cache(bench.teacher, {"key": state_sha256(bench.teacher)})
+        cache = bench.caches.for_teacher(bench.teacher, {"key": state_sha256(bench.teacher)})
     assert cache is not None
     cache_info = {
         "build_seconds_this_process": time.perf_counter() - cache_started,
@@ -310,10 +362,19 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
     }
     contenders: dict[str, Callable[[], dict[str, Any]]] = {
         "plain_kd": bench.plain_kd,
-        "harness_kd_live": lambda: bench.harness("kd", None, scratch),
-        "harness_kd_cached": lambda: bench.harness("kd", cache, scratch),
-        "harness_finetune": lambda: bench.harness("finetune", None, scratch),
+        "harness_kd_live": lambda: bench.harness(bench.kd, None, scratch),
+        "harness_kd_cached": lambda: bench.harness(bench.kd, cache, scratch),
+        "harness_finetune": lambda: bench.harness(bench.student_only, None, scratch),
     }
+    staged = bench.frozen_stage()
+    if staged is not None:
+        _, stage = staged
+        cfg = bench.plan.config.train
+        first_only = bench.task.head_reads_first_position
+        model_key = state_sha256(bench.initial_student)
+        features = bench.caches.build(bench.initial_student, model_key, stage.frozen_layers or (), cfg, first_only)
+        contenders["stage_one_live"] = lambda: bench.stage_one(stage, None, scratch)
+        contenders["stage_one_cached"] = lambda: bench.stage_one(stage, features, scratch)
     raw: dict[str, list[dict[str, Any]]] = {}
     for _ in range(settings.rounds):
         for name, contender in contenders.items():
@@ -322,6 +383,9 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
     phases = {name: summarise(entries, settings.warmup) for name, entries in raw.items()}
     step = {name: p["seconds_per_step"] for name, p in phases.items()}
     evaluation = bench.evaluation(scratch)
+    end_to_end = None
+    if settings.end_to_end_epochs and staged is not None:
+        end_to_end = whole_runs(settings, [bench.student_only, staged[0]], cache_dir, scratch, echo)
     record = {
         "kind": "bench",
         "version": RECORD_VERSION,
@@ -338,8 +402,15 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
             "cached_vs_live_kd": step["harness_kd_cached"] / step["harness_kd_live"],
             "eval_harness_vs_trainer": evaluation["harness"]["examples_per_second"]
             / evaluation["trainer_evaluate"]["examples_per_second"],
+            **({"stage_one_cached_vs_live": step["stage_one_cached"] / step["stage_one_live"]} if staged else {}),
+        },
+        "methods": {
+            "student_only": bench.student_only,
+            "kd": bench.kd,
+            **({"stage_one": f"{staged[0]}: {staged[1].name}"} if staged else {}),
         },
         "teacher_cache": cache_info,
+        "end_to_end": end_to_end,
         "evaluation": evaluation,
         "torch_threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -354,3 +425,46 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
     path = results_dir / "bench" / f"{settings.task}-{record['device']}-{key}.json"
     write_json_atomic(path, record)
     return record | {"_path": str(path)}
+
+
+def whole_runs(
+    settings: BenchSettings, methods: list[str], cache_dir: Path, scratch: Path, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    """Whole runs of ``methods`` in this process on the task's full training set, each with the task's
+    training defaults and ``end_to_end_epochs``, after the shared teacher stage is cached (built here if
+    absent), so each wall time is what one more seed of a campaign costs. Records go to ``scratch``,
+    never to the results folder: they are timings, not results."""
+    results: dict[str, Any] = {}
+    for name in methods:
+        method_cls, task_cls = get_method(name), get_task(settings.task)
+        train = build_train_config(task_cls.train_defaults, None, {"epochs": settings.end_to_end_epochs})
+        config = RunConfig(
+            method=name,
+            task=settings.task,
+            teacher=settings.teacher,
+            seed=settings.seed,
+            teacher_seed=settings.teacher_seed,
+            data_dir=settings.data_dir,
+            train=train,
+        )
+        paths = Paths(results_dir=scratch / "results", output_dir=scratch / f"run-{name}", cache_dir=cache_dir)
+        paths.show_progress = False
+        shutil.rmtree(paths.output_dir, ignore_errors=True)
+        runner = Runner(plan_run(config, paths))
+        if method_cls.uses_teacher or any(s.model == "teacher" for s in runner.plan.method.stages()):
+            runner.stages.finetuned("teacher")  # shared by every method and seed: not part of the figure
+        echo(f"bench: whole {name} run …")
+        started = time.perf_counter()
+        record = runner.run()
+        results[name] = {
+            "wall_seconds": time.perf_counter() - started,
+            "stages": {
+                key: {"built_here": info.get("built_here", False), "wall_time_s": info.get("wall_time_s")}
+                for key, info in record["stages"].items()
+            },
+            "metrics": record["metrics"],
+            "epochs": settings.end_to_end_epochs,
+        }
+    base, staged = methods
+    results["ratio"] = results[staged]["wall_seconds"] / results[base]["wall_seconds"]
+    return results

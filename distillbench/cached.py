@@ -25,6 +25,11 @@ from distillbench.records import write_json_atomic
 MARKER = "done.json"
 
 
+def stable_key(parts: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over the canonical JSON of ``parts``: the name of a cached folder or a run."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 @contextlib.contextmanager
 def exclusive(lock_path: Path, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_path``; ``wait=False`` refuses at once when it is held."""

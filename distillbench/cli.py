@@ -143,11 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--study-name", help="Optuna study name, for `study`")
     plot.add_argument("--results-dir", type=Path, default=Path("results"))
     plot.add_argument("--out-dir", type=Path, help="default: <results-dir>/plots")
-    leaderboard = commands.add_parser("leaderboard", help="regenerate results/leaderboard.md and the README section")
+    leaderboard = commands.add_parser(
+        "leaderboard", help="regenerate results/leaderboard.md and the generated sections of the READMEs"
+    )
     leaderboard.add_argument("--results-dir", type=Path, default=Path("results"))
-    leaderboard.add_argument("--readme", type=Path, default=Path("README.md"))
+    leaderboard.add_argument(
+        "--readme",
+        type=Path,
+        action="append",
+        help="a file with generated sections to rewrite (repeatable; default: README.md and <results-dir>/README.md)",
+    )
     bench = commands.add_parser("bench", help="harness vs plain PyTorch, teacher cache, eval throughput, memory")
-    bench.add_argument("--task", default="rte")
+    bench.add_argument("--task", required=True, help="a registered task (see `distillbench list`)")
     bench.add_argument("--teacher", default="minilm-l6")
     bench.add_argument(
         "--steps", type=int, default=0, help="batches per phase, the same in every phase (default 0: one epoch)"
@@ -160,14 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", help="folder with glue/ (default: $DISTILLBENCH_DATA, else hub)")
     bench.add_argument("--results-dir", type=Path, default=Path("results"), help="the record goes to <dir>/bench/")
     bench.add_argument("--cache-dir", type=Path, help="teacher-output cache (default: $DISTILLBENCH_CACHE)")
+    bench.add_argument(
+        "--end-to-end",
+        dest="end_to_end_epochs",
+        type=float,
+        default=0.0,
+        metavar="EPOCHS",
+        help="also time whole runs (student-only baseline vs the staged method) of EPOCHS on the full training set",
+    )
+    bench.add_argument("--teacher-seed", type=int, default=1, help="seed of the shared teacher of the whole runs")
     return parser
 
 
 def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_extra: dict | None = None):
     """RunConfig and Paths from run arguments; ``*_extra`` (tuned values) sit below explicit --set."""
     from distillbench.config import RunConfig, build_train_config, parse_overrides
-    from distillbench.harness import Paths, cache_root
     from distillbench.method import get_method
+    from distillbench.planning import Paths, cache_root
     from distillbench.task import get_task
 
     method_cls, task_cls = get_method(args.method), get_task(args.task)
@@ -228,7 +244,8 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_tune(args: argparse.Namespace) -> int:
     from distillbench import tuning
-    from distillbench.harness import Runner, main_metric_key, plan_run
+    from distillbench.harness import Runner, plan_run
+    from distillbench.history import main_metric_key
     from distillbench.method import get_method
     from distillbench.records import write_json_atomic
     from distillbench.task import get_task
@@ -482,13 +499,14 @@ def command_plot(args: argparse.Namespace) -> int:
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:
-    from distillbench.report import leaderboard_markdown, replace_readme_section
+    from distillbench.report import fill_sections, generated_sections
 
-    body = leaderboard_markdown(args.results_dir)
-    (args.results_dir / "leaderboard.md").write_text(f"# Leaderboard\n\n{body}")
-    if args.readme.is_file():
-        args.readme.write_text(replace_readme_section(args.readme.read_text(), body))
-    print(body)
+    sections = generated_sections(args.results_dir)
+    (args.results_dir / "leaderboard.md").write_text(f"# Leaderboard\n\n{sections['results']}")
+    for readme in args.readme or [Path("README.md"), args.results_dir / "README.md"]:
+        if readme.is_file():
+            readme.write_text(fill_sections(readme.read_text(), sections))
+    print(sections["results"])
     return 0
 
 
@@ -497,16 +515,22 @@ def command_bench(args: argparse.Namespace) -> int:
     import sys
 
     from distillbench.bench import BenchSettings, run_bench
-    from distillbench.harness import cache_root
+    from distillbench.planning import cache_root
 
     if (args.steps and args.steps <= args.warmup) or args.warmup < 1 or args.rounds < 1:
         raise UserError("bench needs --steps > --warmup ≥ 1 (or --steps 0: one epoch) and --rounds ≥ 1")
+    if args.end_to_end_epochs < 0:
+        raise UserError(f"--end-to-end {args.end_to_end_epochs}: epochs must be ≥ 0")
     settings = BenchSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchSettings)})
     record = run_bench(settings, args.results_dir, args.cache_dir or cache_root(), lambda m: print(m, file=sys.stderr))
     for name, figures in record["phases"].items():
         print(f"{name:20s} {figures['seconds_per_step']:.3f} s/step  peak RSS {figures['peak_rss_mib']:.0f} MiB")
     for name, value in record["ratios"].items():
         print(f"{name:28s} {value:.3f}")
+    if record["end_to_end"]:
+        whole = record["end_to_end"]
+        times = ", ".join(f"{m} {v['wall_seconds']:.0f} s" for m, v in whole.items() if m != "ratio")
+        print(f"whole runs: {times}; ratio {whole['ratio']:.2f}")
     print(f"record {record['_path']}")
     return 0
 

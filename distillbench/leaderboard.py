@@ -19,7 +19,7 @@ import pandas as pd
 
 from distillbench.config import result_settings
 from distillbench.errors import UserError
-from distillbench.method import get_method, list_methods
+from distillbench.method import baseline_methods, get_method, method_registry
 from distillbench.portable import packaged_alias
 from distillbench.records import read_records
 from distillbench.significance import ALPHA, DEFAULT_RESAMPLES, Comparison, compare_records, holm
@@ -197,16 +197,18 @@ def _cell(stats: list[tuple[float, float, int]], scale: float, decimals: int) ->
 
 
 def _method_order(method: str) -> tuple[int, str]:
-    order = ["teacher", "finetune", "kd", "lwd", "minilm", "minilmv2", "ted"]
-    return (order.index(method), method) if method in order else (len(order), method)
+    """The teacher row first, then methods by the ``table_order`` they declare (unknown ones last)."""
+    if method == "teacher":
+        return (-1, method)
+    return (get_method(method).table_order if method in method_registry else 10**6, method)
 
 
 MARKS = (("†", "‡"), ("⁺", "⁻"))  # better / worse than the first baseline, then the second
 
 
-def baseline_methods() -> list[str]:
-    """The methods every other one is tested against, as the methods themselves declare."""
-    return [name for name in list_methods() if get_method(name).is_baseline][: len(MARKS)]
+def marked_baselines() -> list[str]:
+    """The baselines a table marks cells against (one pair of markers each)."""
+    return baseline_methods()[: len(MARKS)]
 
 
 @dataclass
@@ -220,7 +222,7 @@ class Significance:
     def legend(self) -> str:
         if not self.comparisons:
             return "No significance markers: no pair of methods has stored predictions for a common seed."
-        names = baseline_methods()
+        names = marked_baselines()
         marks = "; ".join(
             f"{up} / {down}: better / worse than {name}" for (up, down), name in zip(MARKS, names, strict=False)
         )
@@ -239,7 +241,7 @@ def significance(records: list[dict[str, Any]], score: str, resamples: int = DEF
     for record in records:
         groups[row_key(record)].append(record)
     result = Significance()
-    baselines = baseline_methods()
+    baselines = marked_baselines()
     for position, baseline in enumerate(baselines):
         for key, members in groups.items():
             task, method, *experiment = key

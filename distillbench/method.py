@@ -104,6 +104,8 @@ class Method:
     uses_teacher: ClassVar[bool] = True
     # A baseline every other method is tested against (``table --significance``); finetune and kd say so.
     is_baseline: ClassVar[bool] = False
+    # Where the method's rows sit in tables (lower first; ties by name): baselines first, then the others.
+    table_order: ClassVar[int] = 100
     task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @dataclass
@@ -193,3 +195,10 @@ register_method = method_registry.register
 
 get_method = method_registry.get
 list_methods = method_registry.list
+
+
+def baseline_methods() -> list[str]:
+    """The methods that declare themselves baselines (``is_baseline``), in table order: what tables test
+    every other method against, and what ``bench`` times the harness on."""
+    baselines = [name for name in list_methods() if get_method(name).is_baseline]
+    return sorted(baselines, key=lambda name: (get_method(name).table_order, name))

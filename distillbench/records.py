@@ -1,19 +1,77 @@
-"""Run records: one JSON file per run, the single source of truth for every reported number."""
+"""Run records: one JSON file per run, the single source of truth for every reported number.
+
+This module defines the record's schema (:class:`RunRecord`), assembles it from what a run produced,
+writes it atomically and reads it back, upgrading older versions, so every table reads one shape.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypedDict
 
-from distillbench.portable import legacy_portable
+from distillbench import provenance
+from distillbench.history import best_epoch, epoch_history, final_loss_terms, loss_history, main_metric_key
+from distillbench.portable import legacy_portable, portable_command, portable_path
+
+if TYPE_CHECKING:
+    from distillbench.planning import Plan
+    from distillbench.training import RunData
 
 # 2: no absolute path of the machine (see portable.py); version-1 records are upgraded on read.
 RECORD_VERSION = 2
 MIGRATED_KINDS = ("run", "bench")
+# The harness's own supervised stage (teacher or student trained on the labels) is recorded under this
+# label; it is the harness's stage, whichever method plug-in a run uses.
+FINETUNE_STAGE = "finetune"
+
+
+class RunRecord(TypedDict, total=False):
+    """The fields of a run record (``results/runs/<run>.json``); docs/records.md explains each."""
+
+    kind: str  # "run"
+    version: int  # RECORD_VERSION; older versions are upgraded on read
+    status: str
+    run_id: str
+    method: str
+    task: str
+    role: str  # "student", or "teacher" for the record of a teacher's fine-tuning stage
+    setting: str  # "task-specific" or "after <method> pre-training"
+    seed: int
+    teacher_seed: int | None
+    preset: str | None
+    main_metric: str
+    task_options: dict[str, Any]
+    greater_is_better: bool
+    data: dict[str, Any]
+    git: dict[str, Any]
+    packages: dict[str, str | None]
+    hardware: dict[str, Any]
+    command: list[str]
+    finished_at: str
+    hparams: dict[str, Any]
+    train: dict[str, Any]
+    metrics: dict[str, float]
+    majority_baseline: dict[str, float] | None  # always the most frequent training label (classification)
+    epochs: list[dict[str, Any]]
+    best_epoch: dict[str, Any] | None
+    loss_terms: dict[str, float]
+    loss_history: list[dict[str, float]]
+    teacher: dict[str, Any] | None
+    teacher_cache: dict[str, Any] | None
+    stages: dict[str, Any]
+    model: dict[str, Any]
+    predictions: str | None
+    resumed_from: str | None
+    wall_time_s: float
+    train_runtime_s: float | None
+    tags: dict[str, Any]
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -83,3 +141,83 @@ def migrate_folder(root: Path) -> list[Path]:
             write_json_atomic(path, upgrade(record))
             changed.append(path)
     return changed
+
+
+def base_record(
+    plan: Plan, data: RunData, git: dict[str, Any], method: str, role: str, key: str, seed: int
+) -> RunRecord:
+    """The fields every run record has: what ran, on which data, with which code, packages and machine."""
+    train_cfg = plan.config.train.for_role(role)
+    return RunRecord(
+        kind="run",
+        version=RECORD_VERSION,
+        status="complete",
+        run_id=key,
+        method=method,
+        task=plan.config.task,
+        role=role,
+        setting=plan.setting if role == "student" else "task-specific",
+        seed=seed,
+        teacher_seed=plan.config.teacher_seed,  # None: each seed's own teacher; else pinned
+        preset=plan.config.preset,
+        main_metric=main_metric_key(plan.task),
+        task_options=dataclasses.asdict(plan.task.options),
+        greater_is_better=plan.task.greater_is_better,
+        data={
+            "sha256": plan.data_sha256,
+            "files": [portable_path(p, plan.roots) for p in plan.task.data_files()],
+            "train_examples": len(data.train_split(train_cfg.max_train_samples)),
+            "eval_examples": {s: len(data.splits[s]) for s in plan.task.eval_splits},
+        },
+        git=git,
+        packages=provenance.package_versions(),
+        hardware=provenance.hardware(),
+        command=portable_command(sys.argv, plan.roots),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
+def trained_fields(log_history: list[dict[str, Any]], plan: Plan) -> dict[str, Any]:
+    """What a stage's Trainer log says: per-epoch dev metrics, the best epoch, the last loss terms."""
+    epochs = epoch_history(log_history, plan.task)
+    return {"epochs": epochs, "best_epoch": best_epoch(epochs, plan.task), "loss_terms": final_loss_terms(log_history)}
+
+
+def stage_record(
+    plan: Plan,
+    data: RunData,
+    git: dict[str, Any],
+    role: str,
+    seed: int,
+    info: dict[str, Any],
+    log_history: list[dict[str, Any]],
+    predictions: str | None,
+) -> RunRecord:
+    """The record of a fine-tuned teacher stage: the teacher row of every table."""
+    record = base_record(plan, data, git, FINETUNE_STAGE, role, info["key"], seed)
+    record.update(
+        metrics=info["metrics"],
+        train=dataclasses.asdict(plan.config.train.for_role(role)),
+        hparams={},
+        model=info["settings"]["init"] | {"finetuned_sha256": info["weights_sha256"]},
+        wall_time_s=info["wall_time_s"],
+        predictions=predictions,
+        **trained_fields(log_history, plan),
+    )
+    return record
+
+
+def student_record(
+    plan: Plan, data: RunData, git: dict[str, Any], log_history: list[dict[str, Any]], **fields: Any
+) -> RunRecord:
+    """The record of a distilled (or fine-tuned) student; ``fields`` are the run's outcome (metrics,
+    teacher, caches, stages, model, predictions, timings)."""
+    record = base_record(plan, data, git, plan.config.method, "student", plan.key, plan.config.seed)
+    record.update(
+        hparams=dataclasses.asdict(plan.method.hp),
+        train=dataclasses.asdict(plan.config.train),
+        loss_history=loss_history(log_history),
+        **trained_fields(log_history, plan),
+        **fields,
+    )
+    return record

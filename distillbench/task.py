@@ -48,6 +48,7 @@ class Task:
     deterministic_inputs: ClassVar[bool] = True  # False when the collator randomises inputs (MLM masking)
     per_token_distill: ClassVar[bool] = False  # True when distill_targets has a sequence axis (QA logits)
     head_reads_first_position: ClassVar[bool] = False  # make_head's head reads states[:, 0] alone ([CLS])
+    pretraining: ClassVar[bool] = False  # its students are general models: later runs start "after pre-training"
 
     @dataclass
     class Options:
@@ -143,6 +144,12 @@ class Task:
         """The task's metrics on a subset (or resample) ``rows`` of stored predictions: what a paired
         bootstrap recomputes for each resample."""
         return self.compute_metrics(arrays["predictions"][rows], arrays["labels"][rows])
+
+    def majority_baseline(self, splits: DatasetDict) -> dict[str, float] | None:
+        """Dev metrics (first dev split) of always answering the most frequent training label, the floor
+        a trained classifier must clear; ``None`` where a constant answer means nothing (regression,
+        spans, language modelling)."""
+        return None
 
     def metric_rows(self, arrays: dict[str, np.ndarray], rows: np.ndarray, metric: str) -> np.ndarray:
         """``metric`` for every row of ``rows`` ([R, n] example indices): a paired bootstrap's inner loop.

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,13 +31,34 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
-from distillbench.cached import exclusive, lock_for, manifest, manifest_problem
+from distillbench.cached import exclusive, lock_for, manifest, manifest_problem, stable_key
 from distillbench.errors import UserError
-from distillbench.method import Outputs
+from distillbench.method import Method, Outputs
 from distillbench.records import write_json_atomic
 
+if TYPE_CHECKING:
+    from distillbench.config import RunConfig, TrainConfig
+    from distillbench.planning import Plan
+    from distillbench.task import Task
+    from distillbench.training import RunData
+
 INDEX_COLUMN = "example_index"
-CACHE_DTYPES = {"float32": np.float32, "float16": np.float16}
+# Storage dtype per setting; numpy has no bfloat16, so its 16 bits are stored as uint16 and viewed back.
+CACHE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+
+
+def to_storage(tensor: Tensor, dtype: str) -> np.ndarray:
+    """``tensor`` rounded to the cache's storage dtype, as the numpy array that is written."""
+    if dtype == "bfloat16":
+        return tensor.detach().to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+    return tensor.detach().float().cpu().numpy().astype(CACHE_DTYPES[dtype])
+
+
+def from_storage(array: np.ndarray, dtype: str) -> Tensor:
+    """Stored rows back as float32 (the dtype every loss is computed in)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(array).view(np.int16)).view(torch.bfloat16).float()
+    return torch.from_numpy(array.astype(np.float32, copy=False))
 
 
 @dataclass(frozen=True)
@@ -69,11 +90,10 @@ class TeacherCache:
         self.hidden = {int(i): np.load(folder / f"hidden_{i}.npy", mmap_mode="r") for i in self.meta["layers"]}
         self.per_token = self.meta["per_token_distill"]
         self.first_position_only = self.meta.get("first_position_only", False)
+        self.dtype = self.meta["dtype"]
 
-    @staticmethod
-    def rows(array: np.ndarray, index: np.ndarray, length: int | None) -> Tensor:
-        rows = np.asarray(array[index] if length is None else array[index, :length])
-        return torch.from_numpy(rows.astype(np.float32, copy=False))
+    def rows(self, array: np.ndarray, index: np.ndarray, length: int | None) -> Tensor:
+        return from_storage(np.asarray(array[index] if length is None else array[index, :length]), self.dtype)
 
     def lookup(self, index: Tensor, length: int, device: torch.device) -> Outputs:
         """The teacher's :class:`Outputs` for these examples, cut to the batch's padded ``length``."""
@@ -162,13 +182,13 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
         first = slice(0, 1) if spec.first_position_only else slice(None)
         values |= {f"hidden_{i}": raw.hidden_states[i][:, first] for i in spec.layers}
         for name, tensor in values.items():
-            data = tensor.float().cpu().numpy()
+            stored = to_storage(tensor, spec.dtype)
             if name not in arrays:
                 arrays[name] = np.lib.format.open_memmap(
-                    partial / f"{name}.npy", mode="w+", dtype=storage, shape=(count, *data.shape[1:])
+                    partial / f"{name}.npy", mode="w+", dtype=storage, shape=(count, *stored.shape[1:])
                 )
-            stored = data.astype(storage)
-            rounding_error = max(rounding_error, float(np.max(np.abs(stored.astype(np.float32) - data), initial=0.0)))
+            error = (from_storage(stored, spec.dtype) - tensor.detach().float().cpu()).abs()
+            rounding_error = max(rounding_error, float(error.max()) if error.numel() else 0.0)
             arrays[name][index] = stored
     for array in arrays.values():
         array.flush()
@@ -196,3 +216,89 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
 def with_index(train: Dataset) -> Dataset:
     """The training set with its row number as ``example_index`` (kept through subsetting/shuffling)."""
     return train.add_column(INDEX_COLUMN, list(range(len(train))))
+
+
+# The policy: which runs read a cache, and when building one pays ----------------------------------
+def cache_refusal(config: RunConfig, method: Method, task: Task) -> str | None:
+    """Why this run cannot read its teacher from a cache (``None``: it can)."""
+    if method.cached_teacher_layers() is None:
+        return f"method {config.method} needs live teacher outputs"
+    if not task.deterministic_inputs:
+        return f"task {config.task} randomises its training inputs"
+    return None
+
+
+def check_teacher_cache(config: RunConfig, method: Method, task: Task) -> None:
+    """Reject a bad ``teacher_cache`` setting before anything trains."""
+    mode = config.train.teacher_cache
+    reason = cache_refusal(config, method, task) if method.uses_teacher else "the method uses no teacher"
+    if mode == "on" and reason:
+        raise UserError(f"--teacher-cache on: {reason}")
+
+
+class OutputCaches:
+    """The output caches of one run: the teacher's for distillation, a frozen backbone's for a stage."""
+
+    def __init__(self, plan: Plan, data: RunData) -> None:
+        self.plan = plan
+        self.data = data
+
+    def for_teacher(self, teacher: nn.Module, teacher_info: dict[str, Any]) -> TeacherCache | None:
+        """The teacher-output cache this run reads, built on first use; ``None`` when switched off, when
+        the method or the task needs a live teacher, or (``auto``) when a new cache would not pay."""
+        cfg, method = self.plan.config.train, self.plan.method
+        if cfg.teacher_cache == "off" or cache_refusal(self.plan.config, method, self.plan.task):
+            return None
+        model_key = teacher_info.get("key") or teacher_info.get("weights_sha256")
+        return self.build(teacher, model_key, method.cached_teacher_layers() or (), cfg)
+
+    def build(
+        self,
+        model: nn.Module,
+        model_key: str,
+        layers: tuple[int, ...],
+        cfg: TrainConfig,
+        first_position_only: bool = False,
+    ) -> TeacherCache | None:
+        """The outputs of a frozen, eval-mode ``model`` over the training set (its distillable outputs and
+        the hidden states ``layers``), cached under a key of its weights and built on first use. ``auto``
+        skips a new cache that would not pay — more than ``teacher_cache_max_gb`` of disk (hidden states
+        of a large task), or a stage shorter than the one pass that builds it (a bounded demo) — and says
+        so on stderr. ``first_position_only``: the reader looks at each state's first position alone (a
+        [CLS] head), so only that is stored."""
+        plan, task, train = self.plan, self.plan.task, self.data.splits["train"]
+        layers = tuple(sorted(set(layers)))
+        spec = CacheSpec(layers, cfg.teacher_cache_dtype, task.per_token_distill, first_position_only)
+        task_options = plan.config.task_options
+        settings = {
+            "teacher": model_key,
+            "task": plan.config.task,
+            "data": plan.data_sha256,
+            "tokenizer": plan.identity(plan.teacher_source),
+            "max_seq_length": cfg.max_seq_length,
+            "layers": list(spec.layers),
+            "dtype": spec.dtype,
+            **({"task_options": task_options} if task_options else {}),
+            **({"first_position_only": True} if first_position_only else {}),
+        }
+        folder = plan.paths.cache_dir / "teacher-outputs" / f"{plan.config.task}-{stable_key(settings)}"
+        lengths = [len(ids) for ids in train["input_ids"]]
+        size = estimated_bytes(lengths, spec, model.config.hidden_size)
+        skip = None
+        if size > cfg.teacher_cache_max_gb * 2**30:
+            skip = f"it would take {size / 2**30:.1f} GiB > teacher_cache_max_gb={cfg.teacher_cache_max_gb}"
+        elif self.data.rows_to_train(cfg) < len(lengths):
+            skip = "this run trains on fewer rows than building it would run the teacher on"
+        if cfg.teacher_cache == "auto" and not folder.is_dir() and skip:
+            print(f"teacher cache skipped: {skip} (--teacher-cache on builds it anyway)", file=sys.stderr)
+            return None
+        show = plan.paths.show_progress
+        cache = build_cache(
+            folder, model, with_index(train), task, self.data.tokenizer, spec, cfg.eval_batch_size, show
+        )
+        print(
+            f"output cache {folder.name} ({cache.disk_bytes / 2**20:.1f} MiB, {spec.dtype}, "
+            f"max rounding error {cache.meta['max_abs_rounding_error']:.2e})",
+            file=sys.stderr,
+        )
+        return cache

@@ -13,6 +13,7 @@ class FineTune(Method):
 
     uses_teacher = False
     is_baseline = True
+    table_order = 0
 
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"task": student.loss}

@@ -25,6 +25,7 @@ class KD(Method):
     """Hinton KD: task loss + kl_alpha · KL(student/T ‖ teacher/T) · T² (MSE to teacher for regression)."""
 
     is_baseline = True
+    table_order = 10
 
     @dataclass
     class HParams(Method.HParams):

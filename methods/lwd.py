@@ -37,6 +37,8 @@ def parse_layer_map(spec: str, student_layers: int, teacher_layers: int) -> list
 class LWD(Method):
     """Layer-wise MSE distillation: task + kl_alpha·KD + mse_alpha·mean_i MSE(W_i h_s^i, h_t^m(i))."""
 
+    table_order = 20
+
     needs = frozenset({"hidden_states"})
 
     @dataclass

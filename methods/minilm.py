@@ -57,6 +57,8 @@ class _RelationMethod(Method):
 class MiniLM(_RelationMethod):
     """MiniLM v1: last-layer attention-distribution KL + value-relation KL (equal head counts)."""
 
+    table_order = 30
+
     @dataclass
     class HParams(Method.HParams):
         minilm_alpha: float = setting(1.0, ge=0, help="weight of the relation KL term")
@@ -82,6 +84,8 @@ class MiniLM(_RelationMethod):
 @register_method("minilmv2")
 class MiniLMv2(_RelationMethod):
     """MiniLM v2: Q-Q, K-K, V-V self-relation KL with R relation heads from one teacher layer."""
+
+    table_order = 40
 
     @dataclass
     class HParams(Method.HParams):

@@ -109,6 +109,8 @@ class FilterLearner(nn.Module):
 class TED(Method):
     """TED: Stage I task-aware filters, Stage II task + kl_alpha·KD + mse_alpha·filtered-state MSE."""
 
+    table_order = 50
+
     needs = frozenset({"hidden_states"})
 
     @dataclass

@@ -319,6 +319,14 @@ class GlueTask(Task):
         predictions = self._point_predictions(predictions)
         return {name: METRIC_FUNCTIONS[name](predictions, labels) for name in self.spec.metric_names}
 
+    def majority_baseline(self, splits: DatasetDict) -> dict[str, float] | None:
+        """Dev metrics of always answering the most frequent training label."""
+        if self.is_regression:
+            return None
+        majority = int(np.bincount(np.asarray(splits["train"]["labels"])).argmax())
+        labels = np.asarray(splits[self.eval_splits[0]]["labels"])
+        return self.compute_metrics(np.full(len(labels), majority)[:, None] == np.arange(self.num_labels), labels)
+
     def metric_rows(self, arrays: dict[str, np.ndarray], rows: np.ndarray, metric: str) -> np.ndarray:
         points = self._point_predictions(arrays["predictions"])
         return ROW_METRIC_FUNCTIONS[metric](points[rows], arrays["labels"][rows])

@@ -67,6 +67,7 @@ class ContinualPretraining(Task):
     model_class = "AutoModelForMaskedLM"
     main_metric = "perplexity"
     greater_is_better = False
+    pretraining = True
     deterministic_inputs = False  # training blocks are masked anew every step: no teacher-output cache
     paper_metrics = ("perplexity",)
     column_label = "MLM ppl"

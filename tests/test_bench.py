@@ -20,12 +20,22 @@ def test_step_times_skip_the_warmup_and_take_each_steps_fastest_round():
 
 
 def test_bench_writes_a_record_of_every_phase(tiny_bert, glue_dir, workdir, capsys):
-    args = ["bench", "--task", "mrpc", "--teacher", str(tiny_bert), "--data-dir", str(glue_dir)]
+    args = ["bench", "--task", "mrpc", "--teacher", str(tiny_bert), "--data-dir", str(glue_dir), "--end-to-end", "1"]
     args += ["--steps", "4", "--warmup", "1", "--rounds", "2", "--batch-size", "8", "--cache-dir", str(workdir / "c")]
     assert main(args) == 0
     out = capsys.readouterr().out
     record = json.loads(next((workdir / "results" / "bench").glob("mrpc-cpu-*.json")).read_text())
-    assert set(record["phases"]) == {"plain_kd", "harness_kd_live", "harness_kd_cached", "harness_finetune"}
+    staged = {"stage_one_live", "stage_one_cached"}
+    assert set(record["phases"]) == {"plain_kd", "harness_kd_live", "harness_kd_cached", "harness_finetune"} | staged
+    assert record["methods"] == {"student_only": "finetune", "kd": "kd", "stage_one": "ted: ted-filters-student"}
+    # the stage learns the same from cached features as from the live frozen backbone
+    live, cached = (record["phases"][name]["mean_train_loss"] for name in ("stage_one_live", "stage_one_cached"))
+    assert cached == pytest.approx(live, rel=1e-5)
+    whole = record["end_to_end"]
+    assert whole["ratio"] == pytest.approx(whole["ted"]["wall_seconds"] / whole["finetune"]["wall_seconds"])
+    assert whole["ted"]["stages"]["ted-filters-student"]["built_here"]
+    assert not whole["ted"]["stages"]["teacher-finetune"]["built_here"]  # cached before the timing
+    assert not list((workdir / "results" / "runs").glob("*.json"))  # timings, not results
     assert all(len(p["rounds_seconds_per_step"]) == 2 for p in record["phases"].values())
     assert all(p["seconds_per_step"] > 0 and p["peak_rss_mib"] > 0 for p in record["phases"].values())
     assert record["ratios"]["harness_vs_plain_kd"] > 0
@@ -38,6 +48,21 @@ def test_bench_writes_a_record_of_every_phase(tiny_bert, glue_dir, workdir, caps
 
 def test_bench_rejects_a_budget_with_nothing_to_time(tiny_bert, glue_dir, workdir, capsys):
     assert (
-        main(["bench", "--teacher", str(tiny_bert), "--data-dir", str(glue_dir), "--steps", "2", "--warmup", "2"]) == 2
+        main(
+            [
+                "bench",
+                "--task",
+                "mrpc",
+                "--teacher",
+                str(tiny_bert),
+                "--data-dir",
+                str(glue_dir),
+                "--steps",
+                "2",
+                "--warmup",
+                "2",
+            ]
+        )
+        == 2
     )
     assert "--steps > --warmup" in capsys.readouterr().err

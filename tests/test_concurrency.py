@@ -48,7 +48,7 @@ def test_the_same_run_twice_at_once_is_refused_not_clobbered(tiny_bert, glue_dir
     (workdir / "outputs").mkdir()
     # hold the run's lock as a first process would while it trains
     from distillbench.cli import build_parser, build_run
-    from distillbench.harness import plan_run
+    from distillbench.planning import plan_run
 
     name = plan_run(*build_run(build_parser().parse_args(args))).run_name
     with exclusive(workdir / "outputs" / f"{name}.lock"):

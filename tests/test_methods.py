@@ -47,7 +47,7 @@ def runner(tiny_bert, glue_dir, tmp_path) -> Runner:
 
 def quick(runner: Runner) -> TrainConfig:
     """Two steps at a learning rate large enough that every trained weight visibly moves."""
-    return dataclasses.replace(runner.train_cfg, learning_rate=1e-2, epochs=1, max_steps=2)
+    return dataclasses.replace(runner.plan.config.train, learning_rate=1e-2, epochs=1, max_steps=2)
 
 
 def load(folder) -> torch.nn.Module:
@@ -92,11 +92,11 @@ def test_filter_and_layer_maps():
 
 
 def test_ted_stage_one_trains_filters_and_leaves_the_backbone_bit_identical(runner, tmp_path):
-    teacher_dir, _ = runner.finetuned("teacher")
+    teacher_dir, _ = runner.stages.finetuned("teacher")
     model = load(teacher_dir)
     learner = FilterLearner(model, get_task("mrpc")(None), [1, 3], output_dim=32, nonlinear=False)
     backbone, extra = snapshot(learner.backbone), snapshot(learner.extra)
-    runner.train_module(learner, tmp_path / "stage1", quick(runner), evaluate=False)
+    runner.training.train(learner, tmp_path / "stage1", quick(runner), evaluate=False)
     assert same(snapshot(learner.backbone), backbone)
     assert not same(
         snapshot(learner.extra["filters"]),
@@ -106,9 +106,9 @@ def test_ted_stage_one_trains_filters_and_leaves_the_backbone_bit_identical(runn
 
 def test_ted_stage_two_freezes_teacher_and_its_filters_and_trains_student_filters(runner, tmp_path):
     method = runner.plan.method
-    method.setup({stage.name: runner.method_stage(stage) for stage in method.stages()})
-    teacher_dir, _ = runner.finetuned("teacher")
-    student_dir, _ = runner.finetuned("student")
+    method.setup({stage.name: runner.stages.method_stage(stage) for stage in method.stages()})
+    teacher_dir, _ = runner.stages.finetuned("teacher")
+    student_dir, _ = runner.stages.finetuned("student")
     teacher, student = load(teacher_dir), load(student_dir)
     before = {
         "teacher": snapshot(teacher),
@@ -117,7 +117,7 @@ def test_ted_stage_two_freezes_teacher_and_its_filters_and_trains_student_filter
         "student_filters": snapshot(method.modules["student_filters"]),
     }
     distiller = Distiller(student, teacher, method, runner.task)
-    runner.train_module(distiller, tmp_path / "stage2", quick(runner), evaluate=False)
+    runner.training.train(distiller, tmp_path / "stage2", quick(runner), evaluate=False)
     assert same(snapshot(teacher), before["teacher"])
     assert same(snapshot(method.modules["teacher_filters"]), before["teacher_filters"])
     assert not same(snapshot(method.modules["student_filters"]), before["student_filters"])
@@ -127,7 +127,7 @@ def test_ted_stage_two_freezes_teacher_and_its_filters_and_trains_student_filter
 
 def test_ted_stage_two_loads_the_filters_stage_one_learned(runner):
     method = runner.plan.method
-    states = {stage.name: runner.method_stage(stage) for stage in method.stages()}
+    states = {stage.name: runner.stages.method_stage(stage) for stage in method.stages()}
     method.setup(states)
     learned = states["ted-filters-student"]["filters.0.weight"]
     assert torch.equal(method.modules["student_filters"][0].weight, learned)
@@ -192,7 +192,7 @@ def test_set_validation_per_method(name):
 
 
 def test_best_epoch_selection_follows_the_metric_direction():
-    from distillbench.harness import best_epoch
+    from distillbench.history import best_epoch
 
     history = [{"epoch": e, "step": e * 10, "metrics": {"accuracy": a}} for e, a in ((1, 0.6), (2, 0.8), (3, 0.7))]
     assert best_epoch(history, get_task("mrpc")(None))["epoch"] == 2
@@ -270,6 +270,6 @@ def test_lwd_pairs_student_layer_i_with_teacher_layer_m_of_i():
 
 def test_ted_teacher_filters_are_frozen_in_stage_two(runner):
     method = runner.plan.method
-    method.setup({stage.name: runner.method_stage(stage) for stage in method.stages()})
+    method.setup({stage.name: runner.stages.method_stage(stage) for stage in method.stages()})
     assert not any(p.requires_grad for p in method.modules["teacher_filters"].parameters())
     assert all(p.requires_grad for p in method.modules["student_filters"].parameters())

@@ -51,3 +51,36 @@ def test_task_metrics_use_argmax_or_regression_output():
     result = stsb.compute_metrics(np.array([[1.0], [2.0], [3.0]]), np.array([1.0, 2.5, 2.9]))
     assert set(result) == {"pearson", "spearman"} and result["spearman"] == pytest.approx(1.0)
     assert get_task("cola").main_metric == "mcc" and get_task("stsb").main_metric == "spearman"
+
+
+def test_majority_baseline_answers_the_most_frequent_training_label():
+    from datasets import Dataset, DatasetDict
+
+    from distillbench.task import get_task
+
+    splits = DatasetDict(
+        {"train": Dataset.from_dict({"labels": [1, 1, 0]}), "validation": Dataset.from_dict({"labels": [1, 0, 1, 1]})}
+    )
+    baseline = get_task("mrpc")(None).majority_baseline(splits)
+    assert baseline == {"accuracy": 0.75, "f1": pytest.approx(6 / 7)}  # F1 = 2·3 / (2·3 + 1 false positive)
+    assert get_task("stsb")(None).majority_baseline(splits) is None  # regression: no constant answer
+
+
+def test_run_summary_puts_the_gap_and_the_majority_baseline_beside_the_scores():
+    from distillbench.summary import run_summary
+
+    record = {
+        "method": "kd",
+        "task": "sst2",
+        "seed": 1,
+        "main_metric": "accuracy",
+        "metrics": {"accuracy": 0.70},
+        "teacher": {"metrics": {"accuracy": 0.80}},
+        "majority_baseline": {"accuracy": 0.51},
+        "wall_time_s": 100.0,
+        "run_id": "x",
+    }
+    text = run_summary(record)
+    assert "teacher − student accuracy = +0.1000" in text and "above the majority class: teacher, student" in text
+    record["metrics"] = {"accuracy": 0.5}
+    assert "above the majority class: teacher" in run_summary(record)

@@ -79,7 +79,7 @@ def test_every_method_distils_on_text(method, tiny_bert, corpus, workdir, capsys
     from distillbench.harness import Runner, plan_run
 
     runner = Runner(plan_run(*build_run(build_parser().parse_args(args))))
-    held_out = runner.eval_data()
+    held_out = runner.data.eval_data()
     model = AutoModelForMaskedLM.from_pretrained(str(workdir / student["model"]["output_dir"])).eval()
     total = count = 0.0
     with torch.no_grad():

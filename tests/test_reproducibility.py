@@ -70,7 +70,7 @@ def test_gradient_accumulation_runs_and_is_recorded(tiny_bert, glue_dir, workdir
 
 def test_execution_only_settings_leave_the_run_key(tiny_bert, glue_dir, workdir):
     from distillbench.cli import build_parser, build_run
-    from distillbench.harness import plan_run
+    from distillbench.planning import plan_run
 
     def key(*extra: str) -> str:
         args = build_parser().parse_args([*tiny_run_args(tiny_bert, glue_dir, "kd"), *extra])

@@ -25,7 +25,7 @@ def student_record(results: Path) -> dict:
 
 
 def test_last_complete_checkpoint_skips_a_half_written_one(tmp_path):
-    from distillbench.harness import last_complete_checkpoint
+    from distillbench.training import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "missing") is None
     for step, complete in ((3, True), (12, True), (15, False)):

@@ -34,13 +34,13 @@ def make_runner(tiny_bert, glue_dir, tmp_path, method: str, task: str = "mrpc", 
 def distillers(runner: Runner):
     """(live, cached) Distillers sharing one student, teacher and method, and the cache they read."""
     method, task = runner.plan.method, runner.task
-    method.setup({stage.name: runner.method_stage(stage) for stage in method.stages()})
-    teacher_dir, info = runner.finetuned("teacher")
+    method.setup({stage.name: runner.stages.method_stage(stage) for stage in method.stages()})
+    teacher_dir, info = runner.stages.finetuned("teacher")
     teacher = load_for_task(str(teacher_dir), task.model_class, task.model_kwargs(), False)
     student = build_student(
         runner.plan.student_spec, runner.plan.teacher_source, task.model_class, task.model_kwargs(), False
     )
-    cache = runner.teacher_cache(teacher, info)
+    cache = runner.caches.for_teacher(teacher, info)
     assert cache is not None
     live = Distiller(student, teacher, method, task).train()
     cached = Distiller(student, teacher, method, task, cache).train()
@@ -48,11 +48,11 @@ def distillers(runner: Runner):
 
 
 def batch_of(runner: Runner, rows: list[int], max_length: int | None = None) -> dict[str, torch.Tensor]:
-    train = with_index(runner.data["train"])
+    train = with_index(runner.data.splits["train"])
     features = [train[i] for i in rows]
     if max_length is None:
-        return runner.task.collator(runner.tokenizer)(features)
-    return DataCollatorWithPadding(runner.tokenizer, padding="max_length", max_length=max_length)(features)
+        return runner.task.collator(runner.data.tokenizer)(features)
+    return DataCollatorWithPadding(runner.data.tokenizer, padding="max_length", max_length=max_length)(features)
 
 
 def loss_of(distiller: Distiller, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -67,7 +67,7 @@ def test_cached_loss_is_bit_identical_to_the_live_teacher_on_the_batch_it_was_bu
 ):
     runner = make_runner(tiny_bert, glue_dir, tmp_path, method)
     live, cached, cache = distillers(runner)
-    rows = list(range(len(runner.data["train"])))  # the build ran one batch of every row (eval batch 128)
+    rows = list(range(len(runner.data.splits["train"])))  # the build ran one batch of every row (eval batch 128)
     length = cache.meta["max_length"] if cache.meta["layers"] else None
     batch = batch_of(runner, rows, length)
     expected, got = loss_of(live, batch), loss_of(cached, batch)
@@ -150,7 +150,7 @@ def test_pretrain_refuses_a_cache_because_masks_change_every_step(tiny_bert, cor
 
 def test_training_batches_are_grouped_by_length_by_default(tiny_bert, glue_dir, tmp_path):
     runner = make_runner(tiny_bert, glue_dir, tmp_path, "finetune", teacher_cache="auto")
-    trainer = runner.train_module(
+    trainer = runner.training.train(
         build_student(
             runner.plan.student_spec,
             runner.plan.teacher_source,
@@ -159,7 +159,7 @@ def test_training_batches_are_grouped_by_length_by_default(tiny_bert, glue_dir, 
             False,
         ),
         tmp_path / "t",
-        runner.train_cfg,
+        runner.plan.config.train,
         evaluate=False,
     )
     assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
@@ -209,23 +209,23 @@ def test_estimated_size_counts_rows_longest_row_width_layers_and_dtype():
 
 def test_auto_skips_a_cache_over_the_disk_limit_and_on_builds_it(tiny_bert, glue_dir, tmp_path, capsys):
     runner = make_runner(tiny_bert, glue_dir, tmp_path, "lwd", teacher_cache="auto", teacher_cache_max_gb=1e-9)
-    runner.train_cfg.max_steps = 6  # a full pass over the 48 rows: only the size limit stands in the way
-    teacher_dir, info = runner.finetuned("teacher")
+    runner.plan.config.train.max_steps = 6  # a full pass over the 48 rows: only the size limit stands in the way
+    teacher_dir, info = runner.stages.finetuned("teacher")
     teacher = load_for_task(str(teacher_dir), runner.task.model_class, runner.task.model_kwargs(), False)
-    assert runner.teacher_cache(teacher, info) is None
+    assert runner.caches.for_teacher(teacher, info) is None
     assert "teacher cache skipped" in capsys.readouterr().err
-    runner.train_cfg.teacher_cache = "on"
-    assert runner.teacher_cache(teacher, info) is not None
+    runner.plan.config.train.teacher_cache = "on"
+    assert runner.caches.for_teacher(teacher, info) is not None
 
 
 def test_auto_skips_a_cache_a_short_run_would_not_repay(tiny_bert, glue_dir, tmp_path, capsys):
     runner = make_runner(tiny_bert, glue_dir, tmp_path, "kd", teacher_cache="auto")  # 2 steps × 8 rows < 48
-    teacher_dir, info = runner.finetuned("teacher")
+    teacher_dir, info = runner.stages.finetuned("teacher")
     teacher = load_for_task(str(teacher_dir), runner.task.model_class, runner.task.model_kwargs(), False)
-    assert runner.teacher_cache(teacher, info) is None
+    assert runner.caches.for_teacher(teacher, info) is None
     assert "fewer rows than building it" in capsys.readouterr().err
-    runner.train_cfg.max_steps = 6  # 48 rows: one teacher pass either way, and later epochs/runs gain
-    assert runner.teacher_cache(teacher, info) is not None
+    runner.plan.config.train.max_steps = 6  # 48 rows: one teacher pass either way, and later epochs/runs gain
+    assert runner.caches.for_teacher(teacher, info) is not None
 
 
 def test_ted_stage_one_learns_the_same_filters_from_cached_features(tiny_bert, glue_dir, workdir, monkeypatch):

@@ -1,0 +1,89 @@
+"""The performance figures shown in the READMEs, rendered from the newest bench record.
+
+Speed figures go stale with every change of code or machine, so none is typed by hand: ``distillbench
+leaderboard`` renders them from ``results/bench/*.json`` into the generated sections, and a test checks
+the committed text against the committed records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+PHASES = {
+    "plain_kd": "plain PyTorch KD loop",
+    "harness_kd_live": "harness KD, live teacher",
+    "harness_kd_cached": "harness KD, cached teacher",
+    "harness_finetune": "harness, student only",
+    "stage_one_live": "Stage I, live frozen backbone",
+    "stage_one_cached": "Stage I, cached features",
+}
+RATIOS = {
+    "harness_vs_plain_kd": "harness KD ÷ plain KD (goal ≤ 1.05)",
+    "cached_kd_vs_student_only": "cached KD ÷ student only (goal ≤ 1.05)",
+    "cached_vs_live_kd": "cached KD ÷ live KD",
+    "stage_one_cached_vs_live": "Stage I cached ÷ live",
+    "eval_harness_vs_trainer": "harness evaluation ÷ `Trainer.evaluate` throughput",
+}
+
+
+def newest_bench(results_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """(file name, record) of the most recently finished bench record, or None."""
+    records = []
+    for path in sorted((results_dir / "bench").glob("*.json")):
+        record = json.loads(path.read_text())
+        records.append((record.get("finished_at", ""), path.name, record))
+    if not records:
+        return None
+    _, name, record = max(records)
+    return name, record
+
+
+def _setup(name: str, record: dict[str, Any]) -> str:
+    settings, hardware = record["settings"], record.get("hardware", {})
+    steps = settings["steps"] or "one epoch of"
+    where = hardware.get("gpu") or f"{hardware.get('cpu', 'CPU')}, {record.get('torch_threads')} threads"
+    return (
+        f"`results/bench/{name}`: {settings['task']}, {steps} batches of {settings['batch_size']}, max length "
+        f"{settings['max_seq_length']}, best of {settings['rounds']} rounds per step; {where}."
+    )
+
+
+def _whole_runs(record: dict[str, Any]) -> str:
+    whole = record.get("end_to_end")
+    if not whole:
+        return ""
+    runs = {k: v for k, v in whole.items() if k != "ratio"}
+    parts = [f"{name} {run['wall_seconds'] / 60:.1f} min" for name, run in runs.items()]
+    epochs = next(iter(runs.values()))["epochs"]
+    return f"Whole {epochs:g}-epoch runs, teacher stage cached: {', '.join(parts)}; ratio {whole['ratio']:.2f}."
+
+
+def bench_markdown(results_dir: Path) -> str:
+    """The full table of the newest bench record (results/README.md)."""
+    newest = newest_bench(results_dir)
+    if newest is None:
+        return "No bench record yet (`distillbench bench --task TASK`)."
+    name, record = newest
+    lines = [_setup(name, record), "", "| phase | s/step | peak RSS (MiB) |", "|---|---|---|"]
+    for key, label in PHASES.items():
+        if key in record["phases"]:
+            phase = record["phases"][key]
+            lines.append(f"| {label} | {phase['seconds_per_step']:.3f} | {phase['peak_rss_mib']:.0f} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {label} | {record['ratios'][key]:.3f} |" for key, label in RATIOS.items() if key in record["ratios"]]
+    whole = _whole_runs(record)
+    return "\n".join([*lines, *(["", whole] if whole else [])])
+
+
+def performance_summary(results_dir: Path) -> str:
+    """A few lines for the project README."""
+    newest = newest_bench(results_dir)
+    if newest is None:
+        return "No bench record yet."
+    name, record = newest
+    ratios = record["ratios"]
+    shown = [f"{RATIOS[k].split(' (')[0]}: {ratios[k]:.2f}" for k in RATIOS if k in ratios]
+    whole = _whole_runs(record)
+    return "\n".join([_setup(name, record), "", "; ".join(shown) + ".", *([whole] if whole else [])])

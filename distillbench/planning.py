@@ -1,0 +1,139 @@
+"""Planning a run: resolve and validate everything a run needs, and write nothing.
+
+Every user error (an unknown name, a setting out of range, a missing data file, a teacher/student pair
+that cannot work) surfaces here, before a model is loaded or a folder is created, so a bad command
+costs seconds and leaves no trace. The result, a :class:`Plan`, names the run (its key is a hash of
+everything that changes its result) and is what every later piece of the run reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distillbench.cached import stable_key
+from distillbench.config import RunConfig, result_settings
+from distillbench.errors import UserError
+from distillbench.fields import check_fields
+from distillbench.method import Method, ModelPair, get_method
+from distillbench.models import StudentSpec, load_config, resolve_model, student_config
+from distillbench.portable import model_identity
+from distillbench.task import Task, get_task, resolve_data_dir, task_registry
+from distillbench.teacher_cache import check_teacher_cache
+
+CACHE_ENV = "DISTILLBENCH_CACHE"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "distillbench")).expanduser()
+
+
+@dataclass
+class Paths:
+    results_dir: Path = Path("results")
+    output_dir: Path | None = None
+    cache_dir: Path = field(default_factory=cache_root)
+    show_progress: bool = True
+
+
+@dataclass
+class Plan:
+    """A validated run: everything resolved, nothing written yet."""
+
+    config: RunConfig
+    paths: Paths
+    task: Task
+    method: Method
+    teacher_source: str
+    student_spec: StudentSpec
+    data_sha256: str
+    key: str
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.config.task}-{self.config.method}-seed{self.config.seed}-{self.key}"
+
+    @property
+    def roots(self) -> dict[str, Path | None]:
+        """The named folders a record's paths are stored relative to (see portable.py)."""
+        return {"data": self.task.data_dir, "results": self.paths.results_dir, "cache": self.paths.cache_dir}
+
+    @property
+    def setting(self) -> str:
+        """``task-specific``, or where the student came from when an earlier run pre-trained it (a run of
+        a task that declares ``pretraining``)."""
+        origin = self.student_spec.origin or {}
+        task = origin.get("task")
+        if task in task_registry and get_task(task).pretraining:
+            return f"after {origin['method']} pre-training"
+        return "task-specific"
+
+    def identity(self, source: str) -> str:
+        """How records and stage keys name a model: the same on every machine."""
+        return model_identity(source, self.roots)
+
+
+def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = None) -> Plan:
+    """Resolve names, models, data and hyper-parameters; every user error surfaces here.
+
+    ``identity`` separates runs that share a configuration on purpose (e.g. the trials of a study);
+    it enters the run key, hence the output folder and the record name."""
+    method_cls = get_method(config.method)
+    task_cls = get_task(config.task)
+    for what, folder in (("results", paths.results_dir), ("cache", paths.cache_dir), ("output", paths.output_dir)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise UserError(f"{what} folder {folder} is a file")
+    check_fields(config.train, "--set")
+    if config.train.bf16 and config.train.fp16:
+        raise UserError("--set bf16=true and fp16=true: choose one mixed precision")
+    try:
+        options = task_cls.options_for(config.task_options)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{config.task}: {error}") from None
+    check_fields(options, f"{config.task} option")
+    task = task_cls(resolve_data_dir(config.data_dir), options)
+    task.data_files()  # raises on missing files before anything is written
+    teacher_source = resolve_model(config.teacher)
+    if config.teacher_finetuned:
+        load_config(resolve_model(config.teacher_finetuned))
+    teacher_config = load_config(teacher_source)
+    positions = getattr(teacher_config, "max_position_embeddings", None)
+    if positions and config.train.max_seq_length > positions:
+        raise UserError(f"--set max_seq_length={config.train.max_seq_length}: the teacher has {positions} positions")
+    student_spec = StudentSpec.parse(
+        config.student, config.student_layers, config.student_layer_ids, teacher_config.num_hidden_layers
+    )
+    s_config = student_config(student_spec, teacher_config)
+    if s_config.vocab_size != teacher_config.vocab_size:
+        raise UserError(
+            f"student vocabulary ({s_config.vocab_size}) differs from the teacher's "
+            f"({teacher_config.vocab_size}); both must share one tokenizer"
+        )
+    hp = method_cls.hparams_for(config.task, config.method_overrides)
+    check_fields(hp, config.method)
+    method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
+    check_teacher_cache(config, method, task)
+    data_sha = task.data_sha256()
+    key = stable_key(
+        {
+            "method": config.method,
+            "task": config.task,
+            "hparams": dataclasses.asdict(hp),
+            "train": result_settings(config.train),
+            "seed": config.seed,
+            **({"teacher_seed": config.teacher_seed} if config.teacher_seed is not None else {}),
+            "teacher": teacher_identity(config),
+            "student": student_spec.describe(),
+            "data": data_sha,
+            **({"identity": identity} if identity else {}),
+            **({"task_options": config.task_options} if config.task_options else {}),
+        }
+    )
+    return Plan(config, paths, task, method, teacher_source, student_spec, data_sha, key)
+
+
+def teacher_identity(config: RunConfig) -> dict[str, Any]:
+    return {"source": config.teacher, "finetuned": config.teacher_finetuned}

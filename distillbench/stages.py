@@ -1,0 +1,194 @@
+"""The cached stages a run may need before distillation: the teacher or the student fine-tuned on the
+task's labels, and the stages a method declares (TED's filters).
+
+A stage's folder is named by a key of everything that changes its result and built once under a lock
+(:func:`cached.cached_folder`), so a teacher fine-tuned for one method is the teacher of every method,
+and every student seed of a campaign with a pinned ``--teacher-seed`` shares it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, set_seed
+
+from distillbench.cached import cached_folder, stable_key
+from distillbench.config import BEFORE_INTRODUCED, TrainConfig
+from distillbench.history import epoch_history, final_loss_terms, train_runtime
+from distillbench.method import Stage
+from distillbench.models import build_student, load_for_task, resolve_model, state_sha256, weights_sha256
+from distillbench.portable import portable_path
+from distillbench.predictions import EvalCapture, write_predictions
+from distillbench.records import stage_record, write_json_atomic
+from distillbench.teacher_cache import OutputCaches
+
+if TYPE_CHECKING:
+    from distillbench.planning import Plan
+    from distillbench.training import RunData, Training
+
+
+def optional_stage_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """Settings added after stages were first cached enter a stage key only when they differ from their
+    old behaviour (length grouping on, mixed precision, gradient accumulation), so older stages stay valid."""
+    return {k: getattr(cfg, k) for k, before in BEFORE_INTRODUCED.items() if getattr(cfg, k) != before}
+
+
+class Stages:
+    """Builds (or finds) the cached stages of one run; ``log`` collects what each stage reported."""
+
+    def __init__(self, plan: Plan, data: RunData, training: Training, caches: OutputCaches, git: dict) -> None:
+        """``git``: the code's state when the run started, for the records of the stages it builds."""
+        self.plan = plan
+        self.git = git
+        self.data = data
+        self.training = training
+        self.caches = caches
+        self.task = plan.task
+        self.log: dict[str, Any] = {}
+
+    def seed_of(self, role: str) -> int:
+        """The seed of a stage that trains ``role``: the teacher side may be pinned (``--teacher-seed``) so
+        that every student seed of a campaign distils from one teacher."""
+        teacher_seed = self.plan.config.teacher_seed
+        return teacher_seed if role == "teacher" and teacher_seed is not None else self.plan.config.seed
+
+    def student_description(self) -> dict[str, Any]:
+        """The student spec with its source and origin named portably."""
+        described = self.plan.student_spec.describe()
+        if described.get("source"):
+            described["source"] = self.plan.identity(described["source"])
+        if described.get("origin"):
+            origin = described["origin"]
+            described["origin"] = origin | {"record": portable_path(origin["record"], self.plan.roots)}
+        return described
+
+    def fresh_model(self, role: str, attentions: bool = False) -> PreTrainedModel:
+        """The pretrained teacher or the initial student, with the task's head."""
+        plan, task = self.plan, self.task
+        if role == "teacher":
+            return load_for_task(plan.teacher_source, task.model_class, task.model_kwargs(), attentions)
+        return build_student(plan.student_spec, plan.teacher_source, task.model_class, task.model_kwargs(), attentions)
+
+    def finetuned(self, role: str) -> tuple[Path, dict[str, Any]]:
+        """The teacher or the student fine-tuned on the task's labels, cached; returns (folder, info)."""
+        config = self.plan.config
+        if role == "teacher" and config.teacher_finetuned:
+            source = resolve_model(config.teacher_finetuned)
+            info = {"source": self.plan.identity(source), "weights_sha256": weights_sha256(source), "trained": False}
+            return Path(source), info
+        if role == "teacher":
+            init: dict[str, Any] = {
+                "source": self.plan.identity(self.plan.teacher_source),
+                "weights_sha256": weights_sha256(self.plan.teacher_source),
+            }
+        else:
+            init = {
+                "student": self.student_description(),
+                "teacher_source": self.plan.identity(self.plan.teacher_source),
+            }
+        cfg = config.train.for_role(role)
+        settings = {
+            "role": role,
+            "init": init,
+            "task": config.task,
+            "data": self.plan.data_sha256,
+            "lr": cfg.learning_rate,
+            "epochs": cfg.epochs,
+            "max_steps": cfg.max_steps,
+            "seed": self.seed_of(role),
+            "train": {
+                k: getattr(cfg, k)
+                for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
+            },
+            **({"task_options": config.task_options} if config.task_options else {}),
+            **optional_stage_settings(cfg),
+        }
+        folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
+
+        def build(folder: Path) -> dict[str, Any]:
+            started = time.time()
+            set_seed(self.seed_of(role))
+            model = self.fresh_model(role)
+            self.task.prepare_model(model, role)
+            init["initial_state_sha256"] = state_sha256(model)
+            capture = EvalCapture(self.task)
+            seed = self.seed_of(role)
+            trainer = self.training.train(model, folder / "trainer", cfg, evaluate=True, capture=capture, seed=seed)
+            metrics = self.training.evaluate(trainer)
+            model.save_pretrained(folder / "model")
+            self.data.tokenizer.save_pretrained(folder / "model")
+            shutil.rmtree(folder / "trainer")  # the finished model is kept; its resume checkpoints are not
+            info = {
+                "key": folder.name,
+                "settings": settings,
+                "metrics": metrics,
+                "epochs": epoch_history(trainer.state.log_history, self.task),
+                "wall_time_s": time.time() - started,
+                "weights_sha256": weights_sha256(str(folder / "model")),
+            }
+            if role == "teacher":
+                predictions = write_predictions(self.plan.paths.results_dir, info["key"], capture)
+                history = trainer.state.log_history
+                record = stage_record(self.plan, self.data, self.git, role, seed, info, history, predictions)
+                write_json_atomic(self.plan.paths.results_dir / "runs" / f"{info['key']}.json", record)
+            return info
+
+        info, built = cached_folder(folder, build)
+        self.log[f"{role}-finetune"] = info | {"built_here": built}
+        return folder / "model", info
+
+    def method_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
+        """Run one declared method stage on the fine-tuned model it names, cached by its key."""
+        base_dir, base_info = self.finetuned(stage.model)
+        cfg = self.plan.config.train.for_role(stage.model)
+        if stage.learning_rate is not None:
+            cfg = dataclasses.replace(cfg, learning_rate=stage.learning_rate)
+        seed = self.seed_of(stage.model)
+        settings = {
+            "stage": stage.name,
+            "base": base_info.get("key", str(base_dir)),
+            "hparams": stage.hparams,
+            "lr": cfg.learning_rate,
+            "epochs": cfg.epochs,
+            "max_steps": cfg.max_steps,
+            "seed": seed,
+            "data": self.plan.data_sha256,
+            "batch_size": cfg.batch_size,
+            "max_train_samples": cfg.max_train_samples,
+            **optional_stage_settings(cfg),
+        }
+        folder = self.plan.paths.cache_dir / "stages" / f"{self.plan.config.task}-{stage.name}-{stable_key(settings)}"
+
+        def build(folder: Path) -> dict[str, Any]:
+            started = time.time()
+            model = load_for_task(str(base_dir), self.task.model_class, self.task.model_kwargs(), False)
+            features = None
+            if stage.frozen_layers is not None and cfg.teacher_cache != "off" and self.task.deterministic_inputs:
+                base_key = base_info.get("key") or base_info.get("weights_sha256")
+                first_only = self.task.head_reads_first_position  # a [CLS] head needs no other position
+                features = self.caches.build(model, base_key, stage.frozen_layers, cfg, first_only)
+            set_seed(seed)
+            module = stage.build(model, self.task)
+            module.features = features
+            indexed = features is not None
+            trainer = self.training.train(module, folder / "trainer", cfg, evaluate=False, indexed=indexed, seed=seed)
+            save_file({k: v.contiguous() for k, v in module.extra.state_dict().items()}, folder / "extra.safetensors")
+            shutil.rmtree(folder / "trainer")
+            return {
+                "key": folder.name,
+                "settings": settings,
+                "wall_time_s": time.time() - started,
+                "train_runtime_s": train_runtime(trainer.state.log_history),
+                "loss_terms": final_loss_terms(trainer.state.log_history),
+                "read_cache": features.folder.name if features is not None else None,
+            }
+
+        info, built = cached_folder(folder, build)
+        self.log[stage.name] = info | {"built_here": built}
+        return load_file(folder / "extra.safetensors")
