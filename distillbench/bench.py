@@ -73,7 +73,21 @@ class BenchSettings:
     seed: int = 42
     data_dir: str | None = None
     end_to_end_epochs: float = 0.0  # 0: no end-to-end runs
+    bf16: bool = False  # every phase (the plain loop too) under bfloat16 autocast
     teacher_seed: int | None = 1
+
+
+def run_config(settings: BenchSettings, method: str, train: TrainConfig, teacher_seed: int | None) -> RunConfig:
+    """The configuration of a ``distillbench run`` of ``method`` with the bench's task, teacher and seed."""
+    return RunConfig(
+        method=method,
+        task=settings.task,
+        teacher=settings.teacher,
+        seed=settings.seed,
+        teacher_seed=teacher_seed,
+        data_dir=settings.data_dir,
+        train=train,
+    )
 
 
 def bench_methods() -> tuple[str, str]:
@@ -169,16 +183,10 @@ class Bench:
             logging_steps=20,
             save_steps=10**9,
             teacher_cache="on",
+            bf16=settings.bf16,
         )
         self.student_only, self.kd = bench_methods()
-        config = RunConfig(
-            method=self.kd,
-            task=settings.task,
-            teacher=settings.teacher,
-            seed=settings.seed,
-            data_dir=settings.data_dir,
-            train=train,
-        )
+        config = run_config(settings, self.kd, train, teacher_seed=None)
         self.plan = plan_run(config, Paths(cache_dir=cache_dir, show_progress=False))
         self.data = RunData(self.plan)
         self.training = Training(self.plan, self.data)
@@ -188,11 +196,14 @@ class Bench:
         self.collate_rows = self.task.collator(self.data.tokenizer)
         self.batches = self._batches()
         set_seed(settings.seed)
-        self.teacher = load_for_task(self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False)
-        self.teacher.eval()
+        # The Trainer places its models on the accelerator; the plain loop and the cache build use these
+        # copies, so they start there too.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        teacher = load_for_task(self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False)
+        self.teacher = teacher.to(self.device).eval()
         self.initial_student = build_student(
             self.plan.student_spec, self.plan.teacher_source, self.task.model_class, self.task.model_kwargs(), False
-        )
+        ).to(self.device)
 
     def _batches(self) -> list[list[int]]:
         """The harness's default order: length-grouped batches of a seeded shuffle."""
@@ -238,14 +249,15 @@ class Bench:
         schedule = get_linear_schedule_with_warmup(optimizer, 0, len(self.batches))
         times: list[float] = []
         losses: list[float] = []
+        autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=self.settings.bf16)
         start = time.perf_counter()
         for rows in self.batches:
-            batch = self.collate(rows)
-            batch.pop(INDEX_COLUMN)
-            outputs = student(**batch)
-            with torch.no_grad():
-                teacher_logits = self.teacher(**batch).logits
-            s, t = outputs.logits / hp.temperature, teacher_logits / hp.temperature
+            batch = {k: v.to(self.device) for k, v in self.collate(rows).items() if k != INDEX_COLUMN}
+            with autocast:
+                outputs = student(**batch)
+                with torch.no_grad():
+                    teacher_logits = self.teacher(**batch).logits
+            s, t = outputs.logits.float() / hp.temperature, teacher_logits.float() / hp.temperature
             soft = F.kl_div(F.log_softmax(s, -1), F.softmax(t, -1), reduction="batchmean") * hp.temperature**2
             loss = outputs.loss + hp.kl_alpha * soft
             loss.backward()
@@ -437,16 +449,9 @@ def whole_runs(
     results: dict[str, Any] = {}
     for name in methods:
         method_cls, task_cls = get_method(name), get_task(settings.task)
-        train = build_train_config(task_cls.train_defaults, None, {"epochs": settings.end_to_end_epochs})
-        config = RunConfig(
-            method=name,
-            task=settings.task,
-            teacher=settings.teacher,
-            seed=settings.seed,
-            teacher_seed=settings.teacher_seed,
-            data_dir=settings.data_dir,
-            train=train,
-        )
+        overrides = {"epochs": settings.end_to_end_epochs, "bf16": settings.bf16}
+        train = build_train_config(task_cls.train_defaults, None, overrides)
+        config = run_config(settings, name, train, settings.teacher_seed)
         paths = Paths(results_dir=scratch / "results", output_dir=scratch / f"run-{name}", cache_dir=cache_dir)
         paths.show_progress = False
         shutil.rmtree(paths.output_dir, ignore_errors=True)

@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time whole runs (student-only baseline vs the staged method) of EPOCHS on the full training set",
     )
     bench.add_argument("--teacher-seed", type=int, default=1, help="seed of the shared teacher of the whole runs")
+    bench.add_argument("--bf16", action="store_true", help="every phase under bfloat16 autocast (GPU check)")
     return parser
 
 

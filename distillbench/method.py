@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from distillbench.task import Task
 
 STUDENT_STARTS = ("pretrained", "finetuned")
+# The model internals the harness knows how to expose to a loss; a method needing anything else is
+# refused when its class is defined, not halfway through a run.
+NEEDS = frozenset({"hidden_states", "attentions", "qkv"})
 
 
 @dataclass
@@ -114,6 +117,12 @@ class Method:
 
         START_HELP: ClassVar[str] = "start from the pretrained or the task-fine-tuned student"
         student_start: str = setting("pretrained", choices=STUDENT_STARTS, help=START_HELP)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.needs) - NEEDS
+        if unknown:
+            raise UserError(f"{cls.__name__}.needs: unknown {sorted(unknown)} (the harness exposes {sorted(NEEDS)})")
 
     def __init__(self, hp: Any, task: Task, pair: ModelPair) -> None:
         """Validate the pair before anything trains; modules come later, from :meth:`setup`."""

@@ -32,7 +32,7 @@ from transformers.activations import ACT2FN
 from distillbench import Method, Outputs, Stage, Task, register_method
 from distillbench.errors import UserError
 from distillbench.fields import setting
-from distillbench.losses import REGRESSION_KD_ALPHA, mse
+from distillbench.losses import REGRESSION_KD_ALPHA, mse, uniform_layer_map
 from distillbench.method import STUDENT_STARTS
 from distillbench.teacher_cache import INDEX_COLUMN
 
@@ -51,8 +51,8 @@ def filter_layers(num_layers: int, num_filters: int) -> list[int]:
             f"ted: cannot place {num_filters} filters evenly on {num_layers} layers "
             "(the layer count must be a multiple of the filter count)"
         )
-    interval = num_layers // num_filters
-    return [idx for idx in range(num_layers) if (idx + 1) % interval == 0]
+    # The reference's ``(idx + 1) % interval == 0`` is the uniform map of the filters onto the layers.
+    return uniform_layer_map(num_filters, num_layers)
 
 
 def filter_bank(config: Any, count: int, output_dim: int, nonlinear: bool) -> nn.ModuleList:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -66,3 +67,19 @@ def test_bench_rejects_a_budget_with_nothing_to_time(tiny_bert, glue_dir, workdi
         == 2
     )
     assert "--steps > --warmup" in capsys.readouterr().err
+
+
+def test_bench_in_bf16_runs_every_phase_under_autocast(tiny_bert, glue_dir, workdir):
+    args = ["bench", "--task", "mrpc", "--teacher", str(tiny_bert), "--data-dir", str(glue_dir), "--bf16"]
+    args += ["--steps", "3", "--warmup", "1", "--rounds", "1", "--batch-size", "8", "--cache-dir", str(workdir / "c")]
+    assert main(args) == 0
+    record = json.loads(next((workdir / "results" / "bench").glob("mrpc-cpu-*.json")).read_text())
+    assert record["settings"]["bf16"] is True
+    losses = [phase["mean_train_loss"] for phase in record["phases"].values()]
+    assert all(math.isfinite(loss) for loss in losses)
+    # the plain loop and the harness do the same bf16 work: their losses agree to bf16 precision
+    plain, harness = (
+        record["phases"]["plain_kd"]["mean_train_loss"],
+        record["phases"]["harness_kd_live"]["mean_train_loss"],
+    )
+    assert harness == pytest.approx(plain, rel=2e-2)

@@ -56,3 +56,13 @@ def test_third_party_method_plugs_in_through_the_entry_point_group(tmp_path, mon
     finally:
         method_registry._entries.pop("toy", None)
         sys.modules.pop("toy_plugin", None)
+
+
+def test_a_method_that_needs_an_internal_the_harness_cannot_expose_is_refused_at_definition():
+    from distillbench.errors import UserError
+    from distillbench.method import Method
+
+    with pytest.raises(UserError, match=r"needs: unknown \['logits_of_layer_7'\]"):
+
+        class Greedy(Method):
+            needs = frozenset({"hidden_states", "logits_of_layer_7"})
