@@ -461,7 +461,17 @@ def whole_runs(
         echo(f"bench: whole {name} run …")
         started = time.perf_counter()
         record = runner.run()
+        # A stage of this seed found in the cache was paid for by an earlier run, not by this one: the
+        # figure would understate what a new seed costs. Say so (choose an unused --seed to avoid it).
+        found = [
+            key
+            for key, info in record["stages"].items()
+            if not info.get("built_here") and (info.get("settings") or {}).get("seed") == settings.seed
+        ]
+        if found:
+            echo(f"bench: {name} found stages of seed {settings.seed} cached ({', '.join(found)}): not timed here")
         results[name] = {
+            "seed_stages_found_cached": found,
             "wall_seconds": time.perf_counter() - started,
             "stages": {
                 key: {"built_here": info.get("built_here", False), "wall_time_s": info.get("wall_time_s")}

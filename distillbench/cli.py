@@ -153,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="a file with generated sections to rewrite (repeatable; default: README.md and <results-dir>/README.md)",
     )
+    leaderboard.add_argument("--html", type=Path, metavar="DIR", help="also write the leaderboard as DIR/index.html")
+    leaderboard.add_argument(
+        "--screenshot", action="store_true", help="with --html: DIR/screenshot.png by headless Chromium (selenium)"
+    )
+    efficiency = commands.add_parser("efficiency", help="parameters, latency and FLOPs of every model in the records")
+    efficiency.add_argument("--results-dir", type=Path, default=Path("results"))
+    efficiency.add_argument("--data-dir", help="the data folder (default: $DISTILLBENCH_DATA, else hub)")
+    efficiency.add_argument("--teacher", help="the teacher architecture, when the records' one is not on this machine")
     bench = commands.add_parser("bench", help="harness vs plain PyTorch, teacher cache, eval throughput, memory")
     bench.add_argument("--task", required=True, help="a registered task (see `distillbench list`)")
     bench.add_argument("--teacher", default="minilm-l6")
@@ -472,7 +480,7 @@ def command_plot(args: argparse.Namespace) -> int:
     if args.kind == "methods":
         if args.score not in SCORES:
             raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
-        paths = plots.method_bars(collect(args.results_dir).records, out_dir, args.score)
+        paths = plots.method_plots(collect(args.results_dir).records, out_dir, args.score)
     elif args.kind == "loss":
         if not args.run or not args.run.is_file():
             raise UserError("plot loss needs --run PATH of an existing run record")
@@ -500,14 +508,53 @@ def command_plot(args: argparse.Namespace) -> int:
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:
+    from distillbench.leaderboard import SCORES, collect
+    from distillbench.plots import method_plots
     from distillbench.report import fill_sections, generated_sections
 
     sections = generated_sections(args.results_dir)
     (args.results_dir / "leaderboard.md").write_text(f"# Leaderboard\n\n{sections['results']}")
+    records = collect(args.results_dir).records
+    for stale in (args.results_dir / "plots").glob("methods-*.svg"):
+        stale.unlink()  # a family or score with no records any more leaves no figure behind
+    for score in SCORES if records else ():
+        method_plots(records, args.results_dir / "plots", score)
+    if args.html:
+        from distillbench.site import write_site
+
+        page = write_site(args.results_dir, args.html)
+        print(f"page {page}", file=sys.stderr)
+        if args.screenshot:
+            import shutil
+
+            from distillbench.site import screenshot
+
+            binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+            if not (binary and driver):
+                raise UserError(
+                    "--screenshot needs chromium and chromedriver on PATH (Debian: chromium chromium-driver)"
+                )
+            print(f"screenshot {screenshot(page, args.html / 'screenshot.png', binary, driver)}", file=sys.stderr)
     for readme in args.readme or [Path("README.md"), args.results_dir / "README.md"]:
         if readme.is_file():
             readme.write_text(fill_sections(readme.read_text(), sections))
     print(sections["results"])
+    return 0
+
+
+def command_efficiency(args: argparse.Namespace) -> int:
+    from distillbench.efficiency import measure_records
+    from distillbench.leaderboard import collect
+
+    records = collect(args.results_dir).records
+    if not records:
+        raise UserError(f"no usable run records under {args.results_dir}")
+    written = measure_records(
+        records, args.results_dir, args.data_dir, args.teacher, lambda m: print(m, file=sys.stderr)
+    )
+    for path in written:
+        print(path)
+    print(f"{len(written)} new efficiency records (existing ones are kept)")
     return 0
 
 
@@ -547,6 +594,7 @@ COMMANDS = {
     "plot": command_plot,
     "leaderboard": command_leaderboard,
     "bench": command_bench,
+    "efficiency": command_efficiency,
 }
 
 

@@ -1,10 +1,12 @@
-"""Seaborn figures from records: method bars per task, per-term loss curves, Optuna study history.
+"""Figures from records: method bars per task family, per-term loss curves, Optuna study history.
 
-Each figure is saved as PNG and SVG under ``results/plots/`` (or ``--out-dir``).
+Each figure is saved under ``results/plots/`` (or ``--out-dir``); the method figures, which
+``distillbench leaderboard`` regenerates with the tables, as SVG only.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -15,44 +17,130 @@ import pandas as pd
 import seaborn as sns
 
 from distillbench.errors import UserError
-from distillbench.leaderboard import row_key, score_of
+from distillbench.history import main_metric_key
+from distillbench.leaderboard import EXPERIMENT, aggregate
 from distillbench.task import get_task
 
+# No creation date or software version in the files: a committed figure changes only with its records.
+FIXED_METADATA = {".svg": {"Date": None, "Creator": None}, ".png": {"Software": None}}
 
-def _save(figure: plt.Figure, out_dir: Path, name: str) -> list[Path]:
+
+def _save(figure: plt.Figure, out_dir: Path, name: str, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.{ext}" for ext in ("png", "svg")]
+    paths = [out_dir / f"{name}.{ext}" for ext in formats]
     for path in paths:
-        figure.savefig(path, bbox_inches="tight", dpi=120)
+        if path.suffix == ".svg":
+            path.write_text(svg_text(figure))
+        else:
+            figure.savefig(path, bbox_inches="tight", dpi=120, metadata=FIXED_METADATA[path.suffix])
     plt.close(figure)
     return paths
 
 
-def method_bars(records: list[dict], out_dir: Path, score: str = "final") -> list[Path]:
-    """Main dev metric per task × method, bars = mean over seeds, error bars = std."""
-    rows = []
-    for record in records:
-        metrics = score_of(record, score)
-        task = get_task(record["task"])
-        scale = task.display_scale
-        rows.append(
-            {
-                "task": task.column_label.split(" ")[0],
-                "method": row_key(record)[1],
-                "score": scale * metrics[record["main_metric"]],
-            }
-        )
-    if not rows:
+def svg_text(figure: plt.Figure) -> str:
+    """The figure as SVG, the same bytes for the same figure (fixed ids, no date)."""
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": "distillbench"}):
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata=FIXED_METADATA[".svg"])
+    return buffer.getvalue()
+
+
+def family_of(task_name: str) -> str:
+    """Tasks of one benchmark share a figure (GLUE); any other task family has its own."""
+    task = get_task(task_name)
+    return task.benchmark or task.column_label.split(" ")[0] or task_name
+
+
+def method_figures(records: list[dict], score: str = "final") -> list[tuple[str, plt.Figure]]:
+    """One figure per task family: a panel per task, one bar per (method, experiment) — the mean over
+    seeds with the seeds' std as error bar and n under it —, the teacher of each experiment as a line.
+    Bars of different experiments (teacher, student, setting, budget) are never pooled: each is its own
+    bar, labelled by what differs. A metric where lower is better (perplexity) is drawn with its axis
+    inverted, so a better bar is always the higher one."""
+    stats = aggregate(records, score)
+    if stats.empty:
         raise UserError("no usable records to plot")
-    frame = pd.DataFrame(rows)
-    grid = sns.catplot(
-        data=frame, x="method", y="score", col="task", kind="bar", errorbar="sd", sharey=False, height=3.2, aspect=1.2
-    )
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels("", f"dev main metric ({score} epoch)")
-    for axis in grid.axes.flat:
-        axis.tick_params(axis="x", rotation=45)
-    return _save(grid.figure, out_dir, f"methods-{score}")
+    main = {t: main_metric_key(get_task(t)) for t in set(stats["task"])}
+    stats = stats[[main[t] == m for t, m in zip(stats["task"], stats["metric"], strict=True)]]
+    varying = [column for column in EXPERIMENT if stats[stats["method"] != "teacher"][column].nunique() > 1]
+    figures = []
+    for family in sorted({family_of(t) for t in stats["task"]}):
+        tasks = [t for t in sorted(set(stats["task"])) if family_of(t) == family]
+        figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+        for axis, task_name in zip(axes[0], tasks, strict=True):
+            _task_panel(axis, stats[stats["task"] == task_name], get_task(task_name), varying)
+        figure.suptitle(f"{family}: dev main metric, {score} epoch")
+        figure.tight_layout()
+        figures.append((f"{family.lower()}-{score}", figure))
+    return figures
+
+
+def _task_panel(axis: plt.Axes, stats: pd.DataFrame, task, varying: list[str]) -> None:
+    scale = task.display_scale
+    students = stats[stats["method"] != "teacher"].reset_index(drop=True)
+    labels = [
+        "\n".join([row.method, *(str(getattr(row, c)) for c in varying)]) for row in students.itertuples(index=False)
+    ]
+    palette = sns.color_palette(n_colors=max(len(students), 1))
+    axis.bar(range(len(students)), students["mean"] * scale, yerr=students["std"] * scale, color=palette, capsize=3)
+    for x, row in enumerate(students.itertuples(index=False)):
+        axis.annotate(f"n={row.n}", (x, 0), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
+    for row in stats[stats["method"] == "teacher"].itertuples(index=False):
+        axis.axhline(row.mean * scale, color="0.3", linestyle="--", linewidth=1)
+        axis.annotate(f"teacher {row.teacher}", (0, row.mean * scale), fontsize=7, color="0.3", va="bottom")
+    axis.set_xticks(range(len(students)), labels, rotation=45, ha="right", fontsize=7)
+    axis.set_title(f"{task.column_label.split(' ')[0]} {task.main_metric}")
+    if not task.greater_is_better:
+        axis.invert_yaxis()
+        axis.set_ylabel(f"{task.main_metric} (lower is better, axis inverted)")
+
+
+def speed_quality_figures(
+    records: list[dict], efficiency: dict[tuple[str, str], dict], score: str = "final"
+) -> list[tuple[str, plt.Figure]]:
+    """Per task: the main dev score (mean ± std over seeds) against CPU latency per example at batch 1,
+    one point per (method, experiment) whose model was measured; the teacher drawn as a star."""
+    stats = aggregate(records, score)
+    figures = []
+    for task_name in sorted(set(stats["task"])):
+        task = get_task(task_name)
+        rows = stats[(stats["task"] == task_name) & (stats["metric"] == main_metric_key(task))]
+        points = []
+        for row in rows.itertuples(index=False):
+            label = row.teacher if row.method == "teacher" else row.student
+            measured = efficiency.get((task_name, label))
+            if measured:
+                points.append((row, measured["latency_ms_batch1"]))
+        if not points:
+            continue
+        figure, axis = plt.subplots(figsize=(5, 3.6))
+        for row, latency in points:
+            teacher = row.method == "teacher"
+            axis.errorbar(
+                latency,
+                row.mean * task.display_scale,
+                yerr=row.std * task.display_scale,
+                fmt="*" if teacher else "o",
+                markersize=12 if teacher else 6,
+                capsize=3,
+                label=f"{'teacher' if teacher else row.method} (n={row.n}, {row.setting})",
+            )
+        axis.set_xlabel("CPU ms per example, batch 1")
+        axis.set_ylabel(f"{task.main_metric} ({score} epoch)")
+        if not task.greater_is_better:
+            axis.invert_yaxis()
+        axis.set_title(f"{task.column_label.split(' ')[0]}: score vs latency")
+        axis.legend(fontsize=6, loc="best")
+        figures.append((f"speed-{task_name}-{score}", figure))
+    return figures
+
+
+def method_plots(records: list[dict], out_dir: Path, score: str = "final") -> list[Path]:
+    """Every family figure of :func:`method_figures` as SVG under ``out_dir``."""
+    paths = []
+    for name, figure in method_figures(records, score):
+        paths += _save(figure, out_dir, f"methods-{name}", ("svg",))
+    return paths
 
 
 def loss_curves(record: dict, out_dir: Path) -> list[Path]:

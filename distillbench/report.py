@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from distillbench.bench_report import bench_markdown, performance_summary
+from distillbench.efficiency import efficiency_table
 from distillbench.leaderboard import (
     EXPERIMENT,
     aggregate,
@@ -106,6 +107,16 @@ def leaderboard_markdown(results_dir: Path) -> str:
     parts += [
         "Cells: mean over seeds (±std when n > 1), ×100; **bold**: best student per column.",
         "",
+    ]
+    efficiency = efficiency_table(results_dir)
+    if len(efficiency):
+        parts += [
+            "#### Efficiency (`distillbench efficiency`: each architecture, fresh weights, the task's dev examples)",
+            "",
+            efficiency.to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+    parts += [
         "#### Runs",
         "",
         runs_table(records),

@@ -52,6 +52,12 @@ class Stages:
         self.task = plan.task
         self.log: dict[str, Any] = {}
 
+    def _log(self, name: str, info: dict[str, Any], built: bool) -> None:
+        """Record a stage; one built earlier in this run stays ``built_here`` when it is asked for again
+        (TED's Stage I builds the fine-tuned student that Stage II then loads from the cache)."""
+        built_before = self.log.get(name, {}).get("built_here", False)
+        self.log[name] = info | {"built_here": built or built_before}
+
     def seed_of(self, role: str) -> int:
         """The seed of a stage that trains ``role``: the teacher side may be pinned (``--teacher-seed``) so
         that every student seed of a campaign distils from one teacher."""
@@ -140,7 +146,7 @@ class Stages:
             return info
 
         info, built = cached_folder(folder, build)
-        self.log[f"{role}-finetune"] = info | {"built_here": built}
+        self._log(f"{role}-finetune", info, built)
         return folder / "model", info
 
     def method_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
@@ -190,5 +196,5 @@ class Stages:
             }
 
         info, built = cached_folder(folder, build)
-        self.log[stage.name] = info | {"built_here": built}
+        self._log(stage.name, info, built)
         return load_file(folder / "extra.safetensors")

@@ -36,6 +36,7 @@ def test_bench_writes_a_record_of_every_phase(tiny_bert, glue_dir, workdir, caps
     assert whole["ratio"] == pytest.approx(whole["ted"]["wall_seconds"] / whole["finetune"]["wall_seconds"])
     assert whole["ted"]["stages"]["ted-filters-student"]["built_here"]
     assert not whole["ted"]["stages"]["teacher-finetune"]["built_here"]  # cached before the timing
+    assert whole["ted"]["seed_stages_found_cached"] == []  # every stage of the run's own seed was timed
     assert not list((workdir / "results" / "runs").glob("*.json"))  # timings, not results
     assert all(len(p["rounds_seconds_per_step"]) == 2 for p in record["phases"].values())
     assert all(p["seconds_per_step"] > 0 and p["peak_rss_mib"] > 0 for p in record["phases"].values())

@@ -97,13 +97,20 @@ def test_qa_start_end_logits_are_cached_per_token(tiny_bert, squad_dir, tmp_path
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
 
 
-def test_float16_cache_records_its_rounding_error_and_stays_close(tiny_bert, glue_dir, tmp_path):
-    runner = make_runner(tiny_bert, glue_dir, tmp_path, "lwd", teacher_cache_dtype="float16")
+@pytest.mark.parametrize(("dtype", "bound", "rtol"), [("float16", 1e-2, 1e-3), ("bfloat16", 5e-2, 1e-2)])
+def test_half_precision_cache_records_its_rounding_error_and_stays_close(
+    dtype, bound, rtol, tiny_bert, glue_dir, tmp_path
+):
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, "lwd", teacher_cache_dtype=dtype)
     live, cached, cache = distillers(runner)
-    assert cache.meta["dtype"] == "float16"
-    assert 0 < cache.meta["max_abs_rounding_error"] < 1e-2
+    assert cache.meta["dtype"] == dtype
+    assert 0 < cache.meta["max_abs_rounding_error"] < bound
+    # the stored rows are the teacher's states rounded to the dtype: exactly what torch's own cast gives
+    index = torch.tensor([0, 1])
+    stored = cache.lookup(index, 8, torch.device("cpu")).hidden_states[cache.meta["layers"][0]]
+    assert torch.equal(stored, stored.to(getattr(torch, dtype)).float())
     batch = batch_of(runner, [0, 1, 2, 3])
-    torch.testing.assert_close(loss_of(cached, batch)["loss"], loss_of(live, batch)["loss"], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(loss_of(cached, batch)["loss"], loss_of(live, batch)["loss"], rtol=rtol, atol=1e-4)
 
 
 def test_index_column_never_reaches_the_models(tiny_bert, glue_dir, tmp_path):
