@@ -41,6 +41,7 @@ from distillbench.records import RECORD_VERSION, write_json_atomic
 from distillbench.task import Task, get_task, resolve_data_dir
 
 BATCH_SIZES = (1, 32)
+ROWS = 32  # dev examples timed (batch 1: each alone; batch 32: all at once)
 WARMUP_PASSES = 2
 TIMED_PASSES = 5
 
@@ -99,7 +100,7 @@ def measure(model: torch.nn.Module, rows: list[dict[str, Any]], collate: Callabl
     result: dict[str, Any] = parameter_counts(model)
     with torch.inference_mode():
         for size in BATCH_SIZES:
-            batches = [collate(inputs[i : i + size]) for i in range(0, min(len(inputs), 32), size)]
+            batches = [collate(inputs[i : i + size]) for i in range(0, min(len(inputs), ROWS), size)]
 
             def run(batches: list[dict] = batches) -> None:
                 for batch in batches:
@@ -125,15 +126,19 @@ def measure(model: torch.nn.Module, rows: list[dict[str, Any]], collate: Callabl
 def dev_rows(
     task_name: str, records: list[dict[str, Any]], data_dir: str | None, teacher: str | None
 ) -> tuple[Task, list[dict[str, Any]], Any]:
-    """The task, its first 32 dev examples tokenised as its records were (length, task options), and
-    the tokenizer."""
+    """The task, ``ROWS`` dev examples spread over its dev split, tokenised as its records were (length,
+    task options), and the tokenizer."""
     first = next(r for r in records if r["task"] == task_name)
     task_cls = get_task(task_name)
     task = task_cls(resolve_data_dir(data_dir), task_cls.options_for(first.get("task_options") or {}))
     tokenizer = AutoTokenizer.from_pretrained(teacher_source(first, teacher))
     max_length = (first.get("train") or {}).get("max_seq_length", 128)
     dev = task.preprocess(task.load(), tokenizer, max_length)[task.eval_splits[0]]
-    return task, [dev[i] for i in range(min(len(dev), 32))], tokenizer
+    # spread over the split: a task may order its dev rows (SQuAD sorts windows by length)
+    picked = (
+        sorted({round(i * (len(dev) - 1) / (ROWS - 1)) for i in range(ROWS)}) if len(dev) > ROWS else range(len(dev))
+    )
+    return task, [dev[i] for i in picked], tokenizer
 
 
 def measure_records(
