@@ -52,11 +52,11 @@ def family_of(task_name: str) -> str:
 
 
 def method_figures(records: list[dict], score: str = "final") -> list[tuple[str, plt.Figure]]:
-    """One figure per task family: a panel per task, one bar per (method, experiment) — the mean over
-    seeds with the seeds' std as error bar and n under it —, the teacher of each experiment as a line.
-    Bars of different experiments (teacher, student, setting, budget) are never pooled: each is its own
-    bar, labelled by what differs. A metric where lower is better (perplexity) is drawn with its axis
-    inverted, so a better bar is always the higher one."""
+    """One figure per task family: a panel per task, one point per (method, experiment) — the mean over
+    seeds with the seeds' std as error bar and n beside it —, the teacher of each experiment as a line.
+    Different experiments (teacher, student, setting, budget) are never pooled: each is its own point,
+    labelled by what differs. A metric where lower is better (perplexity) is drawn with its axis
+    inverted, so better is always further right."""
     stats = aggregate(records, score)
     if stats.empty:
         raise UserError("no usable records to plot")
@@ -66,7 +66,11 @@ def method_figures(records: list[dict], score: str = "final") -> list[tuple[str,
     figures = []
     for family in sorted({family_of(t) for t in stats["task"]}):
         tasks = [t for t in sorted(set(stats["task"])) if family_of(t) == family]
-        figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+        bars = max(
+            int((stats["task"].isin(tasks) & (stats["method"] != "teacher")).groupby(stats["task"]).sum().max()), 1
+        )
+        size = (5.5 * len(tasks), 0.32 * bars + 1.4)
+        figure, axes = plt.subplots(1, len(tasks), figsize=size, squeeze=False)
         for axis, task_name in zip(axes[0], tasks, strict=True):
             _task_panel(axis, stats[stats["task"] == task_name], get_task(task_name), varying)
         figure.suptitle(f"{family}: dev main metric, {score} epoch")
@@ -76,23 +80,28 @@ def method_figures(records: list[dict], score: str = "final") -> list[tuple[str,
 
 
 def _task_panel(axis: plt.Axes, stats: pd.DataFrame, task, varying: list[str]) -> None:
+    """Mean ± std over seeds as a point per experiment (differences of a point stay visible), the
+    teacher as a dashed line; labels name only what differs between this panel's experiments."""
     scale = task.display_scale
     students = stats[stats["method"] != "teacher"].reset_index(drop=True)
+    varying = [c for c in varying if students[c].nunique() > 1]
     labels = [
-        "\n".join([row.method, *(str(getattr(row, c)) for c in varying)]) for row in students.itertuples(index=False)
+        " · ".join([row.method, *(str(getattr(row, c)) for c in varying)]) for row in students.itertuples(index=False)
     ]
     palette = sns.color_palette(n_colors=max(len(students), 1))
-    axis.bar(range(len(students)), students["mean"] * scale, yerr=students["std"] * scale, color=palette, capsize=3)
-    for x, row in enumerate(students.itertuples(index=False)):
-        axis.annotate(f"n={row.n}", (x, 0), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
+    for y, row in enumerate(students.itertuples(index=False)):
+        axis.errorbar(row.mean * scale, y, xerr=row.std * scale, fmt="o", color=palette[y], capsize=3)
+        axis.annotate(f"  n={row.n}", (row.mean * scale, y), va="center", fontsize=7)
     for row in stats[stats["method"] == "teacher"].itertuples(index=False):
-        axis.axhline(row.mean * scale, color="0.3", linestyle="--", linewidth=1)
-        axis.annotate(f"teacher {row.teacher}", (0, row.mean * scale), fontsize=7, color="0.3", va="bottom")
-    axis.set_xticks(range(len(students)), labels, rotation=45, ha="right", fontsize=7)
+        axis.axvline(row.mean * scale, color="0.3", linestyle="--", linewidth=1)
+        axis.annotate(f"teacher {row.teacher} ", (row.mean * scale, -0.6), fontsize=7, color="0.3", ha="right")
+    axis.set_yticks(range(len(students)), labels, fontsize=7)
+    axis.set_ylim(len(students) - 0.5, -1)  # the first experiment at the top, room for the teacher label
     axis.set_title(f"{task.column_label.split(' ')[0]} {task.main_metric}")
+    axis.grid(axis="x", alpha=0.3)
     if not task.greater_is_better:
-        axis.invert_yaxis()
-        axis.set_ylabel(f"{task.main_metric} (lower is better, axis inverted)")
+        axis.invert_xaxis()
+        axis.set_xlabel(f"{task.main_metric} (lower is better, axis inverted)")
 
 
 def speed_quality_figures(
