@@ -53,7 +53,7 @@ def test_plots_draw_one_point_per_experiment_never_pooling_settings(board):
     # kd task-specific (mean of three seeds), kd after pre-training, finetune; the teacher is a line
     assert plotted_means(figure) == [60.0, 70.0, 82.0]
     (axis,) = figure.axes
-    assert [round(line.get_ydata()[0], 6) for line in axis.lines if line.get_linestyle() == "--"] == [90.0]
+    assert [round(line.get_xdata()[0], 6) for line in axis.lines if line.get_linestyle() == "--"] == [90.0]
 
 
 def test_committed_method_plots_are_drawn_from_the_committed_records(tmp_path):
