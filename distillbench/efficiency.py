@@ -161,16 +161,21 @@ def measure_records(
         key = row_key(record)
         entry["labels"].add(teacher_label(record) if key[1] == "teacher" else key[3])
     written = []
+    prepared: dict[str, tuple[Task, list[dict[str, Any]], Any] | None] = {}  # one tokenisation per task
     for (task_name, key), entry in sorted(groups.items()):
         path = results_dir / "efficiency" / f"{task_name}-{key}.json"
         if path.is_file():
             continue
         echo(f"efficiency: {task_name} {', '.join(sorted(entry['labels']))} …")
-        try:
-            task, rows, tokenizer = dev_rows(task_name, records, data_dir, teacher)
-        except UserError as error:
-            echo(f"efficiency: {task_name}: {error}; not measured")
+        if task_name not in prepared:
+            try:
+                prepared[task_name] = dev_rows(task_name, records, data_dir, teacher)
+            except UserError as error:
+                echo(f"efficiency: {task_name}: {error}; not measured")
+                prepared[task_name] = None
+        if prepared[task_name] is None:
             continue
+        task, rows, tokenizer = prepared[task_name]
         torch.manual_seed(0)
         config = copy.deepcopy(entry["config"])
         config.update(task.model_kwargs())  # the task's head (labels, problem type)
