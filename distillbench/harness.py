@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, TrainerCallback, set_seed
 from distillbench import provenance
 from distillbench.cached import exclusive
 from distillbench.distiller import Distiller
+from distillbench.families import architecture
 from distillbench.history import train_runtime
 from distillbench.models import load_for_task, state_sha256, weights_sha256
 from distillbench.planning import Paths, Plan, cache_root, plan_run
@@ -93,6 +94,8 @@ class Runner:
             model={
                 "student": self.stages.student_description(),
                 "student_start": method.student_start,
+                "student_architecture": architecture(student.config),
+                **({"teacher_architecture": architecture(teacher.config)} if teacher is not None else {}),
                 "initial_state_sha256": student_init_sha,
                 "teacher_source": plan.identity(plan.teacher_source),
                 "teacher_source_sha256": weights_sha256(plan.teacher_source),

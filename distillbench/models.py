@@ -13,7 +13,6 @@ import copy
 import hashlib
 import importlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from distillbench.errors import UserError
+from distillbench.families import keep_blocks, qkv_projections
 from distillbench.losses import uniform_layer_map
 from distillbench.portable import PACKAGED_MODELS
 
@@ -86,15 +86,6 @@ def load_for_task(
         return cls.from_pretrained(name_or_path, **task_kwargs, **extra)
     except OSError as error:
         raise UserError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from None
-
-
-def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The transformer block list of a BERT-like encoder (``<base>.encoder.layer``)."""
-    encoder = getattr(model.base_model, "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise UserError(f"{type(model).__name__} has no encoder.layer list; cannot copy teacher layers")
-    return layers
 
 
 @dataclass(frozen=True)
@@ -175,11 +166,7 @@ def build_student(
     if spec.kind == "pretrained":
         return load_for_task(spec.source, model_class, task_kwargs, attentions)
     if spec.kind == "layers":
-        model = load_for_task(teacher_source, model_class, task_kwargs, attentions)
-        layers = encoder_layers(model)
-        model.base_model.encoder.layer = nn.ModuleList(layers[i] for i in spec.layer_ids)
-        model.config.num_hidden_layers = len(spec.layer_ids)
-        return model
+        return keep_blocks(load_for_task(teacher_source, model_class, task_kwargs, attentions), spec.layer_ids)
     config = load_config(teacher_source)
     config.num_hidden_layers = spec.num_layers
     for key, value in task_kwargs.items():
@@ -189,33 +176,16 @@ def build_student(
     return getattr(transformers, model_class).from_config(config)
 
 
-QKV_NAME = re.compile(r"layer\.(\d+)\..*\b(query|key|value|q_proj|k_proj|v_proj|q_lin|k_lin|v_lin)$")
-QKV_ORDER = {
-    "query": 0,
-    "q_proj": 0,
-    "q_lin": 0,
-    "key": 1,
-    "k_proj": 1,
-    "k_lin": 1,
-    "value": 2,
-    "v_proj": 2,
-    "v_lin": 2,
-}
-
-
 class QKVCapture:
     """Forward hooks that keep each layer's query/key/value projections (no forked model code)."""
 
     def __init__(self, model: nn.Module) -> None:
         self._captured: dict[tuple[int, int], Tensor] = {}
-        self._handles = []
-        for name, module in model.named_modules():
-            match = QKV_NAME.search(name)
-            if match and isinstance(module, nn.Linear):
-                key = (int(match.group(1)), QKV_ORDER[match.group(2)])
-                self._handles.append(module.register_forward_hook(self._hook(key)))
-        if not self._handles:
-            raise UserError(f"{type(model).__name__}: no query/key/value projections found for Q/K/V capture")
+        self._handles = [
+            module.register_forward_hook(self._hook((layer, part)))
+            for layer, projections in enumerate(qkv_projections(model))
+            for part, module in enumerate(projections)
+        ]
 
     def _hook(self, key: tuple[int, int]):
         def keep(_module: nn.Module, _inputs: Any, output: Tensor) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from distillbench.cached import stable_key
 from distillbench.config import RunConfig, result_settings
 from distillbench.errors import UserError
+from distillbench.families import family_of
 from distillbench.fields import check_fields
 from distillbench.method import Method, ModelPair, get_method
 from distillbench.models import StudentSpec, load_config, resolve_model, student_config
@@ -112,6 +113,11 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             f"student vocabulary ({s_config.vocab_size}) differs from the teacher's "
             f"({teacher_config.vocab_size}); both must share one tokenizer"
         )
+    if student_spec.kind == "layers":
+        family_of(teacher_config, "a student of copied teacher layers (--student-layers/--student-layer-ids)")
+    if "qkv" in method_cls.needs:
+        for model_config in (s_config, teacher_config):
+            family_of(model_config, f"{config.method} (Q/K/V capture)")
     hp = method_cls.hparams_for(config.task, config.method_overrides)
     check_fields(hp, config.method)
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))

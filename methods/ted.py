@@ -31,6 +31,7 @@ from transformers.activations import ACT2FN
 
 from distillbench import Method, Outputs, Stage, Task, register_method
 from distillbench.errors import UserError
+from distillbench.families import activation
 from distillbench.fields import setting
 from distillbench.losses import REGRESSION_KD_ALPHA, mse, uniform_layer_map
 from distillbench.method import STUDENT_STARTS
@@ -57,7 +58,7 @@ def filter_layers(num_layers: int, num_filters: int) -> list[int]:
 
 def filter_bank(config: Any, count: int, output_dim: int, nonlinear: bool) -> nn.ModuleList:
     return nn.ModuleList(
-        make_filter(config.hidden_size, output_dim, nonlinear, config.hidden_act) for _ in range(count)
+        make_filter(config.hidden_size, output_dim, nonlinear, activation(config)) for _ in range(count)
     )
 
 
@@ -149,6 +150,8 @@ class TED(Method):
         self.student_layers = filter_layers(student.num_hidden_layers, count)
         self.teacher_layers = filter_layers(teacher.num_hidden_layers, count)
         self.output_dim = self.hp.filter_output_dim or teacher.hidden_size
+        if self.hp.filter_nonlinear:
+            activation(student), activation(teacher)  # each model's own activation must be readable
 
     def stages(self) -> list[Stage]:
         settings = {"output_dim": self.output_dim, "nonlinear": self.hp.filter_nonlinear, "backbone": "eval"}

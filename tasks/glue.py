@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from distillbench import metrics
 from distillbench.errors import UserError
+from distillbench.families import hidden_dropout
 from distillbench.task import Task, register_task
 
 
@@ -304,7 +305,7 @@ class GlueTask(Task):
         return {"num_labels": self.num_labels, "problem_type": problem}
 
     def make_head(self, config, input_dim: int) -> nn.Module:
-        return SequenceHead(input_dim, self.num_labels, config.hidden_dropout_prob)
+        return SequenceHead(input_dim, self.num_labels, hidden_dropout(config))
 
     def head_loss(self, head_output: Tensor, batch: dict[str, Tensor]) -> Tensor:
         labels = batch["labels"]

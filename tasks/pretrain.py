@@ -29,6 +29,7 @@ from transformers import DataCollatorForLanguageModeling, DataCollatorWithPaddin
 
 from distillbench import metrics
 from distillbench.errors import UserError
+from distillbench.families import layer_norm_eps
 from distillbench.fields import setting
 from distillbench.task import Task, register_task
 
@@ -163,7 +164,7 @@ class ContinualPretraining(Task):
         return [outputs.logits[batch["labels"] != -100]]
 
     def make_head(self, config, input_dim: int) -> nn.Module:
-        return MLMHead(input_dim, config.vocab_size, config.layer_norm_eps)
+        return MLMHead(input_dim, config.vocab_size, layer_norm_eps(config))
 
     def head_loss(self, head_output: Tensor, batch: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(head_output.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)

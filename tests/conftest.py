@@ -203,6 +203,50 @@ def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int =
     return folder
 
 
+FAMILY_CONFIGS = {
+    # model type → (config class, backbone class, extra config fields, tokenizer returns token types)
+    "bert": ("BertConfig", "BertModel", {}, True),
+    "roberta": ("RobertaConfig", "RobertaModel", {"type_vocab_size": 1, "pad_token_id": 0}, False),
+    "deberta-v2": (
+        "DebertaV2Config",
+        "DebertaV2Model",
+        {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 16, "pad_token_id": 0},
+        True,
+    ),
+    "electra": ("ElectraConfig", "ElectraModel", {"embedding_size": 16}, True),
+    "distilbert": ("DistilBertConfig", "DistilBertModel", {"pad_token_id": 0}, False),
+}
+
+
+def make_tiny_model(folder: Path, family: str, layers: int = 4, hidden: int = 32, heads: int = 4) -> Path:
+    """A random backbone of one model family with the word-level tokenizer, saved as a Hugging Face
+    folder. RoBERTa and DistilBERT tokenizers return no token type ids, as their real ones do."""
+    import torch
+    import transformers
+    from transformers import BertTokenizer
+
+    config_name, model_name, extra, token_types = FAMILY_CONFIGS[family]
+    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS + PUNCT)}
+    names = ["input_ids", "token_type_ids", "attention_mask"] if token_types else ["input_ids", "attention_mask"]
+    tokenizer = BertTokenizer(vocab=vocab, model_input_names=names)
+    shape = {
+        "vocab_size": len(vocab),
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": 2 * hidden,
+        "max_position_embeddings": 128,
+    }
+    if family == "distilbert":
+        shape = {"vocab_size": len(vocab), "dim": hidden, "n_layers": layers, "n_heads": heads}
+        shape |= {"hidden_dim": 2 * hidden, "max_position_embeddings": 128}
+    config = getattr(transformers, config_name)(**shape, **extra)
+    torch.manual_seed(0)
+    getattr(transformers, model_name)(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
