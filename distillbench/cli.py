@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = commands.add_parser("run", help="fine-tune the teacher (cached) and distil a student")
     add_run_arguments(run)
+    run.add_argument(
+        "--dry-run", action="store_true", help="validate the pair, stages and settings, print the plan, train nothing"
+    )
     run.add_argument("--params", help="'best': start from results/best/<method>-<task>.json (from tune)")
     tune = commands.add_parser("tune", help="Optuna search over the method's declared space")
     add_run_arguments(tune)
@@ -243,10 +246,14 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
 
 def command_run(args: argparse.Namespace) -> int:
     from distillbench.harness import Runner, plan_run
-    from distillbench.summary import run_summary
+    from distillbench.summary import plan_summary, run_summary
 
     config, paths = build_run(args)
-    record = Runner(plan_run(config, paths)).run()
+    plan = plan_run(config, paths)
+    if args.dry_run:
+        print(plan_summary(plan))
+        return 0
+    record = Runner(plan).run()
     print(run_summary(record))
     return 0
 

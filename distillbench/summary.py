@@ -1,8 +1,16 @@
-"""The one-screen summary printed at the end of a run, read from its record."""
+"""The one-screen summary printed at the end of a run (read from its record), and before one (``--dry-run``)."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from distillbench.config import result_settings
+from distillbench.families import architecture
+from distillbench.models import load_config, student_config
+
+if TYPE_CHECKING:
+    from distillbench.planning import Plan
 
 
 def _format_metrics(metrics: dict[str, float] | None) -> str:
@@ -43,3 +51,55 @@ def run_summary(record: dict[str, Any]) -> str:
         f"  record         {record.get('_path', record['run_id'])}",
     ]
     return "\n".join(lines)
+
+
+def _shape(config: Any) -> str:
+    shape = architecture(config)
+    return (
+        f"{shape['model_type']}, {shape['num_hidden_layers']} layers, width {shape['hidden_size']}, "
+        f"{shape['num_attention_heads']} heads"
+    )
+
+
+def plan_summary(plan: Plan) -> str:
+    """What ``run --dry-run`` prints: the validated pair, stages, hyper-parameters and record path, read
+    from the configurations alone (no weights are loaded, nothing is trained or written)."""
+    config, method = plan.config, plan.method
+    teacher = load_config(plan.teacher_source)
+    student = student_config(plan.student_spec, teacher)
+    stages: list[str] = []
+
+    def fine_tuned(role: str) -> None:  # a role's fine-tuning runs once, before the first stage that needs it
+        if f"{role} fine-tune" not in stages:
+            stages.append(f"{role} fine-tune")
+
+    if method.uses_teacher:
+        fine_tuned("teacher")
+    for stage in method.stages():
+        fine_tuned(stage.model)
+        stages.append(stage.name)
+    if method.student_start == "finetuned":
+        fine_tuned("student")
+    stages.append(f"{config.method} on the student")
+    hparams = dataclasses.asdict(method.hp)
+    training = result_settings(config.train)
+    lines = [
+        "",
+        f"distillbench  {config.method} on {config.task}  (seed {config.seed})  plan only: nothing trained or written",
+        f"  teacher        {config.teacher}  ({_shape(teacher)})" if method.uses_teacher else "  teacher        -",
+        f"  student        {_student_text(plan)}  ({_shape(student)})",
+        f"  stages         {' → '.join(stages)}",
+        f"  hyper-params   {'  '.join(f'{k}={v}' for k, v in hparams.items())}",
+        f"  training       {'  '.join(f'{k}={v}' for k, v in training.items() if v is not None)}",
+        f"  record         {plan.paths.results_dir / 'runs' / f'{plan.run_name}.json'}",
+    ]
+    return "\n".join(lines)
+
+
+def _student_text(plan: Plan) -> str:
+    spec = plan.student_spec
+    if spec.kind == "layers":
+        return f"teacher layers {','.join(map(str, spec.layer_ids))}"
+    if spec.kind == "random":
+        return f"random weights, {spec.num_layers} layers of the teacher's shape"
+    return plan.config.student or str(spec.source)

@@ -42,7 +42,12 @@ QKV_WEIGHTS = {
 def zoo(tmp_path_factory: pytest.TempPathFactory):
     """``zoo(family, shape)`` → a saved tiny model folder, built once per module."""
     root = tmp_path_factory.mktemp("families")
-    shapes = {"teacher": (4, 32, 4), "narrow": (2, 16, 2), "narrow-equal-heads": (2, 16, 4)}
+    shapes = {
+        "teacher": (4, 32, 4),
+        "narrow": (2, 16, 2),
+        "narrow-equal-heads": (2, 16, 4),
+        "half-width": (4, 16, 2),  # the paper's DeBERTaV3-xsmall beside -base: half the width, same depth
+    }
 
     @cache
     def build(family: str, shape: str) -> Path:
@@ -301,6 +306,24 @@ def test_lwd_hidden_state_term_equals_an_independent_computation(family, zoo):
         ) / len(method.layer_map)
     assert method.layer_map == [1, 3]
     torch.testing.assert_close(terms["mse"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_the_papers_pair_is_planned_without_training_anything(zoo, family_data, tmp_path, capsys):
+    """``run --dry-run`` on local DeBERTa-v2 folders shaped like DeBERTaV3-base → -xsmall: the pair, the
+    stages in order and the task's hyper-parameters are validated and printed; nothing is written."""
+    teacher, student = zoo("deberta-v2", "teacher"), zoo("deberta-v2", "half-width")
+    capsys.readouterr()
+    common = ["run", "--task", "mnli", "--teacher", str(teacher), "--student", str(student)]
+    common += ["--data-dir", str(family_data), "--results-dir", str(tmp_path / "results")]
+    common += ["--cache-dir", str(tmp_path / "cache"), "--dry-run"]
+    assert main([*common, "--method", "ted"]) == 0
+    out = capsys.readouterr().out
+    assert "(deberta-v2, 4 layers, width 32, 4 heads)" in out and "(deberta-v2, 4 layers, width 16, 2 heads)" in out
+    stages = "teacher fine-tune → ted-filters-teacher → student fine-tune → ted-filters-student → ted on the student"
+    assert stages in out and "kl_alpha=5.0  mse_alpha=7500.0" in out  # TED's MNLI settings
+    assert main([*common, "--method", "minilm"]) == 2
+    assert "minilm needs equal attention head counts" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
 
 def test_every_registered_method_is_covered():
