@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from distillbench import distributed
 from distillbench.errors import UserError
 from distillbench.records import write_json_atomic
 
@@ -103,6 +104,8 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
 def cached_folder(folder: Path, build: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """The marker of ``folder``, building it first when it is absent or damaged (under the lock);
     returns (marker, built now). ``build`` fills the folder and returns the marker's content."""
+    if distributed.world_size() > 1:
+        return _cached_folder_together(folder, build)
     with exclusive(lock_for(folder)):
         info = read_marker(folder)
         if info is not None:
@@ -114,3 +117,25 @@ def cached_folder(folder: Path, build: Callable[[Path], dict[str, Any]]) -> tupl
         info["manifest"] = manifest(folder)
         write_json_atomic(folder / MARKER, info)
         return info, True
+
+
+def _cached_folder_together(folder: Path, build: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """:func:`cached_folder` for the processes of one multi-process run: they build (train) the stage
+    together; rank 0 alone holds the lock, decides whether to build, clears a damaged folder and writes
+    the marker, and the others read the marker it wrote."""
+    main = distributed.is_main()
+    with exclusive(lock_for(folder)) if main else contextlib.nullcontext():
+        info = read_marker(folder) if main else None
+        if not distributed.agree(info is None):
+            return (info if main else read_marker(folder)) or {}, False
+        if main:
+            if (folder / MARKER).exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        info = build(folder)
+        if main:
+            info["manifest"] = manifest(folder)
+            write_json_atomic(folder / MARKER, info)
+        distributed.barrier()
+        return (info if main else read_marker(folder)) or {}, True

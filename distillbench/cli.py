@@ -62,6 +62,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("on", "off", "auto"),
         help="read the teacher's outputs from a disk cache (default auto: when the method allows it)",
     )
+    parser.add_argument(
+        "--report-to",
+        metavar="TRACKERS",
+        help="log every stage's loss terms to none (default), tensorboard, wandb, mlflow (comma list) or all",
+    )
     parser.add_argument("--preset", help="a named bounded budget, e.g. demo (see README)")
     parser.add_argument("--data-dir", help="folder with glue/, squad/, text/ (default: $DISTILLBENCH_DATA, else hub)")
     parser.add_argument("--output-dir", type=Path, help="checkpoints and the trained student (default: outputs/…)")
@@ -219,6 +224,8 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         train_overrides["max_steps"] = args.max_steps
     if args.teacher_cache is not None:
         train_overrides["teacher_cache"] = args.teacher_cache
+    if args.report_to is not None:
+        train_overrides["report_to"] = args.report_to
     config = RunConfig(
         method=args.method,
         task=args.task,
@@ -254,7 +261,8 @@ def command_run(args: argparse.Namespace) -> int:
         print(plan_summary(plan))
         return 0
     record = Runner(plan).run()
-    print(run_summary(record))
+    if record["_path"]:  # the process that wrote the record (rank 0 of a multi-process run)
+        print(run_summary(record))
     return 0
 
 

@@ -62,6 +62,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = setting(1, ge=1, help="optimizer step once per this many batches")
     torch_compile: bool = setting(False, help="torch.compile the trained module")
     dataloader_num_workers: int = setting(0, ge=0, help="data-loading worker processes")
+    report_to: str = setting("none", help="experiment trackers: none, tensorboard, wandb, mlflow (comma list) or all")
 
 
 # Settings that change how fast a run goes, not what it computes: they stay out of run keys, stage keys and
@@ -76,6 +77,7 @@ EXECUTION_ONLY = frozenset(
         "eval_batch_size",
         "torch_compile",
         "dataloader_num_workers",
+        "report_to",
     }
 )
 

@@ -128,9 +128,8 @@ class DistillTrainer(Trainer):
     def _get_eval_sampler(self, eval_dataset: Any) -> Sampler | None:
         """Dev batches in dataset order. ``transformers`` also length-groups evaluation when training is
         length-grouped; SQuAD maps predictions back to questions by position, so that would score the
-        wrong windows. Multi-process evaluation keeps the Trainer's own sharded order."""
-        if self.args.world_size > 1:
-            return super()._get_eval_sampler(eval_dataset)
+        wrong windows, and stored predictions would not line up with their examples. Several processes
+        read the same order: accelerate shards it by batch and its gather puts it back together."""
         return SequentialSampler(eval_dataset)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"):

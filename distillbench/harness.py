@@ -8,13 +8,14 @@ The harness knows the method and task APIs only: no method or task is named here
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, TrainerCallback, set_seed
 
-from distillbench import provenance
+from distillbench import distributed, provenance
 from distillbench.cached import exclusive
 from distillbench.distiller import Distiller
 from distillbench.families import architecture
@@ -43,6 +44,7 @@ class Runner:
         self.tags = tags or {}
         # The code that runs is the code imported now: a checkout that moves later must not re-label it.
         self.git_at_start = provenance.git_state()
+        distributed.start(provenance.hardware())  # launched as several processes: join them (no-op alone)
         self.data = RunData(plan)
         self.training = Training(plan, self.data)
         self.caches = OutputCaches(plan, self.data)
@@ -51,8 +53,9 @@ class Runner:
     def run(self) -> dict[str, Any]:
         """Stages, distillation and record, holding the run's lock: a second process started with the
         same run (same key, same output folder) is refused at once instead of clobbering it."""
-        out_dir = self.plan.paths.output_dir or Path("outputs") / self.plan.run_name
-        with exclusive(out_dir.with_name(out_dir.name + ".lock"), wait=False):
+        out_dir = self.plan.output_folder
+        lock = out_dir.with_name(out_dir.name + ".lock")
+        with exclusive(lock, wait=False) if distributed.is_main() else contextlib.nullcontext():
             return self._run(out_dir)
 
     def _run(self, out_dir: Path) -> dict[str, Any]:
@@ -73,11 +76,15 @@ class Runner:
             out_dir,
             plan.config.train,
             evaluate=True,
+            stage=(f"{plan.config.method}-student", plan.run_name),
             callbacks=self.callbacks,
             indexed=cache is not None,
             capture=capture,
         )
         metrics = self.training.evaluate(trainer)
+        if not distributed.is_main():  # rank 0 writes the student, its predictions and the record
+            distributed.barrier()
+            return {"metrics": metrics, "_path": None}
         student.save_pretrained(out_dir / "student")
         self.data.tokenizer.save_pretrained(out_dir / "student")
         history = trainer.state.log_history
@@ -109,6 +116,7 @@ class Runner:
         )
         path = plan.paths.results_dir / "runs" / f"{plan.run_name}.json"
         write_json_atomic(path, record)
+        distributed.barrier()
         return dict(record) | {"_path": str(path)}
 
     def _teacher(self) -> tuple[PreTrainedModel | None, dict[str, Any] | None]:

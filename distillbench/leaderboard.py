@@ -105,6 +105,8 @@ def config_fingerprint(record: dict[str, Any]) -> str:
             "preset": record.get("preset"),
             # a pinned teacher seed is part of the experiment: seeds of it share one teacher
             "teacher_seed": record.get("teacher_seed"),
+            # several processes train on a larger global batch than the per-device one recorded in train
+            "processes": (record.get("distributed") or {}).get("processes", 1),
         },
         sort_keys=True,
         default=str,

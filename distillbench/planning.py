@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distillbench import distributed
 from distillbench.cached import stable_key
 from distillbench.config import RunConfig, result_settings
 from distillbench.errors import UserError
@@ -24,6 +25,7 @@ from distillbench.models import StudentSpec, load_config, resolve_model, student
 from distillbench.portable import model_identity
 from distillbench.task import Task, get_task, resolve_data_dir, task_registry
 from distillbench.teacher_cache import check_teacher_cache
+from distillbench.tracking import parse_report_to
 
 CACHE_ENV = "DISTILLBENCH_CACHE"
 
@@ -72,6 +74,11 @@ class Plan:
             return f"after {origin['method']} pre-training"
         return "task-specific"
 
+    @property
+    def output_folder(self) -> Path:
+        """Checkpoints, the trained student and tracker logs of this run."""
+        return self.paths.output_dir or Path("outputs") / self.run_name
+
     def identity(self, source: str) -> str:
         """How records and stage keys name a model: the same on every machine."""
         return model_identity(source, self.roots)
@@ -88,6 +95,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{what} folder {folder} is a file")
     check_fields(config.train, "--set")
+    parse_report_to(config.train.report_to)
     if config.train.bf16 and config.train.fp16:
         raise UserError("--set bf16=true and fp16=true: choose one mixed precision")
     try:
@@ -135,6 +143,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             "student": student_spec.describe(),
             "data": data_sha,
             **({"identity": identity} if identity else {}),
+            **distributed.key_part(),
             **({"task_options": config.task_options} if config.task_options else {}),
         }
     )

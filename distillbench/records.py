@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypedDict
 
-from distillbench import provenance
+from distillbench import distributed, provenance
 from distillbench.history import best_epoch, epoch_history, final_loss_terms, loss_history, main_metric_key
 from distillbench.portable import legacy_portable, portable_command, portable_path
 
@@ -52,7 +52,8 @@ class RunRecord(TypedDict, total=False):
     data: dict[str, Any]
     git: dict[str, Any]
     packages: dict[str, str | None]
-    hardware: dict[str, Any]
+    hardware: dict[str, Any]  # with ``processes`` (one entry per rank) when launched as several processes
+    distributed: dict[str, int]  # processes and the global batch (per-device batch × accumulation × processes)
     command: list[str]
     finished_at: str
     hparams: dict[str, Any]
@@ -171,7 +172,11 @@ def base_record(
         },
         git=git,
         packages=provenance.package_versions(),
-        hardware=provenance.hardware(),
+        hardware=provenance.hardware() | ({"processes": processes} if (processes := distributed.processes()) else {}),
+        distributed={
+            "processes": distributed.world_size(),
+            "global_batch_size": distributed.global_batch_size(train_cfg),
+        },
         command=portable_command(sys.argv, plan.roots),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )

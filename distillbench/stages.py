@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, set_seed
 
+from distillbench import distributed
 from distillbench.cached import cached_folder, stable_key
 from distillbench.config import BEFORE_INTRODUCED, TrainConfig
 from distillbench.history import epoch_history, final_loss_terms, train_runtime
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 def optional_stage_settings(cfg: TrainConfig) -> dict[str, Any]:
     """Settings added after stages were first cached enter a stage key only when they differ from their
     old behaviour (length grouping on, mixed precision, gradient accumulation), so older stages stay valid."""
-    return {k: getattr(cfg, k) for k, before in BEFORE_INTRODUCED.items() if getattr(cfg, k) != before}
+    changed = {k: getattr(cfg, k) for k, before in BEFORE_INTRODUCED.items() if getattr(cfg, k) != before}
+    return changed | distributed.key_part()
 
 
 class Stages:
@@ -125,8 +127,14 @@ class Stages:
             init["initial_state_sha256"] = state_sha256(model)
             capture = EvalCapture(self.task)
             seed = self.seed_of(role)
-            trainer = self.training.train(model, folder / "trainer", cfg, evaluate=True, capture=capture, seed=seed)
+            stage = (f"{role}-finetune", folder.name)
+            trainer = self.training.train(
+                model, folder / "trainer", cfg, evaluate=True, stage=stage, capture=capture, seed=seed
+            )
             metrics = self.training.evaluate(trainer)
+            info = {"key": folder.name, "settings": settings, "metrics": metrics}
+            if not distributed.is_main():
+                return info  # rank 0 saves the model and writes the marker; this process reads it
             model.save_pretrained(folder / "model")
             self.data.tokenizer.save_pretrained(folder / "model")
             shutil.rmtree(folder / "trainer")  # the finished model is kept; its resume checkpoints are not
@@ -183,7 +191,17 @@ class Stages:
             module = stage.build(model, self.task)
             module.features = features
             indexed = features is not None
-            trainer = self.training.train(module, folder / "trainer", cfg, evaluate=False, indexed=indexed, seed=seed)
+            trainer = self.training.train(
+                module,
+                folder / "trainer",
+                cfg,
+                evaluate=False,
+                stage=(stage.name, folder.name),
+                indexed=indexed,
+                seed=seed,
+            )
+            if not distributed.is_main():
+                return {"key": folder.name}  # rank 0 saves the filters and writes the marker
             save_file({k: v.contiguous() for k, v in module.extra.state_dict().items()}, folder / "extra.safetensors")
             shutil.rmtree(folder / "trainer")
             return {

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding
 
+from distillbench import distributed
 from distillbench.cached import exclusive, lock_for, manifest, manifest_problem, stable_key
 from distillbench.errors import UserError
 from distillbench.method import Method, Outputs
@@ -293,9 +294,10 @@ class OutputCaches:
             print(f"teacher cache skipped: {skip} (--teacher-cache on builds it anyway)", file=sys.stderr)
             return None
         show = plan.paths.show_progress
-        cache = build_cache(
-            folder, model, with_index(train), task, self.data.tokenizer, spec, cfg.eval_batch_size, show
-        )
+        with distributed.main_first():  # rank 0 runs the teacher over the data; the others read its cache
+            cache = build_cache(
+                folder, model, with_index(train), task, self.data.tokenizer, spec, cfg.eval_batch_size, show
+            )
         print(
             f"output cache {folder.name} ({cache.disk_bytes / 2**20:.1f} MiB, {spec.dtype}, "
             f"max rounding error {cache.meta['max_abs_rounding_error']:.2e})",

@@ -21,6 +21,8 @@ from distillbench.distiller import DistillTrainer
 from distillbench.history import epoch_history, flatten_metrics
 from distillbench.predictions import EvalCapture
 from distillbench.teacher_cache import with_index
+from distillbench.tracking import callbacks as tracking_callbacks
+from distillbench.tracking import parse_report_to, trainer_arguments
 
 if TYPE_CHECKING:
     from distillbench.planning import Plan
@@ -73,7 +75,9 @@ class Training:
         self.data = data
         self.task = plan.task
 
-    def arguments(self, out_dir: Path, cfg: TrainConfig, evaluate: bool, seed: int | None = None) -> TrainingArguments:
+    def arguments(
+        self, out_dir: Path, cfg: TrainConfig, evaluate: bool, seed: int | None = None, tracking: dict | None = None
+    ) -> TrainingArguments:
         """The Trainer's arguments for one stage under ``cfg``; ``seed`` (default: the run's) seeds its
         data order and dropout: a teacher-side stage passes the teacher seed, so it is the same stage
         whichever student seed's run happens to build it."""
@@ -92,7 +96,7 @@ class Training:
             save_total_limit=1,
             logging_steps=cfg.logging_steps,
             seed=self.plan.config.seed if seed is None else seed,
-            report_to="none",
+            **(tracking or {"report_to": "none"}),
             remove_unused_columns=False,
             label_names=list(self.task.label_keys),
             disable_tqdm=not self.plan.paths.show_progress,
@@ -136,15 +140,20 @@ class Training:
         out_dir: Path,
         cfg: TrainConfig,
         evaluate: bool,
+        stage: tuple[str, str],
         callbacks: tuple[TrainerCallback, ...] = (),
         indexed: bool = False,
         capture: EvalCapture | None = None,
         seed: int | None = None,
     ) -> DistillTrainer:
-        """Train any module under ``cfg``, resuming from the last complete checkpoint in ``out_dir``."""
-        args = self.arguments(out_dir, cfg, evaluate, seed)
+        """Train any module under ``cfg``, resuming from the last complete checkpoint in ``out_dir``.
+        ``stage`` = (stage name, record id) names the stage in experiment trackers."""
+        name, record_id = stage
+        trackers = parse_report_to(cfg.report_to)
+        args = self.arguments(out_dir, cfg, evaluate, seed, tracking=trainer_arguments(trackers, record_id))
         train = self.data.train_split(cfg.max_train_samples, indexed)
-        trainer = self.trainer(module, args, train, callbacks=callbacks, capture=capture)
+        tracker_callbacks = tracking_callbacks(trackers, self.plan.output_folder / "tensorboard" / name)
+        trainer = self.trainer(module, args, train, callbacks=(*callbacks, *tracker_callbacks), capture=capture)
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(out_dir))
         return trainer
 

@@ -182,7 +182,7 @@ def make_squad(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int = 4) -> Path:
+def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int = 4, dropout: float = 0.1) -> Path:
     """A random BERT backbone plus a word-level tokenizer, saved as a Hugging Face folder."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
@@ -196,6 +196,8 @@ def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int =
         num_attention_heads=heads,
         intermediate_size=2 * hidden,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
