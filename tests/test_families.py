@@ -330,3 +330,9 @@ def test_every_registered_method_is_covered():
     """A method added to the registry joins the family runs (or this test says it was left out)."""
     plugins = {"logit-mse"}  # the example file plug-in, a logit-only method covered by tests/test_plugins.py
     assert set(list_methods()) - plugins == set(BUILT_IN)
+
+
+def test_the_models_page_lists_every_family_in_the_table():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    listed = {line.split("|")[2].strip(" `") for line in page.splitlines() if line.startswith("| ") and "`" in line}
+    assert set(FAMILIES) <= listed
