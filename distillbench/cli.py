@@ -31,7 +31,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--teacher",
         default="minilm-l6",
-        help="pretrained teacher: minilm-l6 (PyPI package), a local folder or a hub id",
+        help="pretrained teacher: minilm-l6 (PyPI package), a local folder or a hub id; a comma list is an ensemble",
     )
     parser.add_argument("--teacher-finetuned", help="an already fine-tuned teacher folder: skip the teacher stage")
     parser.add_argument(
@@ -46,6 +46,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--teacher-seed",
         type=int,
         help="seed of the teacher-side stages (default: --seed); pin it so all student seeds share one teacher",
+    )
+    parser.add_argument(
+        "--teacher-seeds",
+        help="an ensemble: the teacher fine-tuned with each seed, e.g. 1,2,3 (weights: --set teacher_weights=…)",
     )
     parser.add_argument(
         "--set",
@@ -215,8 +219,9 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         train_extra = {k: v for k, v in best.items() if k not in fields} | train_extra
     elif params:
         raise UserError(f"--params {params!r}: only 'best' is supported")
+    run_level = [pair for pair in args.overrides if pair.startswith("teacher_weights=")]
     train_overrides, method_overrides, task_options = parse_overrides(
-        args.overrides, method_cls.hparam_fields(), task_cls.option_fields()
+        [pair for pair in args.overrides if pair not in run_level], method_cls.hparam_fields(), task_cls.option_fields()
     )
     if args.epochs is not None:
         train_overrides["epochs"] = args.epochs
@@ -236,6 +241,8 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         student_layer_ids=args.student_layer_ids,
         seed=args.seed,
         teacher_seed=args.teacher_seed,
+        teacher_seeds=parse_numbers(args.teacher_seeds, int, "--teacher-seeds"),
+        teacher_weights=parse_numbers(run_level[-1].partition("=")[2] if run_level else None, float, "teacher_weights"),
         data_dir=args.data_dir,
         preset=args.preset,
         method_overrides=method_extra | method_overrides,
@@ -249,6 +256,16 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         show_progress=not args.no_progress,
     )
     return config, paths
+
+
+def parse_numbers(text: str | None, kind: type, what: str) -> tuple | None:
+    """``1,2,3`` → (1, 2, 3) typed as ``kind``; None when not given."""
+    if text is None:
+        return None
+    try:
+        return tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"{what} {text}: expected comma-separated {kind.__name__} values") from None
 
 
 def command_run(args: argparse.Namespace) -> int:

@@ -129,6 +129,8 @@ class RunConfig:
     student_layer_ids: str | None = None
     seed: int = 42
     teacher_seed: int | None = None  # None: the run's seed; pinned, every student seed shares one teacher
+    teacher_seeds: tuple[int, ...] | None = None  # an ensemble of one teacher model fine-tuned with each seed
+    teacher_weights: tuple[float, ...] | None = None  # the ensemble's weights (None: equal)
     data_dir: str | None = None  # not part of the run key: the data's sha256 is
     train: TrainConfig = field(default_factory=TrainConfig)
     method_overrides: dict[str, Any] = field(default_factory=dict)

@@ -34,18 +34,26 @@ class Distiller(nn.Module):
     def __init__(
         self,
         student: PreTrainedModel,
-        teacher: PreTrainedModel | None,
+        teacher: PreTrainedModel | list[PreTrainedModel] | None,
         method: Method,
         task: Task,
-        teacher_cache: TeacherCache | None = None,
+        teacher_cache: TeacherCache | list[TeacherCache] | None = None,
+        teacher_weights: list[float] | None = None,
     ) -> None:
+        """``teacher`` (and ``teacher_cache``) may be a list: an ensemble, combined by the method's
+        :meth:`~distillbench.method.Method.ensemble` with ``teacher_weights`` (default equal)."""
         super().__init__()
+        members = teacher if isinstance(teacher, list) else [] if teacher is None else [teacher]
         self.student = student
-        self.teacher = freeze(teacher) if teacher is not None else None
+        self.teacher = freeze(members[0]) if members else None
+        self.other_teachers = nn.ModuleList(freeze(member) for member in members[1:])
         self.method_modules = method.modules
         self.method = method
         self.task = task
-        self.teacher_cache = teacher_cache
+        if teacher_cache is None:
+            teacher_cache = []
+        self.teacher_caches = teacher_cache if isinstance(teacher_cache, list) else [teacher_cache]
+        self.teacher_weights = teacher_weights or [1 / len(members)] * len(members)
         needs = method.needs
         self._model_kwargs = {
             "output_hidden_states": "hidden_states" in needs,
@@ -58,7 +66,7 @@ class Distiller(nn.Module):
         """Keep the teacher and every fully frozen method module in eval mode (no dropout noise)."""
         super().train(mode)
         frozen = [m for m in self.method_modules.values() if not any(p.requires_grad for p in m.parameters())]
-        for module in [self.teacher, *frozen]:
+        for module in [self.teacher, *self.other_teachers, *frozen]:
             if module is not None:
                 module.eval()
         return self
@@ -74,12 +82,17 @@ class Distiller(nn.Module):
         if not self.training:
             return self.student(**batch)
         student = self._run(self.student, self._student_qkv, batch)
-        teacher = None
-        if self.teacher_cache is not None and index is not None:
-            teacher = self.teacher_cache.lookup(index, batch["input_ids"].shape[1], index.device)
+        members: list[Outputs] = []
+        if self.teacher_caches and index is not None:
+            length = batch["input_ids"].shape[1]
+            members = [cache.lookup(index, length, index.device) for cache in self.teacher_caches]
         elif self.teacher is not None:
             with torch.no_grad():
-                teacher = self._run(self.teacher, self._teacher_qkv, batch)
+                members = [self._run(self.teacher, self._teacher_qkv, batch)]
+                members += [self._run(other, None, batch) for other in self.other_teachers]
+        teacher = members[0] if len(members) == 1 else None
+        if len(members) > 1:
+            teacher = self.method.ensemble(members, self.teacher_weights)
         terms = self.method.loss(student, teacher, batch)
         return {"loss": torch.stack(list(terms.values())).sum(), "terms": terms}
 

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, TrainerCallback, set_seed
 from distillbench import distributed, provenance
 from distillbench.cached import exclusive
 from distillbench.distiller import Distiller
+from distillbench.ensemble import EnsembleModel, ensemble_record
 from distillbench.families import architecture
 from distillbench.history import train_runtime
 from distillbench.models import load_for_task, state_sha256, weights_sha256
@@ -61,7 +62,10 @@ class Runner:
     def _run(self, out_dir: Path) -> dict[str, Any]:
         started = time.time()
         plan, method = self.plan, self.plan.method
-        teacher, teacher_info = self._teacher()
+        teachers, members = self._teachers()
+        teacher_info = members[0] if len(members) == 1 else None
+        if len(members) > 1:
+            teacher_info = ensemble_record(members, [m.weight for m in plan.teachers], self._score_ensemble(teachers))
         stage_states = {stage.name: self.stages.method_stage(stage) for stage in method.stages()}
         set_seed(plan.config.seed)  # the method's own modules (projections, filters) are part of the seeded run
         method.setup(stage_states)
@@ -69,16 +73,18 @@ class Runner:
         student = self._student()
         student_init_sha = state_sha256(student)
         resumed_from = last_complete_checkpoint(out_dir)
-        cache = self.caches.for_teacher(teacher, teacher_info) if teacher is not None else None
+        caches = [self.caches.for_teacher(model, info) for model, info in zip(teachers, members, strict=True)]
+        live = not caches or None in caches  # every member from its cache, or every member live
+        weights = [member.weight for member in plan.teachers]
         capture = EvalCapture(self.task)
         trainer = self.training.train(
-            Distiller(student, teacher, method, self.task, cache),
+            Distiller(student, teachers, method, self.task, None if live else caches, weights),
             out_dir,
             plan.config.train,
             evaluate=True,
             stage=(f"{plan.config.method}-student", plan.run_name),
             callbacks=self.callbacks,
-            indexed=cache is not None,
+            indexed=not live,
             capture=capture,
         )
         metrics = self.training.evaluate(trainer)
@@ -96,13 +102,13 @@ class Runner:
             metrics=metrics,
             majority_baseline=self.task.majority_baseline(self.data.splits),
             teacher=teacher_info,
-            teacher_cache=cache.meta | {"key": cache.folder.name} if cache else None,
+            teacher_cache=None if live else cache_entry(caches),
             stages=self.stages.log,
             model={
                 "student": self.stages.student_description(),
                 "student_start": method.student_start,
                 "student_architecture": architecture(student.config),
-                **({"teacher_architecture": architecture(teacher.config)} if teacher is not None else {}),
+                **({"teacher_architecture": architecture(teachers[0].config)} if teachers else {}),
                 "initial_state_sha256": student_init_sha,
                 "teacher_source": plan.identity(plan.teacher_source),
                 "teacher_source_sha256": weights_sha256(plan.teacher_source),
@@ -119,13 +125,24 @@ class Runner:
         distributed.barrier()
         return dict(record) | {"_path": str(path)}
 
-    def _teacher(self) -> tuple[PreTrainedModel | None, dict[str, Any] | None]:
-        """The fine-tuned teacher (cached stage) when the method distils from one."""
+    def _teachers(self) -> tuple[list[PreTrainedModel], list[dict[str, Any]]]:
+        """The fine-tuned teachers (cached stages, one per ensemble member) when the method distils."""
         if not self.plan.method.uses_teacher:
-            return None, None
-        teacher_dir, teacher_info = self.stages.finetuned("teacher")
+            return [], []
         task, attentions = self.task, "attentions" in self.plan.method.needs
-        return load_for_task(str(teacher_dir), task.model_class, task.model_kwargs(), attentions), teacher_info
+        models, infos = [], []
+        for member in range(max(1, len(self.plan.teachers))):
+            folder, info = self.stages.finetuned("teacher", member)
+            models.append(load_for_task(str(folder), task.model_class, task.model_kwargs(), attentions))
+            infos.append(info)
+        return models, infos
+
+    def _score_ensemble(self, teachers: list[PreTrainedModel]) -> dict[str, float]:
+        """The ensemble's own dev metrics (its members' weighted mean prediction)."""
+        weights = [member.weight for member in self.plan.teachers]
+        model = EnsembleModel(teachers, weights, self.task.output_type)
+        args = self.training.arguments(self.plan.output_folder / "ensemble", self.plan.config.train, evaluate=True)
+        return self.training.evaluate(self.training.trainer(model, args, None))
 
     def _student(self) -> PreTrainedModel:
         """The student the distillation starts from: fine-tuned first (cached) or as built."""
@@ -139,3 +156,9 @@ class Runner:
         """The commit at the start of the run, and the state at its end when the checkout changed meanwhile."""
         at_end = provenance.git_state()
         return self.git_at_start if at_end == self.git_at_start else {**self.git_at_start, "at_end": at_end}
+
+
+def cache_entry(caches: list) -> dict[str, Any]:
+    """The record's ``teacher_cache``: the cache read (one per member of an ensemble)."""
+    entries = [cache.meta | {"key": cache.folder.name} for cache in caches]
+    return entries[0] if len(entries) == 1 else {"members": entries}

@@ -17,7 +17,7 @@ def main_metric_key(task: Task) -> str:
     return task.main_metric if len(splits) == 1 else f"{splits[0]}/{task.main_metric}"
 
 
-TRAINER_EVAL_KEYS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch"}
+TRAINER_EVAL_KEYS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time"}
 
 
 def flatten_metrics(logs: dict[str, Any], task: Task) -> dict[str, float]:

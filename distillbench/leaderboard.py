@@ -51,10 +51,23 @@ def student_label(model: dict[str, Any]) -> str:
 def teacher_label(record: dict[str, Any]) -> str:
     """The teacher's model, and its seed when pinned (``--teacher-seed``): one fine-tuned teacher shared
     by every student seed is another experiment than a teacher fine-tuned per seed."""
+    members = (record.get("teacher") or {}).get("members")
+    if members:
+        return ensemble_label(members)
     model = record.get("model") or {}
     label = model_label(model.get("teacher_source") or model.get("source"))
     pinned = record.get("teacher_seed")
     return label if pinned is None else f"{label} (seed {pinned})"
+
+
+def ensemble_label(members: list[dict[str, Any]]) -> str:
+    """``3-teacher ensemble: minilm-l6 (seeds 1, 2, 3)``, or each member named when the models differ."""
+    pairs = [(model_label(m["settings"]["init"]["source"]), m["settings"]["seed"]) for m in members]
+    models = {model for model, _ in pairs}
+    if len(models) == 1:
+        seeds = ", ".join(str(seed) for _, seed in pairs)
+        return f"{len(pairs)}-teacher ensemble: {models.pop()} (seeds {seeds})"
+    return f"{len(pairs)}-teacher ensemble: " + ", ".join(f"{model} (seed {seed})" for model, seed in pairs)
 
 
 @dataclass

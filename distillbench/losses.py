@@ -29,6 +29,21 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     return kl * temperature**2
 
 
+def ensemble_logits(members: list[Tensor], weights: list[float], output_type: str, temperature: float) -> Tensor:
+    """Several teachers' outputs for one distillable output, as one teacher's.
+
+    Classification: logits z = T · log Σ_k w_k softmax(t_k / T), so that softmax(z / T) — what
+    :func:`soft_kl` reads at temperature T — is exactly the weighted mean of the teachers' softened
+    distributions. Regression: the weighted mean prediction. Weights sum to one.
+    """
+    if output_type == "regression":
+        return sum(w * t.float() for w, t in zip(weights, members, strict=True))
+    log_probs = torch.stack(
+        [math.log(w) + F.log_softmax(t.float() / temperature, dim=-1) for w, t in zip(weights, members, strict=True)]
+    )
+    return temperature * torch.logsumexp(log_probs, dim=0)
+
+
 # Logit KD on a regression task (STS-B) is the MSE between student and teacher predictions, on the scale
 # of the task's own MSE loss; weight 1 gives the teacher's prediction the weight of the label. The TED
 # reference's per-task weight (20) multiplies a KL over one logit, which is identically zero, so it says

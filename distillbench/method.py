@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from distillbench.errors import UserError
 from distillbench.fields import setting
-from distillbench.losses import logit_kd
+from distillbench.losses import ensemble_logits, logit_kd
 from distillbench.registry import Registry
 
 if TYPE_CHECKING:
@@ -188,6 +188,18 @@ class Method:
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Named loss terms; the harness optimises their sum and logs each one."""
         raise NotImplementedError
+
+    def ensemble(self, members: list[Outputs], weights: list[float]) -> Outputs:
+        """Several teachers as one (``--teacher a,b,c`` / ``--teacher-seeds``): the weighted mean of their
+        softened distributions at this method's temperature (regression: of their predictions), as
+        logits. Only the distillable outputs are combined, which is why several teachers are allowed
+        only for methods that read nothing else of the teacher (``needs`` empty, no teacher stage)."""
+        temperature = getattr(self.hp, "temperature", 1.0)
+        combined = [
+            ensemble_logits([member.distill[j] for member in members], weights, self.task.output_type, temperature)
+            for j in range(len(members[0].distill))
+        ]
+        return Outputs(raw=None, distill=combined)
 
     def with_logit_kd(self, terms: dict[str, Tensor], student: Outputs, teacher: Outputs) -> dict[str, Tensor]:
         """``terms`` plus ``kd = kl_alpha · logit_kd`` when the method's ``kl_alpha`` is non-zero (KD, and

@@ -42,6 +42,17 @@ class Paths:
     show_progress: bool = True
 
 
+@dataclass(frozen=True)
+class TeacherMember:
+    """One teacher of a run: its spec as given, the resolved source, the seed of its fine-tuning
+    (None: the run's seed) and its weight in an ensemble."""
+
+    spec: str
+    source: str
+    seed: int | None
+    weight: float
+
+
 @dataclass
 class Plan:
     """A validated run: everything resolved, nothing written yet."""
@@ -54,6 +65,11 @@ class Plan:
     student_spec: StudentSpec
     data_sha256: str
     key: str
+    teachers: tuple[TeacherMember, ...] = ()
+
+    @property
+    def ensemble(self) -> bool:
+        return len(self.teachers) > 1
 
     @property
     def run_name(self) -> str:
@@ -105,7 +121,8 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     check_fields(options, f"{config.task} option")
     task = task_cls(resolve_data_dir(config.data_dir), options)
     task.data_files()  # raises on missing files before anything is written
-    teacher_source = resolve_model(config.teacher)
+    teachers = teacher_members(config)
+    teacher_source = teachers[0].source
     if config.teacher_finetuned:
         load_config(resolve_model(config.teacher_finetuned))
     teacher_config = load_config(teacher_source)
@@ -116,11 +133,13 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
         config.student, config.student_layers, config.student_layer_ids, teacher_config.num_hidden_layers
     )
     s_config = student_config(student_spec, teacher_config)
-    if s_config.vocab_size != teacher_config.vocab_size:
-        raise UserError(
-            f"student vocabulary ({s_config.vocab_size}) differs from the teacher's "
-            f"({teacher_config.vocab_size}); both must share one tokenizer"
-        )
+    for member in teachers:
+        vocab_size = load_config(member.source).vocab_size
+        if s_config.vocab_size != vocab_size:
+            raise UserError(
+                f"student vocabulary ({s_config.vocab_size}) differs from the teacher {member.spec}'s "
+                f"({vocab_size}); both must share one tokenizer"
+            )
     if student_spec.kind == "layers":
         family_of(teacher_config, "a student of copied teacher layers (--student-layers/--student-layer-ids)")
     if "qkv" in method_cls.needs:
@@ -129,6 +148,8 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     hp = method_cls.hparams_for(config.task, config.method_overrides)
     check_fields(hp, config.method)
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
+    if len(teachers) > 1:
+        check_ensemble(config, method)
     check_teacher_cache(config, method, task)
     data_sha = task.data_sha256()
     key = stable_key(
@@ -139,6 +160,8 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             "train": result_settings(config.train),
             "seed": config.seed,
             **({"teacher_seed": config.teacher_seed} if config.teacher_seed is not None else {}),
+            **({"teacher_seeds": list(config.teacher_seeds)} if config.teacher_seeds else {}),
+            **({"teacher_weights": [m.weight for m in teachers]} if config.teacher_weights else {}),
             "teacher": teacher_identity(config),
             "student": student_spec.describe(),
             "data": data_sha,
@@ -147,8 +170,48 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             **({"task_options": config.task_options} if config.task_options else {}),
         }
     )
-    return Plan(config, paths, task, method, teacher_source, student_spec, data_sha, key)
+    return Plan(config, paths, task, method, teacher_source, student_spec, data_sha, key, tuple(teachers))
 
 
 def teacher_identity(config: RunConfig) -> dict[str, Any]:
     return {"source": config.teacher, "finetuned": config.teacher_finetuned}
+
+
+def teacher_members(config: RunConfig) -> list[TeacherMember]:
+    """The run's teachers: ``--teacher a,b,c`` (one seed each), or one model with ``--teacher-seeds``."""
+    specs = [spec.strip() for spec in config.teacher.split(",") if spec.strip()]
+    if not specs:
+        raise UserError("--teacher: no model given")
+    seeds = list(config.teacher_seeds or ())
+    if len(specs) > 1 and seeds:
+        raise UserError(
+            "give several teachers (--teacher a,b) or one teacher with several seeds (--teacher-seeds), not both"
+        )
+    if len(set(seeds)) < len(seeds):
+        raise UserError(f"--teacher-seeds {','.join(map(str, seeds))}: a seed is repeated")
+    pairs = [(specs[0], seed) for seed in seeds] if seeds else [(spec, config.teacher_seed) for spec in specs]
+    weights = list(config.teacher_weights or [1.0] * len(pairs))
+    if len(weights) != len(pairs):
+        raise UserError(f"teacher_weights: {len(weights)} weights for {len(pairs)} teachers")
+    if any(w <= 0 for w in weights):
+        raise UserError("teacher_weights: every weight must be positive")
+    total = sum(weights)
+    return [
+        TeacherMember(spec, resolve_model(spec), seed, weight / total)
+        for (spec, seed), weight in zip(pairs, weights, strict=True)
+    ]
+
+
+def check_ensemble(config: RunConfig, method: Method) -> None:
+    """Several teachers combine into one signal only through the distillable outputs (logits,
+    predictions): a method that reads anything else of the teacher cannot take an ensemble."""
+    if not method.uses_teacher:
+        raise UserError(f"{config.method} uses no teacher; several teachers apply to methods that distil")
+    reads = sorted(method.needs) + [f"its {s.name} stage" for s in method.stages() if s.model == "teacher"]
+    if reads:
+        raise UserError(
+            f"{config.method} reads the teacher's {', '.join(reads)}; an ensemble of teachers combines only "
+            "their logits (use a logit method such as kd, or one teacher)"
+        )
+    if config.teacher_finetuned:
+        raise UserError("--teacher-finetuned names one fine-tuned teacher; an ensemble fine-tunes each of its own")

@@ -60,11 +60,15 @@ class Stages:
         built_before = self.log.get(name, {}).get("built_here", False)
         self.log[name] = info | {"built_here": built or built_before}
 
-    def seed_of(self, role: str) -> int:
+    def seed_of(self, role: str, member: int = 0) -> int:
         """The seed of a stage that trains ``role``: the teacher side may be pinned (``--teacher-seed``) so
-        that every student seed of a campaign distils from one teacher."""
-        teacher_seed = self.plan.config.teacher_seed
+        that every student seed of a campaign distils from one teacher; each teacher of an ensemble has its
+        own (``--teacher-seeds``)."""
+        teacher_seed = self.plan.teachers[member].seed if self.plan.teachers else self.plan.config.teacher_seed
         return teacher_seed if role == "teacher" and teacher_seed is not None else self.plan.config.seed
+
+    def teacher_source(self, member: int = 0) -> str:
+        return self.plan.teachers[member].source if self.plan.teachers else self.plan.teacher_source
 
     def student_description(self) -> dict[str, Any]:
         """The student spec with its source and origin named portably."""
@@ -76,15 +80,16 @@ class Stages:
             described["origin"] = origin | {"record": portable_path(origin["record"], self.plan.roots)}
         return described
 
-    def fresh_model(self, role: str, attentions: bool = False) -> PreTrainedModel:
-        """The pretrained teacher or the initial student, with the task's head."""
+    def fresh_model(self, role: str, attentions: bool = False, member: int = 0) -> PreTrainedModel:
+        """The pretrained teacher (``member`` of an ensemble) or the initial student, with the task's head."""
         plan, task = self.plan, self.task
         if role == "teacher":
-            return load_for_task(plan.teacher_source, task.model_class, task.model_kwargs(), attentions)
+            return load_for_task(self.teacher_source(member), task.model_class, task.model_kwargs(), attentions)
         return build_student(plan.student_spec, plan.teacher_source, task.model_class, task.model_kwargs(), attentions)
 
-    def finetuned(self, role: str) -> tuple[Path, dict[str, Any]]:
-        """The teacher or the student fine-tuned on the task's labels, cached; returns (folder, info)."""
+    def finetuned(self, role: str, member: int = 0) -> tuple[Path, dict[str, Any]]:
+        """The teacher (``member`` of an ensemble) or the student fine-tuned on the task's labels, cached;
+        returns (folder, info)."""
         config = self.plan.config
         if role == "teacher" and config.teacher_finetuned:
             source = resolve_model(config.teacher_finetuned)
@@ -92,8 +97,8 @@ class Stages:
             return Path(source), info
         if role == "teacher":
             init: dict[str, Any] = {
-                "source": self.plan.identity(self.plan.teacher_source),
-                "weights_sha256": weights_sha256(self.plan.teacher_source),
+                "source": self.plan.identity(self.teacher_source(member)),
+                "weights_sha256": weights_sha256(self.teacher_source(member)),
             }
         else:
             init = {
@@ -109,7 +114,7 @@ class Stages:
             "lr": cfg.learning_rate,
             "epochs": cfg.epochs,
             "max_steps": cfg.max_steps,
-            "seed": self.seed_of(role),
+            "seed": self.seed_of(role, member),
             "train": {
                 k: getattr(cfg, k)
                 for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
@@ -118,16 +123,17 @@ class Stages:
             **optional_stage_settings(cfg),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
+        name = f"teacher-{member + 1}-finetune" if role == "teacher" and self.plan.ensemble else f"{role}-finetune"
 
         def build(folder: Path) -> dict[str, Any]:
             started = time.time()
-            set_seed(self.seed_of(role))
-            model = self.fresh_model(role)
+            set_seed(self.seed_of(role, member))
+            model = self.fresh_model(role, member=member)
             self.task.prepare_model(model, role)
             init["initial_state_sha256"] = state_sha256(model)
             capture = EvalCapture(self.task)
-            seed = self.seed_of(role)
-            stage = (f"{role}-finetune", folder.name)
+            seed = self.seed_of(role, member)
+            stage = (name, folder.name)
             trainer = self.training.train(
                 model, folder / "trainer", cfg, evaluate=True, stage=stage, capture=capture, seed=seed
             )
@@ -154,7 +160,7 @@ class Stages:
             return info
 
         info, built = cached_folder(folder, build)
-        self._log(f"{role}-finetune", info, built)
+        self._log(name, info, built)
         return folder / "model", info
 
     def method_stage(self, stage: Stage) -> dict[str, torch.Tensor]:

@@ -140,7 +140,7 @@ class Training:
         out_dir: Path,
         cfg: TrainConfig,
         evaluate: bool,
-        stage: tuple[str, str],
+        stage: tuple[str, str | None] = ("training", None),
         callbacks: tuple[TrainerCallback, ...] = (),
         indexed: bool = False,
         capture: EvalCapture | None = None,
