@@ -19,6 +19,7 @@ from distillbench import distributed, provenance
 from distillbench.cached import exclusive
 from distillbench.distiller import Distiller
 from distillbench.ensemble import EnsembleModel, ensemble_record
+from distillbench.errors import UserError
 from distillbench.families import architecture
 from distillbench.history import train_runtime
 from distillbench.models import load_for_task, state_sha256, weights_sha256
@@ -46,10 +47,16 @@ class Runner:
         # The code that runs is the code imported now: a checkout that moves later must not re-label it.
         self.git_at_start = provenance.git_state()
         distributed.start(provenance.hardware())  # launched as several processes: join them (no-op alone)
-        self.data = RunData(plan)
+        self.data = RunData(plan, plan.student_tokenizer)  # the student's side
         self.training = Training(plan, self.data)
-        self.caches = OutputCaches(plan, self.data)
-        self.stages = Stages(plan, self.data, self.training, self.caches, self.git_at_start)
+        # The teacher's side: the same data, or its own tokenisation when the tokenizers differ.
+        self.teacher_data = RunData(plan) if plan.cross_tokenizer else self.data
+        self.teacher_training = Training(plan, self.teacher_data) if plan.cross_tokenizer else self.training
+        if plan.cross_tokenizer:
+            check_aligned(self.data, self.teacher_data)
+        self.caches = OutputCaches(plan, self.teacher_data)
+        teacher_side = (self.teacher_data, self.teacher_training)
+        self.stages = Stages(plan, self.data, self.training, self.caches, self.git_at_start, teacher_side)
 
     def run(self) -> dict[str, Any]:
         """Stages, distillation and record, holding the run's lock: a second process started with the
@@ -75,6 +82,8 @@ class Runner:
         resumed_from = last_complete_checkpoint(out_dir)
         caches = [self.caches.for_teacher(model, info) for model, info in zip(teachers, members, strict=True)]
         live = not caches or None in caches  # every member from its cache, or every member live
+        if live and teachers and plan.cross_tokenizer:
+            raise UserError("the student's tokenizer differs from the teacher's, and no teacher-output cache was built")
         weights = [member.weight for member in plan.teachers]
         capture = EvalCapture(self.task)
         trainer = self.training.train(
@@ -111,6 +120,7 @@ class Runner:
                 **({"teacher_architecture": architecture(teachers[0].config)} if teachers else {}),
                 "initial_state_sha256": student_init_sha,
                 "teacher_source": plan.identity(plan.teacher_source),
+                **({"student_tokenizer": plan.identity(plan.student_tokenizer)} if plan.cross_tokenizer else {}),
                 "teacher_source_sha256": weights_sha256(plan.teacher_source),
                 "output_dir": portable_path((out_dir / "student").absolute(), plan.roots),
             },
@@ -141,8 +151,9 @@ class Runner:
         """The ensemble's own dev metrics (its members' weighted mean prediction)."""
         weights = [member.weight for member in self.plan.teachers]
         model = EnsembleModel(teachers, weights, self.task.output_type)
-        args = self.training.arguments(self.plan.output_folder / "ensemble", self.plan.config.train, evaluate=True)
-        return self.training.evaluate(self.training.trainer(model, args, None))
+        training = self.teacher_training
+        args = training.arguments(self.plan.output_folder / "ensemble", self.plan.config.train, evaluate=True)
+        return training.evaluate(training.trainer(model, args, None))
 
     def _student(self) -> PreTrainedModel:
         """The student the distillation starts from: fine-tuned first (cached) or as built."""
@@ -162,3 +173,13 @@ def cache_entry(caches: list) -> dict[str, Any]:
     """The record's ``teacher_cache``: the cache read (one per member of an ensemble)."""
     entries = [cache.meta | {"key": cache.folder.name} for cache in caches]
     return entries[0] if len(entries) == 1 else {"members": entries}
+
+
+def check_aligned(student: RunData, teacher: RunData) -> None:
+    """The two tokenisations of one task must hold the same examples in the same order: the teacher's
+    cached outputs reach the student by example index."""
+    for split in student.splits:
+        a, b = student.splits[split], teacher.splits[split]
+        labels = [key for key in student.task.label_keys if key in a.column_names]
+        if len(a) != len(b) or any(a[key] != b[key] for key in labels):
+            raise UserError(f"{split}: the student's and the teacher's tokenisations hold different examples")

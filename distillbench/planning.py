@@ -66,10 +66,17 @@ class Plan:
     data_sha256: str
     key: str
     teachers: tuple[TeacherMember, ...] = ()
+    student_tokenizer: str = ""  # where the student's tokenizer comes from ("": the teacher's)
 
     @property
     def ensemble(self) -> bool:
         return len(self.teachers) > 1
+
+    @property
+    def cross_tokenizer(self) -> bool:
+        """Teacher and student tokenise differently: the student reads its own tokenisation, the teacher
+        its own, and the teacher's outputs reach the student through the output cache, by example."""
+        return bool(self.student_tokenizer) and self.student_tokenizer != self.teacher_source
 
     @property
     def run_name(self) -> str:
@@ -133,13 +140,12 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
         config.student, config.student_layers, config.student_layer_ids, teacher_config.num_hidden_layers
     )
     s_config = student_config(student_spec, teacher_config)
-    for member in teachers:
-        vocab_size = load_config(member.source).vocab_size
-        if s_config.vocab_size != vocab_size:
+    for member in teachers[1:]:
+        if not same_tokenizer(member.source, teacher_source):
             raise UserError(
-                f"student vocabulary ({s_config.vocab_size}) differs from the teacher {member.spec}'s "
-                f"({vocab_size}); both must share one tokenizer"
+                f"the teachers {teachers[0].spec} and {member.spec} tokenise differently; an ensemble shares one"
             )
+    cross = student_spec.kind == "pretrained" and not same_tokenizer(student_spec.source, teacher_source)
     if student_spec.kind == "layers":
         family_of(teacher_config, "a student of copied teacher layers (--student-layers/--student-layer-ids)")
     if "qkv" in method_cls.needs:
@@ -150,6 +156,8 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
     if len(teachers) > 1:
         check_ensemble(config, method)
+    if cross:
+        check_cross_tokenizer(config, method, task)
     check_teacher_cache(config, method, task)
     data_sha = task.data_sha256()
     key = stable_key(
@@ -170,7 +178,10 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             **({"task_options": config.task_options} if config.task_options else {}),
         }
     )
-    return Plan(config, paths, task, method, teacher_source, student_spec, data_sha, key, tuple(teachers))
+    student_tokenizer = student_spec.source if cross else teacher_source
+    return Plan(
+        config, paths, task, method, teacher_source, student_spec, data_sha, key, tuple(teachers), student_tokenizer
+    )
 
 
 def teacher_identity(config: RunConfig) -> dict[str, Any]:
@@ -202,12 +213,17 @@ def teacher_members(config: RunConfig) -> list[TeacherMember]:
     ]
 
 
+def teacher_reads(method: Method) -> list[str]:
+    """What a method reads of the teacher beyond its distillable outputs."""
+    return sorted(method.needs) + [f"its {s.name} stage" for s in method.stages() if s.model == "teacher"]
+
+
 def check_ensemble(config: RunConfig, method: Method) -> None:
     """Several teachers combine into one signal only through the distillable outputs (logits,
     predictions): a method that reads anything else of the teacher cannot take an ensemble."""
     if not method.uses_teacher:
         raise UserError(f"{config.method} uses no teacher; several teachers apply to methods that distil")
-    reads = sorted(method.needs) + [f"its {s.name} stage" for s in method.stages() if s.model == "teacher"]
+    reads = teacher_reads(method)
     if reads:
         raise UserError(
             f"{config.method} reads the teacher's {', '.join(reads)}; an ensemble of teachers combines only "
@@ -215,3 +231,49 @@ def check_ensemble(config: RunConfig, method: Method) -> None:
         )
     if config.teacher_finetuned:
         raise UserError("--teacher-finetuned names one fine-tuned teacher; an ensemble fine-tunes each of its own")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spm.model", "spiece.model")
+
+
+def same_tokenizer(source: str, other: str) -> bool:
+    """Whether two models tokenise alike: the same folder, or tokenizers with one vocabulary. A model
+    folder without a tokenizer of its own reads the other's, as it always has."""
+    if source == other:
+        return True
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        sizes = load_config(source).vocab_size, load_config(other).vocab_size
+        if sizes[0] != sizes[1]:
+            raise UserError(
+                f"{source} has no tokenizer of its own, and its vocabulary ({sizes[0]}) differs from "
+                f"{other}'s ({sizes[1]})"
+            )
+        return True
+    from transformers import AutoTokenizer
+
+    try:
+        vocabularies = [AutoTokenizer.from_pretrained(s).get_vocab() for s in (source, other)]
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the tokenizers of {source} and {other}: {str(error).splitlines()[0]}") from None
+    return vocabularies[0] == vocabularies[1]
+
+
+def check_cross_tokenizer(config: RunConfig, method: Method, task: Task) -> None:
+    """Teacher and student tokenise differently: only per-example outputs can be matched, and the
+    teacher reaches the student through its output cache (built on the teacher's own tokenisation)."""
+    what = "the student's tokenizer differs from the teacher's"
+    if not task.distill_per_example:
+        raise UserError(f"{what}, and {config.task}'s distilled outputs are per token; both must share one tokenizer")
+    if not method.uses_teacher:
+        return
+    reads = teacher_reads(method)
+    if reads:
+        raise UserError(
+            f"{what}, and {config.method} reads the teacher's {', '.join(reads)}, which has no alignment across "
+            "tokenizers; use a logit method such as kd"
+        )
+    if config.train.teacher_cache == "off":
+        raise UserError(
+            f"{what}: the student reads the teacher's outputs from its cache, so --teacher-cache off cannot be used"
+        )

@@ -44,12 +44,20 @@ def optional_stage_settings(cfg: TrainConfig) -> dict[str, Any]:
 class Stages:
     """Builds (or finds) the cached stages of one run; ``log`` collects what each stage reported."""
 
-    def __init__(self, plan: Plan, data: RunData, training: Training, caches: OutputCaches, git: dict) -> None:
-        """``git``: the code's state when the run started, for the records of the stages it builds."""
+    def __init__(
+        self,
+        plan: Plan,
+        data: RunData,
+        training: Training,
+        caches: OutputCaches,
+        git: dict,
+        teacher_side: tuple[RunData, Training] | None = None,
+    ) -> None:
+        """``git``: the code's state when the run started, for the records of the stages it builds;
+        ``teacher_side``: the teacher's own data and training when it tokenises differently."""
         self.plan = plan
         self.git = git
-        self.data = data
-        self.training = training
+        self.sides = {"student": (data, training), "teacher": teacher_side or (data, training)}
         self.caches = caches
         self.task = plan.task
         self.log: dict[str, Any] = {}
@@ -91,6 +99,7 @@ class Stages:
         """The teacher (``member`` of an ensemble) or the student fine-tuned on the task's labels, cached;
         returns (folder, info)."""
         config = self.plan.config
+        data, training = self.sides[role]
         if role == "teacher" and config.teacher_finetuned:
             source = resolve_model(config.teacher_finetuned)
             info = {"source": self.plan.identity(source), "weights_sha256": weights_sha256(source), "trained": False}
@@ -120,6 +129,7 @@ class Stages:
                 for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
             },
             **({"task_options": config.task_options} if config.task_options else {}),
+            **({"tokenizer": self.plan.identity(data.tokenizer.name_or_path)} if self.plan.cross_tokenizer else {}),
             **optional_stage_settings(cfg),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
@@ -134,15 +144,15 @@ class Stages:
             capture = EvalCapture(self.task)
             seed = self.seed_of(role, member)
             stage = (name, folder.name)
-            trainer = self.training.train(
+            trainer = training.train(
                 model, folder / "trainer", cfg, evaluate=True, stage=stage, capture=capture, seed=seed
             )
-            metrics = self.training.evaluate(trainer)
+            metrics = training.evaluate(trainer)
             info = {"key": folder.name, "settings": settings, "metrics": metrics}
             if not distributed.is_main():
                 return info  # rank 0 saves the model and writes the marker; this process reads it
             model.save_pretrained(folder / "model")
-            self.data.tokenizer.save_pretrained(folder / "model")
+            data.tokenizer.save_pretrained(folder / "model")
             shutil.rmtree(folder / "trainer")  # the finished model is kept; its resume checkpoints are not
             info = {
                 "key": folder.name,
@@ -155,7 +165,7 @@ class Stages:
             if role == "teacher":
                 predictions = write_predictions(self.plan.paths.results_dir, info["key"], capture)
                 history = trainer.state.log_history
-                record = stage_record(self.plan, self.data, self.git, role, seed, info, history, predictions)
+                record = stage_record(self.plan, data, self.git, role, seed, info, history, predictions)
                 write_json_atomic(self.plan.paths.results_dir / "runs" / f"{info['key']}.json", record)
             return info
 
@@ -166,6 +176,7 @@ class Stages:
     def method_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
         """Run one declared method stage on the fine-tuned model it names, cached by its key."""
         base_dir, base_info = self.finetuned(stage.model)
+        training = self.sides[stage.model][1]
         cfg = self.plan.config.train.for_role(stage.model)
         if stage.learning_rate is not None:
             cfg = dataclasses.replace(cfg, learning_rate=stage.learning_rate)
@@ -197,7 +208,7 @@ class Stages:
             module = stage.build(model, self.task)
             module.features = features
             indexed = features is not None
-            trainer = self.training.train(
+            trainer = training.train(
                 module,
                 folder / "trainer",
                 cfg,

@@ -47,6 +47,9 @@ class Task:
     display_decimals: ClassVar[int] = 1
     deterministic_inputs: ClassVar[bool] = True  # False when the collator randomises inputs (MLM masking)
     per_token_distill: ClassVar[bool] = False  # True when distill_targets has a sequence axis (QA logits)
+    # One distilled output per example (sentence classification/regression), so teacher and student may
+    # tokenise the text differently: their outputs line up by example, not by token.
+    distill_per_example: ClassVar[bool] = False
     head_reads_first_position: ClassVar[bool] = False  # make_head's head reads states[:, 0] alone ([CLS])
     pretraining: ClassVar[bool] = False  # its students are general models: later runs start "after pre-training"
 

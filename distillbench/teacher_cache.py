@@ -290,7 +290,8 @@ class OutputCaches:
             skip = f"it would take {size / 2**30:.1f} GiB > teacher_cache_max_gb={cfg.teacher_cache_max_gb}"
         elif self.data.rows_to_train(cfg) < len(lengths):
             skip = "this run trains on fewer rows than building it would run the teacher on"
-        if cfg.teacher_cache == "auto" and not folder.is_dir() and skip:
+        # Across tokenizers the cache is how the teacher's outputs reach the student: never skipped.
+        if cfg.teacher_cache == "auto" and not folder.is_dir() and skip and not plan.cross_tokenizer:
             print(f"teacher cache skipped: {skip} (--teacher-cache on builds it anyway)", file=sys.stderr)
             return None
         show = plan.paths.show_progress

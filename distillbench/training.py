@@ -38,12 +38,14 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 class RunData:
-    """The task's splits tokenised once with the teacher's tokenizer, shared by every stage of a run."""
+    """The task's splits tokenised once, shared by every stage of a run: with the teacher's tokenizer
+    (``tokenizer_source`` None), or with the student's own when the two differ (the teacher side then has
+    its own ``RunData``)."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, tokenizer_source: str | None = None) -> None:
         self.plan = plan
         self.task = plan.task
-        self.tokenizer = AutoTokenizer.from_pretrained(plan.teacher_source)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or plan.teacher_source)
         max_length = plan.config.train.max_seq_length
         self.splits: DatasetDict = self.task.preprocess(self.task.load(), self.tokenizer, max_length)
 

@@ -186,6 +186,8 @@ class SequenceHead(nn.Module):
 class GlueTask(Task):
     """One GLUE task; concrete classes are generated from :data:`SPECS` below."""
 
+    distill_per_example = True
+
     spec: GlueSpec
     benchmark = "GLUE"
     head_reads_first_position = True  # SequenceHead: first token → dense → tanh → classifier

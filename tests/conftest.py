@@ -249,6 +249,28 @@ def make_tiny_model(folder: Path, family: str, layers: int = 4, hidden: int = 32
     return folder
 
 
+def make_tiny_bert_with_letters(folder: Path, layers: int = 2, hidden: int = 32, heads: int = 4) -> Path:
+    """A random BERT whose tokenizer knows letters only (WordPiece splits every word into characters):
+    a student that tokenises the same text differently from the word-level teacher."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    letters = sorted({c for word in WORDS for c in word})
+    vocab = {t: i for i, t in enumerate(SPECIALS + letters + [f"##{c}" for c in letters] + PUNCT)}
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(1)
+    BertModel(config).save_pretrained(folder)
+    BertTokenizer(vocab=vocab).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
