@@ -86,14 +86,28 @@ def plan_summary(plan: Plan) -> str:
     lines = [
         "",
         f"distillbench  {config.method} on {config.task}  (seed {config.seed})  plan only: nothing trained or written",
-        f"  teacher        {config.teacher}  ({_shape(teacher)})" if method.uses_teacher else "  teacher        -",
+        f"  teacher        {_teacher_text(plan)}  ({_shape(teacher)})" if method.uses_teacher else "  teacher        -",
         f"  student        {_student_text(plan)}  ({_shape(student)})",
+        *(
+            ["  tokenizers     each model its own; the teacher's outputs reach the student by example"]
+            * plan.cross_tokenizer
+        ),
         f"  stages         {' → '.join(stages)}",
         f"  hyper-params   {'  '.join(f'{k}={v}' for k, v in hparams.items())}",
         f"  training       {'  '.join(f'{k}={v}' for k, v in training.items() if v is not None)}",
         f"  record         {plan.paths.results_dir / 'runs' / f'{plan.run_name}.json'}",
     ]
     return "\n".join(lines)
+
+
+def _teacher_text(plan: Plan) -> str:
+    if not plan.ensemble:
+        return plan.config.teacher
+    members = ", ".join(
+        f"{m.spec} (seed {m.seed if m.seed is not None else plan.config.seed}, weight {m.weight:.3g})"
+        for m in plan.teachers
+    )
+    return f"{len(plan.teachers)}-teacher ensemble: {members}"
 
 
 def _student_text(plan: Plan) -> str:
