@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("method", help="method A")
     compare.add_argument("baseline", help="method B")
     compare.add_argument("--task", required=True)
+    compare.add_argument("--teacher", help="only A's rows whose teacher label contains this (e.g. ensemble)")
+    compare.add_argument("--student", help="only A's rows whose student label contains this")
+    compare.add_argument("--baseline-teacher", help="only B's rows whose teacher label contains this")
+    compare.add_argument("--baseline-student", help="only B's rows whose student label contains this")
     compare.add_argument("--score", default="final", help="final or best epoch")
     compare.add_argument("--setting", default="task-specific", help="e.g. 'after kd pre-training'")
     compare.add_argument("--resamples", type=int, default=10_000)
@@ -472,31 +476,53 @@ def command_compare(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     selection = collect(args.results_dir, args.include_dirty)
     records = [r for r in selection.records if r["task"] == args.task and r.get("role") == "student"]
-    chosen = {}
-    for method in (args.method, args.baseline):
-        mine = [r for r in records if r["method"] == method and r.get("setting") == args.setting]
+    sides = [(args.method, args.teacher, args.student), (args.baseline, args.baseline_teacher, args.baseline_student)]
+    chosen = []
+    for method, teacher, student in sides:
+        mine = [
+            r
+            for r in records
+            if r["method"] == method
+            and r.get("setting") == args.setting
+            and (teacher is None or teacher in row_key(r)[2])
+            and (student is None or student in row_key(r)[3])
+        ]
         if not mine:
-            raise UserError(f"no usable {args.task} records of method {method!r} (setting {args.setting!r})")
-        chosen[method] = mine
+            wanted = "".join(f", {k} containing {v!r}" for k, v in (("teacher", teacher), ("student", student)) if v)
+            raise UserError(f"no usable {args.task} records of method {method!r} (setting {args.setting!r}{wanted})")
+        chosen.append(mine)
 
-    def of(method: str, experiment: tuple) -> list[dict]:
-        return [r for r in chosen[method] if row_key(r)[2:] == experiment]
+    def of(side: int, experiment: tuple) -> list[dict]:
+        return [r for r in chosen[side] if row_key(r)[2:] == experiment]
+
+    if any(value for _, *filters in sides for value in filters):
+        # Rows picked by label: each side must be one experiment; the two may differ (that is the question).
+        picked = []
+        for side, (method, *_) in enumerate(sides):
+            experiments = sorted({row_key(r)[2:] for r in chosen[side]})
+            if len(experiments) > 1:
+                names = "; ".join(", ".join(map(str, e)) for e in experiments)
+                raise UserError(f"{method}: several experiments match ({names}); narrow --teacher/--student")
+            picked.append(experiments[0])
+        a, b = of(0, picked[0]), of(1, picked[1])
+        for name, experiment in zip("AB", picked, strict=True):
+            print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in zip(EXPERIMENT, experiment, strict=True)))
+        print(describe(compare_records(a, b, args.score, args.resamples, args.seed), task.display_scale))
+        return 0
 
     def common_seeds(experiment: tuple) -> int:
-        return len(
-            {r["seed"] for r in of(args.method, experiment)} & {r["seed"] for r in of(args.baseline, experiment)}
-        )
+        return len({r["seed"] for r in of(0, experiment)} & {r["seed"] for r in of(1, experiment)})
 
-    shared = {row_key(r)[2:] for r in chosen[args.method]} & {row_key(r)[2:] for r in chosen[args.baseline]}
+    shared = {row_key(r)[2:] for r in chosen[0]} & {row_key(r)[2:] for r in chosen[1]}
     if not shared:
         raise UserError(f"{args.method} and {args.baseline} share no experiment (teacher, student, budget)")
 
     def rank(experiment: tuple) -> tuple[bool, int]:  # stored predictions first, then the most seed pairs
-        records = of(args.method, experiment) + of(args.baseline, experiment)
+        records = of(0, experiment) + of(1, experiment)
         return all(r.get("predictions") for r in records), common_seeds(experiment)
 
     experiment = max(sorted(shared), key=rank)
-    a, b = of(args.method, experiment), of(args.baseline, experiment)
+    a, b = of(0, experiment), of(1, experiment)
     print("experiment: " + ", ".join(f"{k} {v}" for k, v in zip(EXPERIMENT, experiment, strict=True)))
     print(describe(compare_records(a, b, args.score, args.resamples, args.seed), task.display_scale))
     return 0

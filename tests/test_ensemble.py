@@ -165,3 +165,17 @@ def test_several_teacher_models_are_an_ensemble_too(tiny_bert, glue_dir, workdir
     assert main([*tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc"), "--teacher", f"{tiny_bert},{tiny_bert}"]) == 0
     (student,) = [r for r in records_of(workdir) if r["role"] == "student"]
     assert len(student["teacher"]["members"]) == 2 and teacher_label(student).startswith("2-teacher ensemble")
+
+
+def test_compare_picks_rows_by_teacher_label(tiny_bert, glue_dir, workdir, capsys):
+    """``compare kd kd --teacher ensemble --baseline-teacher …``: the same method, two teachers."""
+    assert run_ensemble(tiny_bert, glue_dir, "--teacher-seeds", "1,2") == 0
+    assert run_ensemble(tiny_bert, glue_dir, "--teacher-seed", "1") == 0
+    capsys.readouterr()
+    common = ["compare", "kd", "kd", "--task", "mrpc", "--include-dirty", "--resamples", "1000"]
+    assert main([*common, "--teacher", "ensemble", "--baseline-teacher", "(seed 1)"]) == 0
+    out = capsys.readouterr().out
+    assert "A: teacher 2-teacher ensemble: tiny-bert0 (seeds 1, 2)" in out and "B: teacher tiny-bert0 (seed 1)" in out
+    assert "paired bootstrap over dev examples, 1 seed pair(s) [42]" in out
+    assert main([*common, "--teacher", "nothing-like-this"]) == 2
+    assert "teacher containing 'nothing-like-this'" in capsys.readouterr().err
