@@ -53,14 +53,14 @@ class Distiller(nn.Module):
         if teacher_cache is None:
             teacher_cache = []
         self.teacher_caches = teacher_cache if isinstance(teacher_cache, list) else [teacher_cache]
-        self.teacher_weights = teacher_weights or [1 / len(members)] * len(members)
+        self.teacher_weights = teacher_weights or [1 / len(members) for _ in members]
         needs = method.needs
         self._model_kwargs = {
             "output_hidden_states": "hidden_states" in needs,
             "output_attentions": "attentions" in needs,
         }
         self._student_qkv = QKVCapture(student) if "qkv" in needs else None
-        self._teacher_qkv = QKVCapture(teacher) if "qkv" in needs and teacher is not None else None
+        self._teacher_qkv = QKVCapture(self.teacher) if "qkv" in needs and self.teacher is not None else None
 
     def train(self, mode: bool = True) -> Distiller:
         """Keep the teacher and every fully frozen method module in eval mode (no dropout noise)."""
