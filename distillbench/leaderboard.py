@@ -145,6 +145,7 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Select
             selection.excluded["bounded presets (e.g. the demo)"] += 1
         else:
             candidates.append(record)
+    candidates += ensemble_teachers(candidates)
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for record in candidates:
         groups[row_key(record)][config_fingerprint(record)].append(record)
@@ -156,6 +157,32 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Select
         selection.excluded["disagreeing on configuration"] += sum(len(rs) for rs in ranked[:-1])
     selection.excluded = +selection.excluded
     return selection
+
+
+def ensemble_teachers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A teacher row for every distinct ensemble the student records distilled from: its own dev score,
+    recorded once per run, counted once (the members, not the student seeds, make the ensemble)."""
+    found: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        teacher = record.get("teacher") or {}
+        if record.get("role") != "student" or not teacher.get("members") or not teacher.get("metrics"):
+            continue
+        key = (record["task"], budget_label(record), *(member["key"] for member in teacher["members"]))
+        found.setdefault(
+            key,
+            {
+                **{k: record.get(k) for k in ("kind", "task", "setting", "git", "train", "data", "main_metric")},
+                "role": "teacher",
+                "method": "finetune",
+                "status": "complete",
+                "seed": teacher["members"][0]["settings"]["seed"],
+                "hparams": {},
+                "teacher": teacher,
+                "metrics": teacher["metrics"],
+                "run_id": "ensemble-" + "-".join(member["key"].rsplit("-", 1)[-1] for member in teacher["members"]),
+            },
+        )
+    return list(found.values())
 
 
 def score_of(record: dict[str, Any], score: str) -> dict[str, float]:

@@ -112,6 +112,12 @@ def test_an_ensemble_of_teacher_seeds_runs_end_to_end(tiny_bert, glue_dir, workd
     expected = get_task("mrpc")(None).compute_metrics(np.log(mean), labels)
     assert ensemble["metrics"] == pytest.approx(expected)
     assert teacher_label(student) == "2-teacher ensemble: tiny-bert0 (seeds 1, 2)"
+    from distillbench.leaderboard import aggregate, collect
+
+    stats = aggregate(collect(workdir / "results", include_dirty=True).records)
+    rows = stats[(stats["method"] == "teacher") & (stats["teacher"] == teacher_label(student))]
+    assert dict(zip(rows["metric"], rows["mean"], strict=True)) == pytest.approx(expected)
+    assert set(rows["n"]) == {1}  # the ensemble's own score, once
 
 
 def test_a_member_is_the_cached_stage_of_the_single_teacher_run(tiny_bert, glue_dir, workdir):
