@@ -182,13 +182,21 @@ def make_squad(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int = 4, dropout: float = 0.1) -> Path:
-    """A random BERT backbone plus a word-level tokenizer, saved as a Hugging Face folder."""
+def make_tiny_bert(
+    folder: Path,
+    layers: int = 4,
+    hidden: int = 32,
+    heads: int = 4,
+    dropout: float = 0.1,
+    tokens: list[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A random BERT backbone plus a WordPiece tokenizer over ``tokens`` (default: the word-level
+    vocabulary), saved as a Hugging Face folder."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS + PUNCT)}
-    tokenizer = BertTokenizer(vocab=vocab)
+    vocab = {token: i for i, token in enumerate(tokens or SPECIALS + WORDS + PUNCT)}
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
@@ -199,9 +207,9 @@ def make_tiny_bert(folder: Path, layers: int = 4, hidden: int = 32, heads: int =
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    BertTokenizer(vocab=vocab).save_pretrained(folder)
     return folder
 
 
@@ -249,26 +257,12 @@ def make_tiny_model(folder: Path, family: str, layers: int = 4, hidden: int = 32
     return folder
 
 
-def make_tiny_bert_with_letters(folder: Path, layers: int = 2, hidden: int = 32, heads: int = 4) -> Path:
-    """A random BERT whose tokenizer knows letters only (WordPiece splits every word into characters):
-    a student that tokenises the same text differently from the word-level teacher."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
+def make_tiny_bert_with_letters(folder: Path) -> Path:
+    """A random 2-layer BERT whose tokenizer knows letters only (WordPiece splits every word into
+    characters): a student that tokenises the same text differently from the word-level teacher."""
     letters = sorted({c for word in WORDS for c in word})
-    vocab = {t: i for i, t in enumerate(SPECIALS + letters + [f"##{c}" for c in letters] + PUNCT)}
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(1)
-    BertModel(config).save_pretrained(folder)
-    BertTokenizer(vocab=vocab).save_pretrained(folder)
-    return folder
+    tokens = SPECIALS + letters + [f"##{c}" for c in letters] + PUNCT
+    return make_tiny_bert(folder, layers=2, tokens=tokens, seed=1)
 
 
 @pytest.fixture(scope="session")
