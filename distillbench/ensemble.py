@@ -10,13 +10,17 @@ is compared with, and the record's teacher score.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from distillbench.losses import ensemble_logits
+
+if TYPE_CHECKING:
+    from distillbench.training import Training
 
 
 class EnsembleModel(nn.Module):
@@ -41,6 +45,14 @@ class EnsembleModel(nn.Module):
             else:
                 combined[key] = value
         return type(outputs[0])(**combined)
+
+
+def score_ensemble(training: Training, members: list[PreTrainedModel], folder: Path) -> dict[str, float]:
+    """The ensemble's own dev metrics: its members' weighted mean prediction, scored as any model is."""
+    plan = training.plan
+    model = EnsembleModel(members, [member.weight for member in plan.teachers], plan.task.output_type)
+    args = training.arguments(folder, plan.config.train, evaluate=True)
+    return training.evaluate(training.trainer(model, args, None))
 
 
 def ensemble_record(members: list[dict[str, Any]], weights: list[float], metrics: dict[str, float]) -> dict[str, Any]:

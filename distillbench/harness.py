@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, TrainerCallback, set_seed
 from distillbench import distributed, provenance
 from distillbench.cached import exclusive
 from distillbench.distiller import Distiller
-from distillbench.ensemble import EnsembleModel, ensemble_record
+from distillbench.ensemble import ensemble_record, score_ensemble
 from distillbench.errors import UserError
 from distillbench.families import architecture
 from distillbench.history import train_runtime
@@ -28,8 +28,8 @@ from distillbench.portable import portable_path
 from distillbench.predictions import EvalCapture, write_predictions
 from distillbench.records import student_record, write_json_atomic
 from distillbench.stages import Stages
-from distillbench.teacher_cache import OutputCaches
-from distillbench.training import RunData, Training, last_complete_checkpoint
+from distillbench.teacher_cache import OutputCaches, cache_entry
+from distillbench.training import RunData, Training, check_aligned, last_complete_checkpoint
 
 __all__ = ["Paths", "Plan", "Runner", "cache_root", "plan_run"]
 
@@ -72,7 +72,8 @@ class Runner:
         teachers, members = self._teachers()
         teacher_info = members[0] if len(members) == 1 else None
         if len(members) > 1:
-            teacher_info = ensemble_record(members, [m.weight for m in plan.teachers], self._score_ensemble(teachers))
+            metrics = score_ensemble(self.teacher_training, teachers, plan.output_folder / "ensemble")
+            teacher_info = ensemble_record(members, [m.weight for m in plan.teachers], metrics)
         stage_states = {stage.name: self.stages.method_stage(stage) for stage in method.stages()}
         set_seed(plan.config.seed)  # the method's own modules (projections, filters) are part of the seeded run
         method.setup(stage_states)
@@ -147,14 +148,6 @@ class Runner:
             infos.append(info)
         return models, infos
 
-    def _score_ensemble(self, teachers: list[PreTrainedModel]) -> dict[str, float]:
-        """The ensemble's own dev metrics (its members' weighted mean prediction)."""
-        weights = [member.weight for member in self.plan.teachers]
-        model = EnsembleModel(teachers, weights, self.task.output_type)
-        training = self.teacher_training
-        args = training.arguments(self.plan.output_folder / "ensemble", self.plan.config.train, evaluate=True)
-        return training.evaluate(training.trainer(model, args, None))
-
     def _student(self) -> PreTrainedModel:
         """The student the distillation starts from: fine-tuned first (cached) or as built."""
         task, attentions = self.task, "attentions" in self.plan.method.needs
@@ -167,19 +160,3 @@ class Runner:
         """The commit at the start of the run, and the state at its end when the checkout changed meanwhile."""
         at_end = provenance.git_state()
         return self.git_at_start if at_end == self.git_at_start else {**self.git_at_start, "at_end": at_end}
-
-
-def cache_entry(caches: list) -> dict[str, Any]:
-    """The record's ``teacher_cache``: the cache read (one per member of an ensemble)."""
-    entries = [cache.meta | {"key": cache.folder.name} for cache in caches]
-    return entries[0] if len(entries) == 1 else {"members": entries}
-
-
-def check_aligned(student: RunData, teacher: RunData) -> None:
-    """The two tokenisations of one task must hold the same examples in the same order: the teacher's
-    cached outputs reach the student by example index."""
-    for split in student.splits:
-        a, b = student.splits[split], teacher.splits[split]
-        labels = [key for key in student.task.label_keys if key in a.column_names]
-        if len(a) != len(b) or any(a[key] != b[key] for key in labels):
-            raise UserError(f"{split}: the student's and the teacher's tokenisations hold different examples")

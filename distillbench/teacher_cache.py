@@ -305,3 +305,9 @@ class OutputCaches:
             file=sys.stderr,
         )
         return cache
+
+
+def cache_entry(caches: list[TeacherCache]) -> dict[str, Any]:
+    """The record's ``teacher_cache``: the cache read (one per member of an ensemble)."""
+    entries = [cache.meta | {"key": cache.folder.name} for cache in caches]
+    return entries[0] if len(entries) == 1 else {"members": entries}

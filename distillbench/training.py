@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
 
 from distillbench.config import TrainConfig
 from distillbench.distiller import DistillTrainer
+from distillbench.errors import UserError
 from distillbench.history import epoch_history, flatten_metrics
 from distillbench.predictions import EvalCapture
 from distillbench.teacher_cache import with_index
@@ -165,3 +166,13 @@ class Training:
         if history and history[-1]["step"] == trainer.state.global_step:
             return history[-1]["metrics"]
         return flatten_metrics(trainer.evaluate(), self.task)
+
+
+def check_aligned(student: RunData, teacher: RunData) -> None:
+    """The two tokenisations of one task must hold the same examples in the same order: the teacher's
+    cached outputs reach the student by example index."""
+    for split in student.splits:
+        a, b = student.splits[split], teacher.splits[split]
+        labels = [key for key in student.task.label_keys if key in a.column_names]
+        if len(a) != len(b) or any(list(a[key]) != list(b[key]) for key in labels):
+            raise UserError(f"{split}: the student's and the teacher's tokenisations hold different examples")

@@ -124,3 +124,22 @@ def test_a_student_folder_without_a_tokenizer_reads_the_teachers(tiny_bert, lett
         shutil.copy(letters_student / name, other / name)
     with pytest.raises(UserError, match="has no tokenizer of its own, and its vocabulary"):
         same_tokenizer(str(other), str(tiny_bert))
+
+
+def test_tokenisations_holding_different_examples_are_refused():
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from distillbench.errors import UserError
+    from distillbench.training import check_aligned
+
+    task = SimpleNamespace(label_keys=("labels",))
+
+    def side(labels: list[int]) -> SimpleNamespace:
+        return SimpleNamespace(task=task, splits={"train": Dataset.from_dict({"labels": labels})})
+
+    check_aligned(side([0, 1, 1]), side([0, 1, 1]))
+    for other in ([0, 1], [1, 0, 1]):
+        with pytest.raises(UserError, match="tokenisations hold different examples"):
+            check_aligned(side([0, 1, 1]), side(other))
