@@ -100,6 +100,7 @@ class Stages:
         returns (folder, info)."""
         config = self.plan.config
         data, training = self.sides[role]
+        cross = self.plan.cross_tokenizer
         if role == "teacher" and config.teacher_finetuned:
             source = resolve_model(config.teacher_finetuned)
             info = {"source": self.plan.identity(source), "weights_sha256": weights_sha256(source), "trained": False}
@@ -129,7 +130,8 @@ class Stages:
                 for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
             },
             **({"task_options": config.task_options} if config.task_options else {}),
-            **({"tokenizer": self.plan.identity(data.tokenizer.name_or_path)} if self.plan.cross_tokenizer else {}),
+            # a student with its own tokenizer trains on another tokenisation (the teacher's key is unchanged)
+            **({"tokenizer": self.plan.identity(self.plan.student_tokenizer)} if role == "student" and cross else {}),
             **optional_stage_settings(cfg),
         }
         folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"

@@ -143,3 +143,14 @@ def test_tokenisations_holding_different_examples_are_refused():
     for other in ([0, 1], [1, 0, 1]):
         with pytest.raises(UserError, match="tokenisations hold different examples"):
             check_aligned(side([0, 1, 1]), side(other))
+
+
+def test_the_teacher_stage_is_the_same_with_either_student(tiny_bert, glue_dir, letters_student, workdir):
+    """The teacher reads its own tokenisation either way: a same-tokenizer run's cached teacher serves
+    the cross-tokenizer run."""
+    assert main(tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-seed", "1")) == 0
+    args = tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-seed", "1", "--student", str(letters_student))
+    assert main(args) == 0
+    records = [json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("mrpc-kd-*.json")]
+    (cross,) = [r for r in records if "student_tokenizer" in r["model"]]
+    assert cross["stages"]["teacher-finetune"]["built_here"] is False
