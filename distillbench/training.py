@@ -9,6 +9,7 @@ predictions) every stage gains.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +31,20 @@ if TYPE_CHECKING:
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest ``checkpoint-N`` whose trainer state was written (the Trainer writes it last), so a
-    run killed in the middle of saving resumes from the previous, complete checkpoint."""
+    """The newest ``checkpoint-N`` whose trainer state was written whole (the Trainer writes it last), so
+    a run killed in the middle of saving — even in the middle of that file — resumes from the previous,
+    complete checkpoint."""
     if not folder.is_dir():
         return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    complete = [p for p in folder.glob("checkpoint-*") if _readable_state(p / "trainer_state.json")]
     return str(max(complete, key=lambda p: int(p.name.split("-")[1]))) if complete else None
+
+
+def _readable_state(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 class RunData:

@@ -28,10 +28,11 @@ def test_last_complete_checkpoint_skips_a_half_written_one(tmp_path):
     from distillbench.training import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "missing") is None
-    for step, complete in ((3, True), (12, True), (15, False)):
+    states = {3: "{}", 12: '{"global_step": 12}', 15: None, 18: "", 21: '{"global_st'}  # None: not written yet
+    for step, state in states.items():
         (tmp_path / f"checkpoint-{step}").mkdir()
-        if complete:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        if state is not None:  # 18 and 21: killed while the Trainer was writing the file
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-12")
 
 
