@@ -180,6 +180,9 @@ def ensemble_teachers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "teacher": teacher,
                 "metrics": teacher["metrics"],
                 "run_id": "ensemble-" + "-".join(member["key"].rsplit("-", 1)[-1] for member in teacher["members"]),
+                # the score is read from this student record, which names it in its provenance
+                "_path": record.get("_path"),
+                "derived_from": record.get("run_id"),
             },
         )
     return list(found.values())

@@ -29,7 +29,8 @@ from distillbench.task import get_task
 def runs_table(records: list[dict]) -> str:
     """One line per run: the figures a closing note quotes, each traceable to its record file."""
     rows = []
-    for record in sorted(records, key=lambda r: (r["task"], row_key(r)[1], r["seed"], r.get("finished_at", ""))):
+    files = [r for r in records if not r.get("derived_from")]  # an ensemble's teacher row is not a run
+    for record in sorted(files, key=lambda r: (r["task"], row_key(r)[1], r["seed"], r.get("finished_at", ""))):
         main = record["main_metric"]
         scale = get_task(record["task"]).display_scale
         best = record.get("best_epoch") or {}

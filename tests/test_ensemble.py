@@ -114,10 +114,17 @@ def test_an_ensemble_of_teacher_seeds_runs_end_to_end(tiny_bert, glue_dir, workd
     assert teacher_label(student) == "2-teacher ensemble: tiny-bert0 (seeds 1, 2)"
     from distillbench.leaderboard import aggregate, collect
 
-    stats = aggregate(collect(workdir / "results", include_dirty=True).records)
+    records = collect(workdir / "results", include_dirty=True).records
+    stats = aggregate(records)
     rows = stats[(stats["method"] == "teacher") & (stats["teacher"] == teacher_label(student))]
     assert dict(zip(rows["metric"], rows["mean"], strict=True)) == pytest.approx(expected)
     assert set(rows["n"]) == {1}  # the ensemble's own score, once
+    from distillbench.report import runs_table
+    from distillbench.site import provenance_of
+
+    assert "ensemble" not in runs_table(records)  # the teacher row is derived from the student's record
+    tooltip = provenance_of(records)[("teacher", teacher_label(student), "-", "task-specific", "3 steps")]
+    assert tooltip.startswith(f"mrpc-kd-seed42-{student['run_id']}.json")
 
 
 def test_a_member_is_the_cached_stage_of_the_single_teacher_run(tiny_bert, glue_dir, workdir):
