@@ -103,26 +103,11 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
 
 def cached_folder(folder: Path, build: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
     """The marker of ``folder``, building it first when it is absent or damaged (under the lock);
-    returns (marker, built now). ``build`` fills the folder and returns the marker's content."""
-    if distributed.world_size() > 1:
-        return _cached_folder_together(folder, build)
-    with exclusive(lock_for(folder)):
-        info = read_marker(folder)
-        if info is not None:
-            return info, False
-        if (folder / MARKER).exists():
-            shutil.rmtree(folder)  # damaged: start over (a folder without a marker keeps its checkpoints)
-        folder.mkdir(parents=True, exist_ok=True)
-        info = build(folder)
-        info["manifest"] = manifest(folder)
-        write_json_atomic(folder / MARKER, info)
-        return info, True
+    returns (marker, built now). ``build`` fills the folder and returns the marker's content.
 
-
-def _cached_folder_together(folder: Path, build: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
-    """:func:`cached_folder` for the processes of one multi-process run: they build (train) the stage
-    together; rank 0 alone holds the lock, decides whether to build, clears a damaged folder and writes
-    the marker, and the others read the marker it wrote."""
+    In a multi-process run every process calls this and builds (trains) the stage together; rank 0 alone
+    holds the lock, decides whether to build, clears a damaged folder and writes the marker, and the
+    others read the marker it wrote. Alone, a process is rank 0 and the collectives are no-ops."""
     main = distributed.is_main()
     with exclusive(lock_for(folder)) if main else contextlib.nullcontext():
         info = read_marker(folder) if main else None
@@ -130,7 +115,7 @@ def _cached_folder_together(folder: Path, build: Callable[[Path], dict[str, Any]
             return (info if main else read_marker(folder)) or {}, False
         if main:
             if (folder / MARKER).exists():
-                shutil.rmtree(folder)
+                shutil.rmtree(folder)  # damaged: start over (a folder without a marker keeps its checkpoints)
             folder.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
         info = build(folder)

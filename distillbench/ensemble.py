@@ -50,7 +50,7 @@ class EnsembleModel(nn.Module):
 def score_ensemble(training: Training, members: list[PreTrainedModel], folder: Path) -> dict[str, float]:
     """The ensemble's own dev metrics: its members' weighted mean prediction, scored as any model is."""
     plan = training.plan
-    model = EnsembleModel(members, [member.weight for member in plan.teachers], plan.task.output_type)
+    model = EnsembleModel(members, plan.teacher_weights, plan.task.output_type)
     args = training.arguments(folder, plan.config.train, evaluate=True)
     return training.evaluate(training.trainer(model, args, None))
 

@@ -73,7 +73,7 @@ class Runner:
         teacher_info = members[0] if len(members) == 1 else None
         if len(members) > 1:
             metrics = score_ensemble(self.teacher_training, teachers, plan.output_folder / "ensemble")
-            teacher_info = ensemble_record(members, [m.weight for m in plan.teachers], metrics)
+            teacher_info = ensemble_record(members, plan.teacher_weights, metrics)
         stage_states = {stage.name: self.stages.method_stage(stage) for stage in method.stages()}
         set_seed(plan.config.seed)  # the method's own modules (projections, filters) are part of the seeded run
         method.setup(stage_states)
@@ -85,10 +85,9 @@ class Runner:
         live = not caches or None in caches  # every member from its cache, or every member live
         if live and teachers and plan.cross_tokenizer:
             raise UserError("the student's tokenizer differs from the teacher's, and no teacher-output cache was built")
-        weights = [member.weight for member in plan.teachers]
         capture = EvalCapture(self.task)
         trainer = self.training.train(
-            Distiller(student, teachers, method, self.task, None if live else caches, weights),
+            Distiller(student, teachers, method, self.task, None if live else caches, plan.teacher_weights),
             out_dir,
             plan.config.train,
             evaluate=True,

@@ -73,6 +73,11 @@ class Plan:
         return len(self.teachers) > 1
 
     @property
+    def teacher_weights(self) -> list[float]:
+        """The members' normalised weights, in member order."""
+        return [member.weight for member in self.teachers]
+
+    @property
     def cross_tokenizer(self) -> bool:
         """Teacher and student tokenise differently: the student reads its own tokenisation, the teacher
         its own, and the teacher's outputs reach the student through the output cache, by example."""
