@@ -213,11 +213,11 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
 
     method_cls, task_cls = get_method(args.method), get_task(args.task)
     train_extra, method_extra = dict(train_extra or {}), dict(method_extra or {})
-    params = getattr(args, "params", None)
+    params, tuned_from = getattr(args, "params", None), None
     if params == "best":
         from distillbench.tuning import load_best
 
-        best = load_best(args.results_dir, args.method, args.task)
+        best, tuned_from = load_best(args.results_dir, args.method, args.task)
         fields = method_cls.hparam_fields()
         method_extra = {k: v for k, v in best.items() if k in fields} | method_extra
         train_extra = {k: v for k, v in best.items() if k not in fields} | train_extra
@@ -249,6 +249,7 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         teacher_weights=parse_numbers(run_level[-1].partition("=")[2] if run_level else None, float, "teacher_weights"),
         data_dir=args.data_dir,
         preset=args.preset,
+        tuned_from=tuned_from,
         method_overrides=method_extra | method_overrides,
         task_options=task_options,
         train=build_train_config(task_cls.train_defaults, args.preset, train_extra | train_overrides),
@@ -465,7 +466,7 @@ def command_table(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from distillbench.leaderboard import EXPERIMENT, SCORES, collect, row_key
+    from distillbench.leaderboard import EXPERIMENT, SCORES, collect, method_label, row_key
     from distillbench.significance import compare_records, describe
     from distillbench.task import get_task
 
@@ -482,7 +483,7 @@ def command_compare(args: argparse.Namespace) -> int:
         mine = [
             r
             for r in records
-            if r["method"] == method
+            if method_label(r) == method
             and r.get("setting") == args.setting
             and (teacher is None or teacher in row_key(r)[2])
             and (student is None or student in row_key(r)[3])

@@ -136,6 +136,9 @@ class RunConfig:
     method_overrides: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None
+    # the study whose best parameters the run starts from (``--params best``): {study, trial, value}.
+    # Not part of the run key (the parameters themselves are); it names the run's table row.
+    tuned_from: dict[str, Any] | None = None
 
 
 def _coerce(text: str, annotation: Any, key: str) -> Any:

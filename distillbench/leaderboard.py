@@ -99,9 +99,21 @@ def budget_label(record: dict[str, Any]) -> str:
 EXPERIMENT = ("teacher", "student", "setting", "budget")
 
 
+TUNED = " (tuned)"
+
+
+def method_label(record: dict[str, Any]) -> str:
+    """A record's row name: the teacher, its method, or "<method> (tuned)" for a student started from a
+    study's best parameters (``run --params best``), another configuration in a row of its own that the
+    significance markers compare with the reference row of the same method."""
+    if record.get("role") == "teacher":
+        return "teacher"
+    return record["method"] + (TUNED if record.get("tuned_from") else "")
+
+
 def row_key(record: dict[str, Any]) -> tuple[str, ...]:
     """(task, method, *EXPERIMENT): what one table cell pools over seeds, and nothing else."""
-    method = "teacher" if record.get("role") == "teacher" else record["method"]
+    method = method_label(record)
     student = "-" if record.get("role") == "teacher" else student_label(record.get("model") or {})
     setting = record.get("setting", "task-specific")
     return (record["task"], method, teacher_label(record), student, setting, budget_label(record))
@@ -241,11 +253,13 @@ def _cell(stats: list[tuple[float, float, int]], scale: float, decimals: int) ->
     return "/".join(parts)
 
 
-def _method_order(method: str) -> tuple[int, str]:
-    """The teacher row first, then methods by the ``table_order`` they declare (unknown ones last)."""
-    if method == "teacher":
-        return (-1, method)
-    return (get_method(method).table_order if method in method_registry else 10**6, method)
+def _method_order(label: str) -> tuple[int, str]:
+    """The teacher row first, then methods by the ``table_order`` they declare (unknown ones last), a
+    tuned row right after its method's reference row."""
+    if label == "teacher":
+        return (-1, label)
+    method = label.removesuffix(TUNED)
+    return (get_method(method).table_order if method in method_registry else 10**6, label)
 
 
 MARKS = (("†", "‡"), ("⁺", "⁻"))  # better / worse than the first baseline, then the second

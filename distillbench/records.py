@@ -73,6 +73,7 @@ class RunRecord(TypedDict, total=False):
     wall_time_s: float
     train_runtime_s: float | None
     tags: dict[str, Any]
+    tuned_from: dict[str, Any]  # study, trial, value of the tuned parameters a student started from (--params best)
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -225,4 +226,6 @@ def student_record(
         **trained_fields(log_history, plan),
         **fields,
     )
+    if plan.config.tuned_from:
+        record["tuned_from"] = plan.config.tuned_from
     return record

@@ -159,7 +159,7 @@ def compare_records(
 ) -> Comparison:
     """Paired bootstrap over the seeds both methods ran (seed i of A against seed i of B), and the
     across-seed test over all of each method's seeds."""
-    from distillbench.leaderboard import score_of
+    from distillbench.leaderboard import method_label, score_of
     from distillbench.predictions import evaluation_of
     from distillbench.task import get_task
 
@@ -187,8 +187,8 @@ def compare_records(
     scores_b = [score_of(r, score)[main] for r in records_b]
     return Comparison(
         task=task_name,
-        method=records_a[0]["method"],
-        baseline=records_b[0]["method"],
+        method=method_label(records_a[0]),
+        baseline=method_label(records_b[0]),
         metric=main,
         seeds=common,
         mean_a=float(np.mean(scores_a)),

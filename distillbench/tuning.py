@@ -252,11 +252,14 @@ def save_best(study: optuna.Study, results_dir: Path, method: str, task: str) ->
     return path
 
 
-def load_best(results_dir: Path, method: str, task: str) -> dict[str, Any]:
+def load_best(results_dir: Path, method: str, task: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The best parameters a study saved, and where they come from (study, trial, its score): a run
+    started from them records that origin, and the tables give it a row of its own ("kd (tuned)")."""
     path = best_params_path(results_dir, method, task)
     if not path.is_file():
         raise UserError(f"no tuned parameters at {path}; run `distillbench tune --method {method} --task {task}`")
-    return json.loads(path.read_text())["params"]
+    best = json.loads(path.read_text())
+    return best["params"], {key: best[key] for key in ("study", "trial", "value")}
 
 
 def report(study: optuna.Study, out_dir: Path) -> tuple[str, list[Path]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,17 @@ def test_tiny_study_records_best_params_and_run_params_best(tiny_bert, glue_dir,
     rerun = next(json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("mrpc-kd-seed7-*.json"))
     assert rerun["hparams"]["kl_alpha"] == best["params"]["kl_alpha"]
     assert rerun["train"]["learning_rate"] == best["params"]["learning_rate"]
+    assert rerun["tuned_from"] == {"study": "s", "trial": best["trial"], "value": best["value"]}
+
+    # the tuned run is a row of its own beside the reference settings, and compare names it
+    assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), "--seed", "7"]) == 0
+    results = ["--results-dir", str(workdir / "results"), "--include-dirty"]
+    capsys.readouterr()
+    assert main(["table", "--tasks", "mrpc", *results]) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["teacher", "kd", "kd (tuned)"]
+    assert main(["compare", "kd (tuned)", "kd", "--task", "mrpc", "--resamples", "1000", *results]) == 0
+    assert re.search(r"mrpc accuracy: kd \(tuned\) [\d.]+ vs kd [\d.]+", capsys.readouterr().out)
 
     assert (
         main(
