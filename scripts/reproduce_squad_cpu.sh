@@ -2,7 +2,8 @@
 # The CPU evidence behind the README's SQuAD table: the 6-layer MiniLM teacher (PyPI) → a 3-layer student
 # copied from teacher layers 1,3,5, seed 42, trained on the real SQuAD training subset in ../shared/data
 # and scored on the full official dev set. The data dir must hold squad/train-v1.1.json and dev-v1.1.json
-# (v2: train-v2.0.json, dev-v2.0.json); point those names at the subsets with symlinks outside the repo.
+# (v2: train-v2.0.json, dev-v2.0.json); other file names are task options (--set train_file=…, as
+# sweeps/cpu-squad-v2.toml does for ../shared/data's subsets).
 # Budget cut to fit a 3-hour session on 2 CPU cores: 2 epochs, batch 16, lr 1e-4 (teacher and student),
 # 50 warm-up steps, and one dev evaluation after training (the reference: 3 epochs at batch 8, lr 5e-5 /
 # 3e-5, evaluation every epoch). Max length 384, doc stride 128 as the reference. Resumable.

@@ -93,6 +93,10 @@ class SquadTask(Task):
         null_score_diff_threshold: float = setting(
             0.0, help="predict no answer when null score − best span score exceeds this (v2.0)"
         )
+        # Other files of the same format under <data-dir>/squad/, e.g. a training subset: named here,
+        # they are named in the record and hashed into its data key, which a symlink would hide.
+        train_file: str | None = setting(None, help="train file in <data-dir>/squad/ (default train-v<version>.json)")
+        dev_file: str | None = setting(None, help="dev file in <data-dir>/squad/ (default dev-v<version>.json)")
 
     @property
     def with_negative(self) -> bool:
@@ -101,7 +105,15 @@ class SquadTask(Task):
     def local_files(self) -> dict[str, Path]:
         assert self.data_dir is not None
         folder = self.data_dir / "squad"
-        return {"train": folder / f"train-v{self.version}.json", "validation": folder / f"dev-v{self.version}.json"}
+        return {
+            "train": folder / (self.options.train_file or f"train-v{self.version}.json"),
+            "validation": folder / (self.options.dev_file or f"dev-v{self.version}.json"),
+        }
+
+    def data_files(self) -> list[Path]:
+        if self.data_dir is None and (self.options.train_file or self.options.dev_file):
+            raise UserError("train_file/dev_file name files under --data-dir; the hub's SQuAD has its own splits")
+        return super().data_files()
 
     def load(self) -> DatasetDict:
         if self.data_dir is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,28 @@ def test_stored_predictions_rescore_to_the_records_figures(task, tiny_bert, squa
             script = f"evaluate-v{version}.py"
             scored = official(script, data, predictions, tmp_path, na_probs)
             assert scored == pytest.approx({k: record["metrics"][k] for k in scored})
+
+
+def test_train_and_dev_files_by_name(tiny_bert, squad_dir, workdir, tmp_path, capsys, monkeypatch):
+    """A training subset under its own name (train_file/dev_file) trains exactly as the same file under
+    the default name, and the record names the files it read."""
+    renamed = tmp_path / "renamed" / "squad"
+    renamed.mkdir(parents=True)
+    shutil.copy(squad_dir / "squad" / "train-v2.0.json", renamed / "train-v2.0-subset.json")
+    shutil.copy(squad_dir / "squad" / "dev-v2.0.json", renamed / "dev-v2.0-reconstructed.json")
+    small = ["--set", "max_seq_length=48", "--set", "doc_stride=16"]
+    assert main([*tiny_run_args(tiny_bert, squad_dir, "finetune", "squad_v2"), *small]) == 0
+    by_name = ["--set", "train_file=train-v2.0-subset.json", "--set", "dev_file=dev-v2.0-reconstructed.json"]
+    assert main([*tiny_run_args(tiny_bert, renamed.parent, "finetune", "squad_v2"), *small, *by_name]) == 0
+    default, named = sorted(
+        (json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("squad_v2-finetune-*.json")),
+        key=lambda r: bool(r["task_options"]["train_file"]),
+    )
+    assert named["data"]["files"] == ["data:squad/train-v2.0-subset.json", "data:squad/dev-v2.0-reconstructed.json"]
+    assert named["data"]["sha256"] != default["data"]["sha256"]
+    assert named["metrics"] == default["metrics"]
+
+    monkeypatch.delenv("DISTILLBENCH_DATA", raising=False)
+    hub = [a for a in tiny_run_args(tiny_bert, squad_dir, "finetune", "squad_v2") if a != str(squad_dir)]
+    assert main([a for a in hub if a != "--data-dir"] + by_name) == 2
+    assert "train_file/dev_file name files under --data-dir" in capsys.readouterr().err
