@@ -101,7 +101,8 @@ class DistillTrainer(Trainer):
     """``transformers.Trainer`` that also logs every named loss term (``loss/<term>``) it sees.
 
     Any module whose training forward returns ``{"loss", "terms"}`` (the Distiller, a method stage)
-    is trained by this one class; plain Hugging Face models (teacher fine-tuning) pass through.
+    is trained by this one class; a plain Hugging Face model (a fine-tune stage) logs its loss as the
+    ``task`` term.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -111,8 +112,9 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
-        named = "terms" in outputs
-        values = {k: float(v.detach()) for k, v in (outputs["terms"] if named else {"loss": outputs["loss"]}).items()}
+        # a plain model (a fine-tune stage) is trained on its own loss: the task term, named as in a Distiller
+        terms = outputs["terms"] if "terms" in outputs else {"task": outputs["loss"]}
+        values = {k: float(v.detach()) for k, v in terms.items()}
         values["total"] = float(outputs["loss"].detach())
         bad = next((name for name, value in values.items() if not math.isfinite(value)), None)
         if bad is not None:
@@ -122,10 +124,9 @@ class DistillTrainer(Trainer):
                 f"loss term {bad!r} became {values[bad]} at step {self.state.global_step + 1}; "
                 "training stopped, the last good checkpoint is kept and no record is written"
             )
-        if named:
-            for name in outputs["terms"]:
-                self._term_sums[name] += values[name]
-            self._term_counts += 1
+        for name in terms:
+            self._term_sums[name] += values[name]
+        self._term_counts += 1
         loss = outputs["loss"]
         return (loss, outputs) if return_outputs else loss
 

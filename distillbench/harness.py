@@ -9,11 +9,12 @@ The harness knows the method and task APIs only: no method or task is named here
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel, TrainerCallback, set_seed
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback, set_seed
 
 from distillbench import distributed, provenance
 from distillbench.cached import exclusive
@@ -25,9 +26,9 @@ from distillbench.history import train_runtime
 from distillbench.models import load_for_task, state_sha256, weights_sha256
 from distillbench.planning import Paths, Plan, cache_root, plan_run
 from distillbench.portable import portable_path
-from distillbench.predictions import EvalCapture, write_predictions
+from distillbench.predictions import EvalCapture, publish_predictions, write_predictions
 from distillbench.records import student_record, write_json_atomic
-from distillbench.stages import Stages
+from distillbench.stages import STAGE_PREDICTIONS, Stages
 from distillbench.teacher_cache import OutputCaches, cache_entry
 from distillbench.training import RunData, Training, check_aligned, last_complete_checkpoint
 
@@ -69,6 +70,10 @@ class Runner:
     def _run(self, out_dir: Path) -> dict[str, Any]:
         started = time.time()
         plan, method = self.plan, self.plan.method
+        if method.is_label_finetune and method.student_start == "pretrained" and not self.callbacks:
+            shared = self._finetune_stage_run(out_dir, started)
+            if shared is not None:
+                return shared
         teachers, members = self._teachers()
         teacher_info = members[0] if len(members) == 1 else None
         if len(members) > 1:
@@ -102,33 +107,76 @@ class Runner:
             return {"metrics": metrics, "_path": None}
         student.save_pretrained(out_dir / "student")
         self.data.tokenizer.save_pretrained(out_dir / "student")
-        history = trainer.state.log_history
+        teacher_config = teachers[0].config if teachers else None
+        return self._write_record(
+            out_dir,
+            started,
+            trainer.state.log_history,
+            metrics=metrics,
+            teacher=teacher_info,
+            teacher_cache=None if live else cache_entry(caches),
+            model=self._model_fields(out_dir, student.config, student_init_sha, teacher_config),
+            predictions=write_predictions(plan.paths.results_dir, plan.run_name, capture),
+            resumed_from=resumed_from,
+        )
+
+    def _finetune_stage_run(self, out_dir: Path, started: float) -> dict[str, Any] | None:
+        """A run of the label fine-tune method is the cached ``student-finetune`` stage (built here or
+        by an earlier run, e.g. TED's of the same seed): its model, dev evaluations and training log become
+        the run's. None when the cached stage predates stored training logs: the run then trains as any."""
+        folder, info = self.stages.finetuned("student")
+        if "log_history" not in info:
+            return None
+        if not distributed.is_main():
+            distributed.barrier()
+            return {"metrics": info["metrics"], "_path": None}
+        shutil.copytree(folder, out_dir / "student", dirs_exist_ok=True)
+        initial_sha = info["settings"]["init"].get("initial_state_sha256")
+        return self._write_record(
+            out_dir,
+            started,
+            info["log_history"],
+            metrics=info["metrics"],
+            teacher=None,
+            teacher_cache=None,
+            model=self._model_fields(out_dir, AutoConfig.from_pretrained(folder), initial_sha, None),
+            predictions=publish_predictions(
+                self.plan.paths.results_dir, self.plan.run_name, folder.parent / STAGE_PREDICTIONS
+            ),
+            resumed_from=None,
+        )
+
+    def _model_fields(
+        self, out_dir: Path, student: PretrainedConfig, initial_sha: str | None, teacher: PretrainedConfig | None
+    ) -> dict[str, Any]:
+        """The record's ``model``: what the student is, where it started and where it was saved."""
+        plan = self.plan
+        return {
+            "student": self.stages.student_description(),
+            "student_start": plan.method.student_start,
+            "student_architecture": architecture(student),
+            **({"teacher_architecture": architecture(teacher)} if teacher is not None else {}),
+            "initial_state_sha256": initial_sha,
+            "teacher_source": plan.identity(plan.teacher_source),
+            **({"student_tokenizer": plan.identity(plan.student_tokenizer)} if plan.cross_tokenizer else {}),
+            "teacher_source_sha256": weights_sha256(plan.teacher_source),
+            "output_dir": portable_path((out_dir / "student").absolute(), plan.roots),
+        }
+
+    def _write_record(self, out_dir: Path, started: float, history: list[dict], **fields: Any) -> dict[str, Any]:
+        """The student's record (rank 0), after the student and its predictions are written."""
+        plan = self.plan
         record = student_record(
             plan,
             self.data,
             self._git_record(),
             history,
-            metrics=metrics,
             majority_baseline=self.task.majority_baseline(self.data.splits),
-            teacher=teacher_info,
-            teacher_cache=None if live else cache_entry(caches),
             stages=self.stages.log,
-            model={
-                "student": self.stages.student_description(),
-                "student_start": method.student_start,
-                "student_architecture": architecture(student.config),
-                **({"teacher_architecture": architecture(teachers[0].config)} if teachers else {}),
-                "initial_state_sha256": student_init_sha,
-                "teacher_source": plan.identity(plan.teacher_source),
-                **({"student_tokenizer": plan.identity(plan.student_tokenizer)} if plan.cross_tokenizer else {}),
-                "teacher_source_sha256": weights_sha256(plan.teacher_source),
-                "output_dir": portable_path((out_dir / "student").absolute(), plan.roots),
-            },
-            predictions=write_predictions(plan.paths.results_dir, plan.run_name, capture),
-            resumed_from=resumed_from,
             wall_time_s=time.time() - started,
             train_runtime_s=train_runtime(history),
             tags=self.tags,
+            **fields,
         )
         path = plan.paths.results_dir / "runs" / f"{plan.run_name}.json"
         write_json_atomic(path, record)

@@ -109,6 +109,10 @@ class Method:
     is_baseline: ClassVar[bool] = False
     # Where the method's rows sit in tables (lower first; ties by name): baselines first, then the others.
     table_order: ClassVar[int] = 100
+    # The method is the student's fine-tune on the labels alone, the very stage that methods starting from
+    # a fine-tuned student (``student_start = "finetuned"``, e.g. TED) build first: its run reads that
+    # cached stage instead of training the same student again, so a campaign pays for it once per seed.
+    is_label_finetune: ClassVar[bool] = False
     task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @dataclass

@@ -48,15 +48,34 @@ class EvalCapture:
         return self.task.compute_metrics(prediction.predictions, prediction.label_ids)
 
 
+def save_evaluations(path: Path, capture: EvalCapture) -> None:
+    """The captured evaluations as one compressed file, written atomically."""
+    arrays = {f"{label}/{key}": value for label, named in capture.evaluations.items() for key, value in named.items()}
+    write_atomic(path, lambda file: np.savez_compressed(file, **arrays))
+
+
+def reference_to(results_dir: Path, name: str) -> dict[str, Any]:
+    """The record's reference to ``<results>/predictions/<name>.npz``: its path, sha256 and evaluations."""
+    path = results_dir / FOLDER / f"{name}.npz"
+    with np.load(path, allow_pickle=False) as stored:
+        evaluations = sorted({key.rpartition("/")[0] for key in stored.files})
+    return {"path": f"{FOLDER}/{name}.npz", "sha256": sha256_of(path), "evaluations": evaluations}
+
+
 def write_predictions(results_dir: Path, name: str, capture: EvalCapture) -> dict[str, Any] | None:
     """Write the captured evaluations atomically; the record's reference to them (None: nothing ran)."""
     if not capture.evaluations:
         return None
-    folder = results_dir / FOLDER
-    arrays = {f"{label}/{key}": value for label, named in capture.evaluations.items() for key, value in named.items()}
-    path = folder / f"{name}.npz"
-    write_atomic(path, lambda file: np.savez_compressed(file, **arrays))
-    return {"path": f"{FOLDER}/{name}.npz", "sha256": sha256_of(path), "evaluations": sorted(capture.evaluations)}
+    save_evaluations(results_dir / FOLDER / f"{name}.npz", capture)
+    return reference_to(results_dir, name)
+
+
+def publish_predictions(results_dir: Path, name: str, stored: Path) -> dict[str, Any]:
+    """A cached stage's stored evaluations as a run's predictions file (a copy: the results folder is
+    committed, the cache is not); the record's reference to it."""
+    path = results_dir / FOLDER / f"{name}.npz"
+    write_atomic(path, lambda file: file.write(stored.read_bytes()))
+    return reference_to(results_dir, name)
 
 
 def load_predictions(record: dict[str, Any], results_dir: Path) -> dict[str, dict[str, np.ndarray]]:

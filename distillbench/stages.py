@@ -25,13 +25,16 @@ from distillbench.history import epoch_history, final_loss_terms, train_runtime
 from distillbench.method import Stage
 from distillbench.models import build_student, load_for_task, resolve_model, state_sha256, weights_sha256
 from distillbench.portable import portable_path
-from distillbench.predictions import EvalCapture, write_predictions
+from distillbench.predictions import EvalCapture, save_evaluations, write_predictions
 from distillbench.records import stage_record, write_json_atomic
 from distillbench.teacher_cache import OutputCaches
 
 if TYPE_CHECKING:
     from distillbench.planning import Plan
     from distillbench.training import RunData, Training
+
+
+STAGE_PREDICTIONS = "predictions.npz"  # a student fine-tune stage's dev evaluations, beside its model
 
 
 def optional_stage_settings(cfg: TrainConfig) -> dict[str, Any]:
@@ -164,6 +167,9 @@ class Stages:
                 "wall_time_s": time.time() - started,
                 "weights_sha256": weights_sha256(str(folder / "model")),
             }
+            if role == "student":  # what a run of the label fine-tune method reports (Runner.finetune_run)
+                info["log_history"] = trainer.state.log_history
+                save_evaluations(folder / STAGE_PREDICTIONS, capture)
             if role == "teacher":
                 predictions = write_predictions(self.plan.paths.results_dir, info["key"], capture)
                 history = trainer.state.log_history

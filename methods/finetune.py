@@ -13,6 +13,7 @@ class FineTune(Method):
 
     uses_teacher = False
     is_baseline = True
+    is_label_finetune = True  # its run is the cached student-finetune stage TED's Stage II starts from
     table_order = 0
 
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
