@@ -622,6 +622,7 @@ def command_bench(args: argparse.Namespace) -> int:
     import sys
 
     from distillbench.bench import BenchSettings, run_bench
+    from distillbench.bench_report import whole_runs_line
     from distillbench.planning import cache_root
 
     if (args.steps and args.steps <= args.warmup) or args.warmup < 1 or args.rounds < 1:
@@ -635,9 +636,7 @@ def command_bench(args: argparse.Namespace) -> int:
     for name, value in record["ratios"].items():
         print(f"{name:28s} {value:.3f}")
     if record["end_to_end"]:
-        whole = record["end_to_end"]
-        times = ", ".join(f"{m} {v['wall_seconds']:.0f} s" for m, v in whole.items() if m != "ratio")
-        print(f"whole runs: {times}; ratio {whole['ratio']:.2f}")
+        print(whole_runs_line(record))
     print(f"record {record['_path']}")
     return 0
 

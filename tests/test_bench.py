@@ -36,7 +36,13 @@ def test_bench_writes_a_record_of_every_phase(tiny_bert, glue_dir, workdir, caps
     assert whole["ratio"] == pytest.approx(whole["ted"]["wall_seconds"] / whole["finetune"]["wall_seconds"])
     assert whole["ted"]["stages"]["ted-filters-student"]["built_here"]
     assert not whole["ted"]["stages"]["teacher-finetune"]["built_here"]  # cached before the timing
-    assert whole["ted"]["seed_stages_found_cached"] == []  # every stage of the run's own seed was timed
+    # TED's fine-tuned student is the fine-tune run's: shared, and added back for TED alone
+    assert whole["ted"]["shared_with_baseline"] == ["student-finetune"]
+    built = whole["finetune"]["stages"]["student-finetune"]
+    assert built["built_here"] and not whole["ted"]["stages"]["student-finetune"]["built_here"]
+    alone = (whole["ted"]["wall_seconds"] + built["wall_time_s"]) / whole["finetune"]["wall_seconds"]
+    assert whole["ratio_standalone"] == pytest.approx(alone)
+    assert whole["ted"]["seed_stages_found_cached"] == []  # every other stage of the run's own seed was timed
     assert not list((workdir / "results" / "runs").glob("*.json"))  # timings, not results
     assert all(len(p["rounds_seconds_per_step"]) == 2 for p in record["phases"].values())
     assert all(p["seconds_per_step"] > 0 and p["peak_rss_mib"] > 0 for p in record["phases"].values())
