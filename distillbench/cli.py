@@ -235,6 +235,11 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         train_overrides["teacher_cache"] = args.teacher_cache
     if args.report_to is not None:
         train_overrides["report_to"] = args.report_to
+    if tuned_from:  # as in the study's trials: the teacher keeps the settings it has without tuned values
+        from distillbench.tuning import teacher_pins
+
+        untuned = build_train_config(task_cls.train_defaults, args.preset, train_overrides).for_role("teacher")
+        train_extra = teacher_pins(untuned) | train_extra
     config = RunConfig(
         method=args.method,
         task=args.task,
@@ -310,13 +315,8 @@ def command_tune(args: argparse.Namespace) -> int:
     common = () if args.common == "none" else tuple(n for n in args.common.split(",") if n)
     tuning.check_common(common)
     base, _ = build_run(args)  # validates the run arguments before the storage is touched
-    teacher = base.train.for_role("teacher")
     # Trials vary the student's settings only: the teacher keeps the base settings (one cached teacher).
-    pinned = {
-        "teacher_batch_size": teacher.batch_size,
-        "teacher_warmup_steps": teacher.warmup_steps,
-        "teacher_epochs": teacher.epochs,
-    }
+    pinned = tuning.teacher_pins(base.train.for_role("teacher"))
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     metric = main_metric_key(task_cls(None))

@@ -225,6 +225,16 @@ def run_worker(
     return study
 
 
+def teacher_pins(teacher: TrainConfig) -> dict[str, Any]:
+    """The teacher stages' effective settings as explicit ``teacher_*`` values: tuned values are the
+    student's, so a trial (or a run from the best trial) distils from the same cached teacher."""
+    return {
+        "teacher_batch_size": teacher.batch_size,
+        "teacher_warmup_steps": teacher.warmup_steps,
+        "teacher_epochs": teacher.epochs,
+    }
+
+
 def best_params_path(results_dir: Path, method: str, task: str) -> Path:
     return results_dir / "best" / f"{method}-{task}.json"
 

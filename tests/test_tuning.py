@@ -62,14 +62,18 @@ def test_tiny_study_records_best_params_and_run_params_best(tiny_bert, glue_dir,
     assert best["params"] == study.best_params and best["trial"] == study.best_trial.number
     assert {"kl_alpha", "temperature", "learning_rate", "warmup_steps", "batch_size", "epochs"} == set(best["params"])
 
-    assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), "--params", "best", "--seed", "7"]) == 0
+    tuned = ["--params", "best", "--seed", "7", "--teacher-seed", "42"]  # the trials' teacher (seed 42)
+    assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), *tuned]) == 0
     rerun = next(json.loads(p.read_text()) for p in (workdir / "results" / "runs").glob("mrpc-kd-seed7-*.json"))
     assert rerun["hparams"]["kl_alpha"] == best["params"]["kl_alpha"]
     assert rerun["train"]["learning_rate"] == best["params"]["learning_rate"]
     assert rerun["tuned_from"] == {"study": "s", "trial": best["trial"], "value": best["value"]}
+    # the tuned warm-up, batch size and epochs are the student's: it distils from the trials' teacher
+    assert rerun["teacher"]["key"] == records[0]["teacher"]["key"]
+    assert len(list((workdir / "cache" / "stages").glob("mrpc-teacher-*/done.json"))) == 1
 
     # the tuned run is a row of its own beside the reference settings, and compare names it
-    assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), "--seed", "7"]) == 0
+    assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), "--seed", "7", "--teacher-seed", "42"]) == 0
     results = ["--results-dir", str(workdir / "results"), "--include-dirty"]
     capsys.readouterr()
     assert main(["table", "--tasks", "mrpc", *results]) == 0
