@@ -167,7 +167,7 @@ class Stages:
                 "wall_time_s": time.time() - started,
                 "weights_sha256": weights_sha256(str(folder / "model")),
             }
-            if role == "student":  # what a run of the label fine-tune method reports (Runner.finetune_run)
+            if role == "student":  # what a run of the label fine-tune method reports (Runner._finetune_stage_run)
                 info["log_history"] = trainer.state.log_history
                 save_evaluations(folder / STAGE_PREDICTIONS, capture)
             if role == "teacher":
