@@ -54,12 +54,16 @@ def save_evaluations(path: Path, capture: EvalCapture) -> None:
     write_atomic(path, lambda file: np.savez_compressed(file, **arrays))
 
 
-def reference_to(results_dir: Path, name: str) -> dict[str, Any]:
+def reference_to(results_dir: Path, name: str, evaluations: list[str]) -> dict[str, Any]:
     """The record's reference to ``<results>/predictions/<name>.npz``: its path, sha256 and evaluations."""
     path = results_dir / FOLDER / f"{name}.npz"
+    return {"path": f"{FOLDER}/{name}.npz", "sha256": sha256_of(path), "evaluations": sorted(evaluations)}
+
+
+def stored_evaluations(path: Path) -> list[str]:
+    """The evaluation labels (``<split>/step<N>``) a predictions file holds."""
     with np.load(path, allow_pickle=False) as stored:
-        evaluations = sorted({key.rpartition("/")[0] for key in stored.files})
-    return {"path": f"{FOLDER}/{name}.npz", "sha256": sha256_of(path), "evaluations": evaluations}
+        return sorted({key.rpartition("/")[0] for key in stored.files})
 
 
 def write_predictions(results_dir: Path, name: str, capture: EvalCapture) -> dict[str, Any] | None:
@@ -67,15 +71,17 @@ def write_predictions(results_dir: Path, name: str, capture: EvalCapture) -> dic
     if not capture.evaluations:
         return None
     save_evaluations(results_dir / FOLDER / f"{name}.npz", capture)
-    return reference_to(results_dir, name)
+    return reference_to(results_dir, name, list(capture.evaluations))
 
 
-def publish_predictions(results_dir: Path, name: str, stored: Path) -> dict[str, Any]:
+def publish_predictions(results_dir: Path, name: str, stored: Path) -> dict[str, Any] | None:
     """A cached stage's stored evaluations as a run's predictions file (a copy: the results folder is
-    committed, the cache is not); the record's reference to it."""
+    committed, the cache is not); the record's reference to it (None: the stage evaluated nothing)."""
+    if not stored.is_file():
+        return None
     path = results_dir / FOLDER / f"{name}.npz"
     write_atomic(path, lambda file: file.write(stored.read_bytes()))
-    return reference_to(results_dir, name)
+    return reference_to(results_dir, name, stored_evaluations(path))
 
 
 def load_predictions(record: dict[str, Any], results_dir: Path) -> dict[str, dict[str, np.ndarray]]:

@@ -169,7 +169,8 @@ class Stages:
             }
             if role == "student":  # what a run of the label fine-tune method reports (Runner._finetune_stage_run)
                 info["log_history"] = trainer.state.log_history
-                save_evaluations(folder / STAGE_PREDICTIONS, capture)
+                if capture.evaluations:
+                    save_evaluations(folder / STAGE_PREDICTIONS, capture)
             if role == "teacher":
                 predictions = write_predictions(self.plan.paths.results_dir, info["key"], capture)
                 history = trainer.state.log_history
