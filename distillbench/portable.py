@@ -33,12 +33,10 @@ def packaged_alias(identity: str) -> str | None:
 
 
 def portable_path(path: str | Path, roots: dict[str, Path | None]) -> str:
-    """``root:relative`` for the first named root that contains ``path``; a relative path stays as it
-    is (it is relative to where the command ran); else ``local:<name>``."""
-    candidate = Path(path)
-    if not candidate.is_absolute():
-        return candidate.as_posix()
-    resolved = candidate.resolve()
+    """``root:relative`` for the first named root that contains ``path`` (a relative path counts from the
+    working directory, as the command read it: ``DISTILLBENCH_DATA=../data`` still gives ``data:…``); else
+    the path relative to the working directory when it lies below it; else ``local:<name>``."""
+    resolved = Path(path).resolve()
     for name, root in roots.items():
         if root is None:
             continue

@@ -10,6 +10,7 @@ import pytest
 
 from distillbench import get_method
 from distillbench.losses import REGRESSION_KD_ALPHA
+from distillbench.portable import portable_path
 from distillbench.records import RECORD_VERSION, migrate_folder, read_records, upgrade
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,25 @@ def test_committed_files_name_no_absolute_path(folder):
         if path.is_file() and path.suffix in (".json", ".md", ".toml", ".sh", ".html", ".csv"):
             found = ABSOLUTE.findall(path.read_text(errors="replace"))
             assert not found, f"{path.relative_to(REPO)} names {found[0]}"
+
+
+def test_relative_paths_are_named_by_their_root(tmp_path, monkeypatch):
+    """``DISTILLBENCH_DATA=../data`` names the files ``data:…``, as an absolute data folder does; a path
+    under the working directory stays relative to it, one elsewhere is only named."""
+    (tmp_path / "data" / "glue").mkdir(parents=True)
+    (tmp_path / "work" / "models" / "mine").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    roots = {"data": Path("../data"), "results": None}
+    assert portable_path("../data/glue/dev.tsv", roots) == "data:glue/dev.tsv"
+    assert portable_path(tmp_path / "data" / "glue" / "dev.tsv", roots) == "data:glue/dev.tsv"
+    assert portable_path("models/mine", roots) == "models/mine"
+    assert portable_path("../elsewhere/model", roots) == "local:model"
+
+
+def test_committed_records_name_their_data_files_by_the_data_root():
+    for record in read_records(REPO / "results"):
+        for name in (record.get("data") or {}).get("files", []):
+            assert name.startswith("data:"), f"{record['run_id']} names {name}"
 
 
 def test_regression_kd_has_its_own_weight_and_records_it():

@@ -1,0 +1,71 @@
+"""The committed results are what their stored predictions say: every figure a record holds is recomputed
+from the predictions file it references (the sha256 checked on the way), at its final and best epoch, and the
+SQuAD v2.0 records are rescored by the official evaluate-v2.0.py when ../shared has it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distillbench.leaderboard import score_of
+from distillbench.predictions import evaluation_of
+from distillbench.records import read_records
+from distillbench.task import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+SHARED_DATA = Path(os.environ.get("DISTILLBENCH_DATA", REPO.parent / "shared" / "data"))
+RECORDS = [r for r in read_records(RESULTS) if r.get("kind") == "run" and r.get("predictions")]
+
+
+def test_the_committed_campaign_stores_predictions():
+    assert {r["task"] for r in RECORDS} >= {"mrpc", "stsb", "squad_v2"}
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=[r["run_id"] for r in RECORDS])
+@pytest.mark.parametrize("score", ["final", "best"])
+def test_every_figure_is_recomputed_from_its_stored_predictions(record, score):
+    task = get_task(record["task"])(None)
+    arrays = evaluation_of(record, RESULTS, score)
+    everything = np.arange(len(next(iter(arrays.values()))))[None, :]
+    recorded = score_of(record, score)
+    for metric in task.paper_metrics:
+        recomputed = float(task.metric_rows(arrays, everything, metric.split("/")[-1])[0])
+        assert recomputed == pytest.approx(recorded[metric], rel=1e-6, abs=1e-9), metric
+
+
+def squad_v2_records() -> list[dict]:
+    return [r for r in RECORDS if r["task"] == "squad_v2"]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "squad" / "evaluate-v2.0.py").is_file(), reason="../shared/data not present")
+@pytest.mark.parametrize("record", squad_v2_records(), ids=[r["run_id"] for r in squad_v2_records()])
+def test_squad_v2_records_rescore_with_the_official_script(record, tmp_path):
+    arrays = evaluation_of(record, RESULTS)
+    ids = arrays["id"].tolist()
+    (tmp_path / "pred.json").write_text(json.dumps(dict(zip(ids, arrays["answer"].tolist(), strict=True))))
+    (tmp_path / "na.json").write_text(json.dumps(dict(zip(ids, arrays["na_prob"].tolist(), strict=True))))
+    dev_file = SHARED_DATA / next(f for f in record["data"]["files"] if "/dev-" in f).removeprefix("data:")
+    script = SHARED_DATA / "squad" / "evaluate-v2.0.py"
+    official = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(dev_file),
+            str(tmp_path / "pred.json"),
+            "--na-prob-file",
+            str(tmp_path / "na.json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    scored = json.loads(official)
+    assert scored["total"] == len(ids)
+    assert scored == pytest.approx({k: record["metrics"][k] for k in scored})
