@@ -4,14 +4,11 @@ SQuAD v2.0 records are rescored by the official evaluate-v2.0.py when ../shared 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_squad import OFFICIAL, SHARED_SQUAD, official
 
 from distillbench.leaderboard import score_of
 from distillbench.predictions import evaluation_of
@@ -20,7 +17,6 @@ from distillbench.task import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
-SHARED_DATA = Path(os.environ.get("DISTILLBENCH_DATA", REPO.parent / "shared" / "data"))
 RECORDS = [r for r in read_records(RESULTS) if r.get("kind") == "run" and r.get("predictions")]
 
 
@@ -44,28 +40,14 @@ def squad_v2_records() -> list[dict]:
     return [r for r in RECORDS if r["task"] == "squad_v2"]
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "squad" / "evaluate-v2.0.py").is_file(), reason="../shared/data not present")
+@pytest.mark.skipif(not (OFFICIAL / "evaluate-v2.0.py").is_file(), reason="../shared/data not present")
 @pytest.mark.parametrize("record", squad_v2_records(), ids=[r["run_id"] for r in squad_v2_records()])
 def test_squad_v2_records_rescore_with_the_official_script(record, tmp_path):
     arrays = evaluation_of(record, RESULTS)
     ids = arrays["id"].tolist()
-    (tmp_path / "pred.json").write_text(json.dumps(dict(zip(ids, arrays["answer"].tolist(), strict=True))))
-    (tmp_path / "na.json").write_text(json.dumps(dict(zip(ids, arrays["na_prob"].tolist(), strict=True))))
-    dev_file = SHARED_DATA / next(f for f in record["data"]["files"] if "/dev-" in f).removeprefix("data:")
-    script = SHARED_DATA / "squad" / "evaluate-v2.0.py"
-    official = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(dev_file),
-            str(tmp_path / "pred.json"),
-            "--na-prob-file",
-            str(tmp_path / "na.json"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    scored = json.loads(official)
+    predictions = dict(zip(ids, arrays["answer"].tolist(), strict=True))
+    na_probs = dict(zip(ids, arrays["na_prob"].tolist(), strict=True))
+    dev_file = SHARED_SQUAD / next(f for f in record["data"]["files"] if "/dev-" in f).removeprefix("data:")
+    scored = official("evaluate-v2.0.py", dev_file, predictions, tmp_path, na_probs)
     assert scored["total"] == len(ids)
     assert scored == pytest.approx({k: record["metrics"][k] for k in scored})
