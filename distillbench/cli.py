@@ -14,6 +14,11 @@ from typing import NoReturn
 from distillbench.errors import RunFailed, UserError
 from distillbench.plugins import load_plugin, take_plugin_arguments
 
+WRITE_HELP = (
+    "where records go (default: the workspace ./distillbench-runs or $DISTILLBENCH_RESULTS; "
+    "the published campaign only when told: --results-dir results)"
+)
+READ_HELP = "records to read (default: your workspace when it has runs, else the published results)"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
@@ -74,7 +79,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="a named bounded budget, e.g. demo (see README)")
     parser.add_argument("--data-dir", help="folder with glue/, squad/, text/ (default: $DISTILLBENCH_DATA, else hub)")
     parser.add_argument("--output-dir", type=Path, help="checkpoints and the trained student (default: outputs/…)")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="where run records go")
+    parser.add_argument("--results-dir", type=Path, help=WRITE_HELP)
     parser.add_argument("--cache-dir", type=Path, help="stage cache (default: $DISTILLBENCH_CACHE or ~/.cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -116,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--tasks", help="comma list (replaces the file's)")
     sweep.add_argument("--seeds", help="comma list of integers (replaces the file's)")
     sweep.add_argument("--dry-run", action="store_true", help="print the cells, which are done, the estimated time")
-    sweep.add_argument("--results-dir", type=Path, default=Path("results"), help="where run records go")
+    sweep.add_argument("--results-dir", type=Path, help=WRITE_HELP + "; the sweep file's results_dir when it names one")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars (the sweep's nor the runs')")
     show = commands.add_parser("show", help="a method's or task's settings: help, defaults, ranges, search space")
     show.add_argument("name", help="a method or task name")
@@ -135,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mark cells better/worse than the baselines (paired bootstrap, Holm-corrected); legend below",
     )
     table.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (--significance)")
-    table.add_argument("--results-dir", type=Path, default=Path("results"))
+    table.add_argument("--results-dir", type=Path, help=READ_HELP)
     table.add_argument("--out", type=Path, help="write here instead of stdout")
     compare = commands.add_parser("compare", help="is method A better than method B on a task? (bootstrap + seeds)")
     compare.add_argument("method", help="method A")
@@ -149,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--setting", default="task-specific", help="e.g. 'after kd pre-training'")
     compare.add_argument("--resamples", type=int, default=10_000)
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    compare.add_argument("--results-dir", type=Path, default=Path("results"))
+    compare.add_argument("--results-dir", type=Path, help=READ_HELP)
     compare.add_argument("--include-dirty", action="store_true", help="keep records from a dirty git tree")
     plot = commands.add_parser("plot", help="seaborn figures (PNG + SVG) from records or a study")
     plot.add_argument("kind", help="methods (bars per task × method), loss (curves of one run) or study")
@@ -157,12 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--score", default="final", help="final or best, for `methods`")
     plot.add_argument("--storage", help="Optuna storage URL, for `study`")
     plot.add_argument("--study-name", help="Optuna study name, for `study`")
-    plot.add_argument("--results-dir", type=Path, default=Path("results"))
+    plot.add_argument("--results-dir", type=Path, help=READ_HELP)
     plot.add_argument("--out-dir", type=Path, help="default: <results-dir>/plots")
     leaderboard = commands.add_parser(
         "leaderboard", help="regenerate results/leaderboard.md and the generated sections of the READMEs"
     )
-    leaderboard.add_argument("--results-dir", type=Path, default=Path("results"))
+    leaderboard.add_argument("--results-dir", type=Path, help=READ_HELP)
     leaderboard.add_argument(
         "--readme",
         type=Path,
@@ -174,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--screenshot", action="store_true", help="with --html: DIR/screenshot.png by headless Chromium (selenium)"
     )
     efficiency = commands.add_parser("efficiency", help="parameters, latency and FLOPs of every model in the records")
-    efficiency.add_argument("--results-dir", type=Path, default=Path("results"))
+    efficiency.add_argument(
+        "--results-dir", type=Path, help="records to measure; efficiency records go there (default: the workspace)"
+    )
     efficiency.add_argument("--data-dir", help="the data folder (default: $DISTILLBENCH_DATA, else hub)")
     efficiency.add_argument("--teacher", help="the teacher architecture, when the records' one is not on this machine")
     bench = commands.add_parser("bench", help="harness vs plain PyTorch, teacher cache, eval throughput, memory")
@@ -189,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-seq-length", type=int, default=128)
     bench.add_argument("--seed", type=int, default=42)
     bench.add_argument("--data-dir", help="folder with glue/ (default: $DISTILLBENCH_DATA, else hub)")
-    bench.add_argument("--results-dir", type=Path, default=Path("results"), help="the record goes to <dir>/bench/")
+    bench.add_argument("--results-dir", type=Path, help="the record goes to <dir>/bench/ (default: the workspace)")
     bench.add_argument("--cache-dir", type=Path, help="teacher-output cache (default: $DISTILLBENCH_CACHE)")
     bench.add_argument(
         "--end-to-end",
@@ -366,6 +373,12 @@ def sweep_spec(args: argparse.Namespace):
     for kind, values in (("methods", spec.methods), ("tasks", spec.tasks), ("seeds", spec.seeds)):
         if not values:
             raise UserError(f"sweep needs --{kind} (or a sweep file that lists them)")
+    if args.results_dir is not None:
+        spec.results_dir = args.results_dir
+    elif spec.results_dir is None:
+        from distillbench.workspace import workspace
+
+        spec.results_dir = workspace()
     return spec
 
 
@@ -374,13 +387,14 @@ def command_sweep(args: argparse.Namespace) -> int:
     from distillbench.sweep import dry_run_text, plan_cells, run_cells
 
     spec = sweep_spec(args)
-    common = ["--results-dir", str(args.results_dir), *(["--no-progress"] if args.no_progress else [])]
+    common = ["--results-dir", str(spec.results_dir), *(["--no-progress"] if args.no_progress else [])]
     run_parser = build_parser()
 
     def plan(argv: list[str]):
         return plan_run(*build_run(run_parser.parse_args(["run", *argv])))
 
-    cells = plan_cells(spec, [*args.passthrough, *common], plan, args.results_dir)
+    cells = plan_cells(spec, [*args.passthrough, *common], plan, spec.results_dir)
+    print(f"records go to {spec.results_dir}", file=sys.stderr)
     if args.dry_run:
         print(dry_run_text(cells))
         return 0
@@ -641,6 +655,23 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+WRITING_COMMANDS = ("run", "tune", "bench", "efficiency")
+READING_COMMANDS = ("table", "compare", "plot", "leaderboard")
+
+
+def choose_results_dir(args: argparse.Namespace) -> None:
+    """Writers default to the workspace; readers to the workspace when it has runs, else the published
+    results, and say which first (a sweep's folder may come from its file: see ``sweep_spec``)."""
+    from distillbench.workspace import reading_folder, workspace
+
+    if args.command in WRITING_COMMANDS and args.results_dir is None:
+        args.results_dir = workspace()
+    elif args.command in READING_COMMANDS:
+        source = reading_folder(args.results_dir)
+        print(source.line(), file=sys.stderr)
+        args.results_dir = source.path
+
+
 COMMANDS = {
     "run": command_run,
     "tune": command_tune,
@@ -666,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         if passthrough and args.command != "sweep":
             parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
         args.passthrough = passthrough
+        choose_results_dir(args)
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

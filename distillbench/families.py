@@ -13,11 +13,14 @@ instead of training with hooks on the wrong modules.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
 
 from distillbench.errors import UserError
+
+if TYPE_CHECKING:  # transformers takes seconds to import; `distillbench list` needs none of it
+    from transformers import PretrainedConfig, PreTrainedModel
 
 
 @dataclass(frozen=True)

@@ -138,10 +138,23 @@ def config_fingerprint(record: dict[str, Any]) -> str:
     )
 
 
-def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Selection:
-    """Drop incomplete, dirty-tree, tuning-trial (a study is its own evidence) and preset (demo) records;
-    within a group keep the configuration most seeds share (ties: the newest), and of several runs of
-    one seed the newest (a rerun is not another seed)."""
+def bounded_by(record: dict[str, Any]) -> list[str]:
+    """Why a record's budget was cut short of its schedule (a preset, ``--max-steps``, a subset of the
+    training set): a smoke test or a demo, not a result. Empty for a full run."""
+    train = record.get("train") or {}
+    reasons = [f"preset {record['preset']}"] if record.get("preset") else []
+    reasons += [f"{name}={train[name]}" for name in ("max_steps", "teacher_max_steps") if (train.get(name) or -1) > 0]
+    if train.get("max_train_samples"):
+        reasons.append(f"max_train_samples={train['max_train_samples']}")
+    return reasons
+
+
+def select(records: list[dict[str, Any]], include_dirty: bool = False, include_bounded: bool = False) -> Selection:
+    """Drop incomplete, dirty-tree, tuning-trial (a study is its own evidence) and bounded (a preset such
+    as the demo, ``--max-steps``, ``max_train_samples``; kept when asked) records; within a group keep the
+    configuration most seeds share (ties: the newest), and of several runs of one seed the newest (a
+    rerun is not another seed). A teacher row is the dev score of the teacher its students distilled
+    from, as their records hold it (a teacher record of its own stands in where no student says)."""
     selection = Selection()
     candidates = []
     for record in records:
@@ -153,11 +166,13 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Select
             selection.excluded["from a dirty tree"] += 1
         elif (record.get("tags") or {}).get("study"):
             selection.excluded["tuning trials"] += 1
-        elif record.get("preset"):
-            selection.excluded["bounded presets (e.g. the demo)"] += 1
+        elif bounded_by(record) and not include_bounded:
+            selection.excluded["bounded (preset, --max-steps; --include-bounded shows them)"] += 1
         else:
             candidates.append(record)
-    candidates += ensemble_teachers(candidates)
+    derived = derived_teachers(candidates)
+    spoken_for = {row_key(r) for r in derived}
+    candidates = [r for r in candidates if r.get("role") != "teacher" or row_key(r) not in spoken_for] + derived
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for record in candidates:
         groups[row_key(record)][config_fingerprint(record)].append(record)
@@ -171,27 +186,31 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False) -> Select
     return selection
 
 
-def ensemble_teachers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A teacher row for every distinct ensemble the student records distilled from: its own dev score,
-    recorded once per run, counted once (the members, not the student seeds, make the ensemble)."""
+def derived_teachers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A teacher row for every distinct teacher (or ensemble) the student records distilled from: its dev
+    score, recorded in each student's record, counted once per teacher (the teacher's seeds, not the
+    students', make its n)."""
     found: dict[tuple, dict[str, Any]] = {}
     for record in records:
         teacher = record.get("teacher") or {}
-        if record.get("role") != "student" or not teacher.get("members") or not teacher.get("metrics"):
+        if record.get("role") != "student" or not teacher.get("metrics"):
             continue
-        key = (record["task"], budget_label(record), *(member["key"] for member in teacher["members"]))
+        members = teacher.get("members") or [teacher]
+        key = (row_key(record)[2:], record["task"], *(member["key"] for member in members))
         found.setdefault(
             key,
             {
                 **{k: record.get(k) for k in ("kind", "task", "setting", "git", "train", "data", "main_metric")},
+                **{k: record.get(k) for k in ("model", "teacher_seed", "preset", "majority_baseline")},
                 "role": "teacher",
                 "method": "finetune",
                 "status": "complete",
-                "seed": teacher["members"][0]["settings"]["seed"],
+                "seed": members[0]["settings"]["seed"],
                 "hparams": {},
                 "teacher": teacher,
                 "metrics": teacher["metrics"],
-                "run_id": "ensemble-" + "-".join(member["key"].rsplit("-", 1)[-1] for member in teacher["members"]),
+                "epochs": teacher.get("epochs"),
+                "run_id": "teacher-" + "-".join(member["key"].rsplit("-", 1)[-1] for member in members),
                 # the score is read from this student record, which names it in its provenance
                 "_path": record.get("_path"),
                 "derived_from": record.get("run_id"),
@@ -470,11 +489,11 @@ def render(table: Table, fmt: str) -> str:
     return styler.to_html(caption=table.title or None)
 
 
-def collect(results_dir: Path, include_dirty: bool = False) -> Selection:
+def collect(results_dir: Path, include_dirty: bool = False, include_bounded: bool = False) -> Selection:
     if not results_dir.is_dir():
         raise UserError(f"results directory {results_dir} does not exist")
     unreadable: list[Path] = []
-    selection = select(read_records(results_dir, unreadable), include_dirty)
+    selection = select(read_records(results_dir, unreadable), include_dirty, include_bounded)
     if unreadable:
         selection.excluded["unreadable (not valid JSON)"] += len(unreadable)
     return selection

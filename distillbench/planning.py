@@ -9,7 +9,6 @@ everything that changes its result) and is what every later piece of the run rea
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,9 @@ from distillbench.portable import model_identity
 from distillbench.task import Task, get_task, resolve_data_dir, task_registry
 from distillbench.teacher_cache import check_teacher_cache
 from distillbench.tracking import parse_report_to
+from distillbench.workspace import CACHE_ENV, cache_root
 
-CACHE_ENV = "DISTILLBENCH_CACHE"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "distillbench")).expanduser()
+__all__ = ["CACHE_ENV", "Paths", "Plan", "cache_root", "plan_run"]
 
 
 @dataclass

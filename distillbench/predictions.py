@@ -84,8 +84,8 @@ def publish_predictions(results_dir: Path, name: str, stored: Path) -> dict[str,
     return reference_to(results_dir, name, stored_evaluations(path))
 
 
-def load_predictions(record: dict[str, Any], results_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    """``{"<split>/step<N>": {name: array}}`` of a record, after checking the file's sha256."""
+def checked_predictions_file(record: dict[str, Any], results_dir: Path) -> Path:
+    """The record's predictions file, present and with the sha256 the record holds (else one error)."""
     reference = record.get("predictions")
     if not reference:
         raise UserError(f"record {record.get('run_id')} has no stored predictions")
@@ -94,6 +94,12 @@ def load_predictions(record: dict[str, Any], results_dir: Path) -> dict[str, dic
         raise UserError(f"predictions file {path} of record {record.get('run_id')} is missing")
     if sha256_of(path) != reference["sha256"]:
         raise UserError(f"predictions file {path} differs from the sha256 its record holds")
+    return path
+
+
+def load_predictions(record: dict[str, Any], results_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    """``{"<split>/step<N>": {name: array}}`` of a record, after checking the file's sha256."""
+    path = checked_predictions_file(record, results_dir)
     evaluations: dict[str, dict[str, np.ndarray]] = {}
     with np.load(path, allow_pickle=False) as stored:
         for key in stored.files:
@@ -102,12 +108,17 @@ def load_predictions(record: dict[str, Any], results_dir: Path) -> dict[str, dic
     return evaluations
 
 
+def evaluation_step(record: dict[str, Any], score: str = "final") -> int | None:
+    """The training step of the evaluation a score reads: the last one (``final``) or the best epoch's."""
+    chosen = record.get("best_epoch") if score == "best" else None
+    return (chosen or (record.get("epochs") or [{}])[-1]).get("step")
+
+
 def evaluation_of(record: dict[str, Any], results_dir: Path, score: str = "final") -> dict[str, np.ndarray]:
     """The main split's predictions at the record's last evaluation (``final``) or its best epoch."""
     evaluations = load_predictions(record, results_dir)
     split = record["main_metric"].split("/")[0] if "/" in record["main_metric"] else None
-    chosen = record.get("best_epoch") if score == "best" else None
-    step = (chosen or (record.get("epochs") or [{}])[-1]).get("step")
+    step = evaluation_step(record, score)
     candidates = [k for k in evaluations if (split is None or k.startswith(f"{split}/"))]
     wanted = [k for k in candidates if k.endswith(f"/step{step}")]
     if not wanted:

@@ -13,6 +13,9 @@ step-down correction controls the family-wise error over the comparisons of one 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ from distillbench.errors import UserError
 
 DEFAULT_RESAMPLES = 10_000
 ALPHA = 0.05
+# Enters every cached bootstrap's key: bump it when the computation changes, so no stale result is read.
+BOOTSTRAP_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,23 @@ class Comparison:
     across_seeds: SeedTest
 
 
+def cached_bootstrap(key: dict[str, Any], compute: Callable[[], BootstrapResult]) -> BootstrapResult:
+    """A paired bootstrap read from ``<cache>/bootstrap/`` when one with this key (the predictions'
+    sha256 and evaluation steps, metric, resamples, seed) was computed before: re-reading unchanged
+    records takes seconds instead of recomputing 10,000 resamples per comparison."""
+    from distillbench.cached import stable_key
+    from distillbench.records import write_json_atomic
+    from distillbench.workspace import cache_root
+
+    path = cache_root() / "bootstrap" / f"{stable_key(key)}.json"
+    try:
+        return BootstrapResult(**json.loads(path.read_text())["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        result = compute()
+        write_json_atomic(path, {"key": key, "result": dataclasses.asdict(result)})
+        return result
+
+
 def results_dir_of(record: dict[str, Any]) -> Path:
     """A record lives at ``<results>/runs/<name>.json``; its predictions are relative to ``<results>``."""
     return Path(record["_path"]).parent.parent
@@ -160,7 +182,7 @@ def compare_records(
     """Paired bootstrap over the seeds both methods ran (seed i of A against seed i of B), and the
     across-seed test over all of each method's seeds."""
     from distillbench.leaderboard import method_label, score_of
-    from distillbench.predictions import evaluation_of
+    from distillbench.predictions import checked_predictions_file, evaluation_of, evaluation_step
     from distillbench.task import get_task
 
     task_name = records_a[0]["task"]
@@ -172,17 +194,26 @@ def compare_records(
     if not common:
         raise UserError(f"{task_name}: {records_a[0]['method']} and {records_b[0]['method']} share no seed")
     by_seed_a = {r["seed"]: r for r in records_a}
-    pairs = [
-        (
-            evaluation_of(by_seed_a[s], results_dir_of(by_seed_a[s]), score),
-            evaluation_of(by_seed_b[s], results_dir_of(by_seed_b[s]), score),
+    sides = [(by_seed_a[s], by_seed_b[s]) for s in common]
+    for record in (r for pair in sides for r in pair):
+        checked_predictions_file(record, results_dir_of(record))  # missing or altered: an error, cached or not
+
+    def compute() -> BootstrapResult:
+        pairs = [tuple(evaluation_of(r, results_dir_of(r), score) for r in pair) for pair in sides]
+        n_examples = len(next(iter(pairs[0][0].values())))
+        return paired_bootstrap(
+            lambda arrays, rows: task.metric_rows(arrays, rows, metric), pairs, n_examples, resamples, seed
         )
-        for s in common
-    ]
-    n_examples = len(next(iter(pairs[0][0].values())))
-    bootstrap = paired_bootstrap(
-        lambda arrays, rows: task.metric_rows(arrays, rows, metric), pairs, n_examples, resamples, seed
-    )
+
+    key = {
+        "version": BOOTSTRAP_VERSION,
+        "task": task_name,
+        "metric": metric,
+        "resamples": resamples,
+        "seed": seed,
+        "pairs": [[(r["predictions"]["sha256"], evaluation_step(r, score)) for r in pair] for pair in sides],
+    }
+    bootstrap = cached_bootstrap(key, compute)
     scores_a = [score_of(r, score)[main] for r in records_a]
     scores_b = [score_of(r, score)[main] for r in records_b]
     return Comparison(

@@ -18,7 +18,7 @@ from typing import Any
 
 from distillbench.errors import UserError
 
-SPEC_KEYS = {"methods", "tasks", "seeds", "args", "task_args", "method_args", "estimate"}
+SPEC_KEYS = {"methods", "tasks", "seeds", "args", "task_args", "method_args", "estimate", "results_dir"}
 
 
 @dataclass
@@ -31,6 +31,9 @@ class SweepSpec:
     args: list[str] = field(default_factory=list)
     task_args: dict[str, list[str]] = field(default_factory=dict)
     method_args: dict[str, list[str]] = field(default_factory=dict)
+    # where the records go, relative to the working directory: the committed campaign files name the
+    # published ``results``; None: the user's workspace
+    results_dir: Path | None = None
 
     @classmethod
     def from_toml(cls, path: Path) -> SweepSpec:
@@ -52,6 +55,7 @@ class SweepSpec:
                 args=[str(a) for a in data.get("args", [])],
                 task_args={k: [str(a) for a in v] for k, v in data.get("task_args", {}).items()},
                 method_args={k: [str(a) for a in v] for k, v in data.get("method_args", {}).items()},
+                results_dir=Path(data["results_dir"]) if "results_dir" in data else None,
             )
         except KeyError as error:
             raise UserError(f"sweep file {path}: missing key {error.args[0]!r}") from None

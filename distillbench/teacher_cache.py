@@ -26,10 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from datasets import Dataset
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding
 
 from distillbench import distributed
 from distillbench.cached import exclusive, lock_for, manifest, manifest_problem, stable_key
@@ -38,6 +36,8 @@ from distillbench.method import Method, Outputs
 from distillbench.records import write_json_atomic
 
 if TYPE_CHECKING:
+    from datasets import Dataset
+
     from distillbench.config import RunConfig, TrainConfig
     from distillbench.planning import Plan
     from distillbench.task import Task
@@ -163,6 +163,8 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
     lengths = [len(ids) for ids in train["input_ids"]]
     max_length = max(lengths)
     if spec.needs_positions:
+        from transformers import DataCollatorWithPadding
+
         collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
     else:
         collate = task.collator(tokenizer)

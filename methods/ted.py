@@ -23,11 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
-from transformers import PreTrainedModel
-from transformers.activations import ACT2FN
 
 from distillbench import Method, Outputs, Stage, Task, register_method
 from distillbench.errors import UserError
@@ -37,10 +35,15 @@ from distillbench.losses import REGRESSION_KD_ALPHA, mse, uniform_layer_map
 from distillbench.method import STUDENT_STARTS
 from distillbench.teacher_cache import INDEX_COLUMN
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 def make_filter(width: int, output_dim: int, nonlinear: bool, activation: str) -> nn.Module:
     """The reference filter: Linear, or Linear(width→width) → act → Linear(width→output_dim)."""
     if nonlinear:
+        from transformers.activations import ACT2FN
+
         return nn.Sequential(nn.Linear(width, width), ACT2FN[activation], nn.Linear(width, output_dim))
     return nn.Linear(width, output_dim)
 

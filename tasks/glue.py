@@ -11,17 +11,19 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from datasets import DatasetDict, load_dataset
 from torch import Tensor, nn
 
 from distillbench import metrics
 from distillbench.errors import UserError
 from distillbench.families import hidden_dropout
 from distillbench.task import Task, register_task
+
+if TYPE_CHECKING:  # datasets and transformers take seconds to import: `distillbench list` needs neither
+    from datasets import DatasetDict
 
 
 @dataclass(frozen=True)
@@ -160,12 +162,13 @@ METRIC_FUNCTIONS = {
     "pearson": metrics.pearson,
     "spearman": metrics.spearman,
 }
+# (predictions, labels, rows) → the metric on every resample ``rows`` [R, n] of the examples
 ROW_METRIC_FUNCTIONS = {
-    "accuracy": metrics.accuracy_rows,
-    "f1": metrics.binary_f1_rows,
-    "mcc": metrics.matthews_rows,
-    "pearson": metrics.pearson_rows,
-    "spearman": metrics.spearman_rows,
+    "accuracy": lambda p, y, rows: metrics.accuracy_rows(p[rows], y[rows]),
+    "f1": lambda p, y, rows: metrics.binary_f1_rows(p[rows], y[rows]),
+    "mcc": lambda p, y, rows: metrics.matthews_rows(p[rows], y[rows]),
+    "pearson": lambda p, y, rows: metrics.pearson_rows(p[rows], y[rows]),
+    "spearman": metrics.spearman_resampled,
 }
 
 
@@ -212,6 +215,8 @@ class GlueTask(Task):
         return {"train": folder / "train.tsv"} | {s: folder / f for s, f in self.spec.eval_files.items()}
 
     def load(self) -> DatasetDict:
+        from datasets import DatasetDict
+
         if self.data_dir is None:
             return self._load_hub()
         files = self.checked_files()
@@ -222,6 +227,8 @@ class GlueTask(Task):
         spec = self.spec
         columns = self._check_tsv(path)
         header: dict[str, Any] = {"header": None, "column_names": list(spec.column_names)} if spec.column_names else {}
+        from datasets import load_dataset
+
         data = load_dataset(
             "csv",
             data_files=str(path),
@@ -286,6 +293,8 @@ class GlueTask(Task):
         return {"labels": self.spec.labels.index(value)}
 
     def _load_hub(self) -> DatasetDict:
+        from datasets import DatasetDict, load_dataset
+
         spec = self.spec
         raw = load_dataset("nyu-mll/glue", self.name)
         columns = spec.hub_text_columns or spec.text_columns
@@ -332,7 +341,7 @@ class GlueTask(Task):
 
     def metric_rows(self, arrays: dict[str, np.ndarray], rows: np.ndarray, metric: str) -> np.ndarray:
         points = self._point_predictions(arrays["predictions"])
-        return ROW_METRIC_FUNCTIONS[metric](points[rows], arrays["labels"][rows])
+        return ROW_METRIC_FUNCTIONS[metric](points, arrays["labels"], rows)
 
 
 SHORT_NAMES = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}

@@ -18,20 +18,21 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict, load_dataset
 from torch import Tensor, nn
-from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
 
 from distillbench import metrics
 from distillbench.errors import UserError
 from distillbench.families import layer_norm_eps
 from distillbench.fields import setting
 from distillbench.task import Task, register_task
+
+if TYPE_CHECKING:  # datasets and transformers take seconds to import: `distillbench list` needs neither
+    from datasets import Dataset, DatasetDict
 
 DEFAULT_CORPUS = "text/wikitext-2-raw/wiki.test.raw"
 EVAL_MASK_SEED = 1234
@@ -41,6 +42,8 @@ class MaskingCollator:
     """Masks training blocks on the fly; held-out blocks arrive already masked and are only stacked."""
 
     def __init__(self, tokenizer, mlm_probability: float) -> None:
+        from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding
+
         self.mask = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
         self.pad = DataCollatorWithPadding(tokenizer)
 
@@ -105,6 +108,8 @@ class ContinualPretraining(Task):
         return self._files()
 
     def load(self) -> DatasetDict:
+        from datasets import Dataset, DatasetDict, load_dataset
+
         files = self._files()
         if files:
             lines = [line for path in files for line in path.read_text(encoding="utf-8").splitlines()]
@@ -123,6 +128,7 @@ class ContinualPretraining(Task):
             remove_columns=["text"],
             desc="tokenising corpus",
         )
+        from datasets import DatasetDict
 
         def group(batch: dict[str, list]) -> dict[str, list]:
             joined = {k: list(itertools.chain.from_iterable(batch[k])) for k in batch}
@@ -139,6 +145,9 @@ class ContinualPretraining(Task):
 
     def mask_fixed(self, blocks: Dataset, tokenizer) -> Dataset:
         """Mask the held-out blocks once with a fixed seed: every evaluation scores the same positions."""
+        from datasets import Dataset
+        from transformers import DataCollatorForLanguageModeling
+
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=self.options.mlm_probability)
         state = torch.get_rng_state()
         torch.manual_seed(EVAL_MASK_SEED)

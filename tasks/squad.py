@@ -14,17 +14,19 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict, load_dataset
 from torch import Tensor, nn
 
 from distillbench.errors import UserError
 from distillbench.fields import setting
 from distillbench.squad_eval import per_question_v1, per_question_v2, score_v1, score_v2
 from distillbench.task import Task, register_task
+
+if TYPE_CHECKING:  # datasets and transformers take seconds to import: `distillbench list` needs neither
+    from datasets import DatasetDict
 
 
 def read_squad_json(path: Path) -> list[dict[str, Any]]:
@@ -116,6 +118,8 @@ class SquadTask(Task):
         return super().data_files()
 
     def load(self) -> DatasetDict:
+        from datasets import Dataset, DatasetDict, load_dataset
+
         if self.data_dir is None:
             raw = load_dataset(self.hub_name)
             return DatasetDict({"train": raw["train"], "validation": raw["validation"]})
@@ -176,6 +180,8 @@ class SquadTask(Task):
             )
         if self.options.doc_stride >= max_seq_length:
             raise UserError(f"doc_stride ({self.options.doc_stride}) must be below max_seq_length ({max_seq_length})")
+        from datasets import DatasetDict
+
         features = DatasetDict(
             {
                 split: data.map(

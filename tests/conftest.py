@@ -18,6 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite's runs write their records to ./results of their own (temporary) working directory; the
+# tests of the default workspace unset this.
+os.environ.setdefault("DISTILLBENCH_RESULTS", "results")
 
 EXAMPLE_PLUGINS = sorted((Path(__file__).resolve().parents[1] / "examples" / "plugins").glob("*.py"))
 

@@ -93,3 +93,16 @@ def test_row_metrics_equal_the_scalar_metrics(name):
     row_function = getattr(metrics, {"f1": "binary_f1", "mcc": "matthews"}.get(name, name) + "_rows")
     expected = [scalar(predicted[r], labels[r]) for r in rows]
     assert row_function(predicted[rows], labels[rows]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_spearman_from_draw_counts_equals_ranking_every_resample():
+    """The fast path ranks once and weights by how often each example was drawn; it must give exactly
+    what sorting each resample gives, ties in both predictions and labels included."""
+    rng = np.random.default_rng(11)
+    predicted, labels = rng.normal(size=80).round(1), rng.integers(0, 6, 80).astype(float)
+    rows = rng.integers(0, 80, size=(40, 80))
+    expected = [spearmanr(predicted[r], labels[r])[0] for r in rows]
+    assert metrics.spearman_resampled(predicted, labels, rows) == pytest.approx(expected, abs=1e-12)
+    everything = np.arange(80)[None, :]
+    fast = metrics.spearman_resampled(predicted, labels, everything)[0]
+    assert fast == pytest.approx(spearmanr(predicted, labels)[0])

@@ -44,7 +44,7 @@ def test_hub_fallback_maps_hub_columns(monkeypatch):
         calls.append(args)
         return fake
 
-    monkeypatch.setattr("distillbench.tasks.glue.load_dataset", load_dataset)
+    monkeypatch.setattr("datasets.load_dataset", load_dataset)  # the task imports it when it loads
     data = get_task("mnli")(None).load()
     assert calls == [("nyu-mll/glue", "mnli")]
     assert set(data) == {"train", "validation_matched", "validation_mismatched"}
