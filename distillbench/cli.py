@@ -7,6 +7,7 @@ whole run has been validated.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -18,6 +19,7 @@ WRITE_HELP = (
     "where records go (default: the workspace ./distillbench-runs or $DISTILLBENCH_RESULTS; "
     "the published campaign only when told: --results-dir results)"
 )
+BOUNDED_HELP = "keep runs cut short by a preset, --max-steps or max_train_samples (left out by default)"
 READ_HELP = "records to read (default: your workspace when it has runs, else the published results)"
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -134,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--score", default="final", help="final (last epoch) or best (best epoch, as TED reports)")
     table.add_argument("--reference", action="store_true", help="add the TED reference block with deltas")
     table.add_argument("--include-dirty", action="store_true", help="keep records from a dirty git tree")
+    table.add_argument("--include-bounded", action="store_true", help=BOUNDED_HELP)
+    table.add_argument("--experiment", type=int, metavar="N", help="only experiment N (numbered as listed)")
+    table.add_argument("--history", action="store_true", help="the single-seed and bounded runs instead")
     table.add_argument(
         "--significance",
         action="store_true",
@@ -156,25 +161,35 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     compare.add_argument("--results-dir", type=Path, help=READ_HELP)
     compare.add_argument("--include-dirty", action="store_true", help="keep records from a dirty git tree")
+    compare.add_argument("--include-bounded", action="store_true", help=BOUNDED_HELP)
     plot = commands.add_parser("plot", help="seaborn figures (PNG + SVG) from records or a study")
-    plot.add_argument("kind", help="methods (bars per task × method), loss (curves of one run) or study")
+    plot.add_argument("kind", help="methods (one figure per experiment), loss (curves of one run) or study")
     plot.add_argument("--run", type=Path, help="the run record for `loss`")
     plot.add_argument("--score", default="final", help="final or best, for `methods`")
     plot.add_argument("--storage", help="Optuna storage URL, for `study`")
     plot.add_argument("--study-name", help="Optuna study name, for `study`")
     plot.add_argument("--results-dir", type=Path, help=READ_HELP)
-    plot.add_argument("--out-dir", type=Path, help="default: <results-dir>/plots")
+    plot.add_argument("--out-dir", type=Path, help="where the figures go (default: the workspace's plots/)")
+    plot.add_argument("--include-bounded", action="store_true", help=BOUNDED_HELP)
     leaderboard = commands.add_parser(
-        "leaderboard", help="regenerate results/leaderboard.md and the generated sections of the READMEs"
+        "leaderboard",
+        help="the leaderboard of a results folder: headline, experiments, history (printed; files only when told)",
     )
     leaderboard.add_argument("--results-dir", type=Path, help=READ_HELP)
+    leaderboard.add_argument(
+        "--write",
+        action="store_true",
+        help="rewrite <results-dir>/leaderboard.md, its experiment figures and the generated README sections",
+    )
     leaderboard.add_argument(
         "--readme",
         type=Path,
         action="append",
-        help="a file with generated sections to rewrite (repeatable; default: README.md and <results-dir>/README.md)",
+        help="with --write: a file with generated sections to rewrite (repeatable; default: <results-dir>/README.md)",
     )
-    leaderboard.add_argument("--html", type=Path, metavar="DIR", help="also write the leaderboard as DIR/index.html")
+    leaderboard.add_argument(
+        "--html", type=Path, metavar="DIR", help="write the page as DIR/index.html (nothing else is written)"
+    )
     leaderboard.add_argument(
         "--screenshot", action="store_true", help="with --html: DIR/screenshot.png by headless Chromium (selenium)"
     )
@@ -434,16 +449,17 @@ def _names(text: str | None, known: list[str], kind: str) -> list[str] | None:
 
 
 def command_table(args: argparse.Namespace) -> int:
-    from distillbench.leaderboard import (
-        FORMATS,
-        SCORES,
-        aggregate,
-        build_table,
-        collect,
-        reference_table,
-        render,
-        significance,
+    from distillbench.experiments import (
+        experiment_significance,
+        findings_legend,
+        findings_table,
+        group_experiments,
+        history,
+        history_table,
+        ranked,
+        score_table,
     )
+    from distillbench.leaderboard import FORMATS, SCORES, aggregate, collect, reference_table, render
     from distillbench.method import list_methods
     from distillbench.task import list_tasks
 
@@ -455,28 +471,73 @@ def command_table(args: argparse.Namespace) -> int:
         raise UserError("--resamples must be at least 1000")
     tasks = _names(args.tasks, list_tasks(), "task")
     methods = _names(args.methods, list_methods(), "method")
-    selection = collect(args.results_dir, args.include_dirty)
+    selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
     print(selection.report(), file=sys.stderr)
-    stats = aggregate(selection.records, args.score)
-    title = f"dev set, {args.score} epoch"
-    marks = None
-    if args.significance:
-        marks = significance(selection.records, args.score, args.resamples)
-    text = render(build_table(stats, tasks, methods, title, marks.markers if marks else None), args.format)
-    if marks:
-        text += f"\n{marks.legend()}\n"
-    if args.reference:
-        reference = reference_table(aggregate(selection.records, "best"), tasks)
-        block = (
-            reference.to_markdown(index=False, missingval="") if args.format == "md" else reference.to_csv(index=False)
+    records = [
+        r
+        for r in selection.records
+        if (not tasks or r["task"] in tasks) and (not methods or r.get("role") == "teacher" or r["method"] in methods)
+    ]
+    experiments = group_experiments(records)
+    shown, past = ranked(experiments, args.include_bounded), history(experiments, args.include_bounded)
+    if args.experiment is not None:
+        chosen = [e for e in experiments if e.number == args.experiment]
+        if not chosen:
+            raise UserError(
+                f"--experiment {args.experiment}: there are {len(experiments)} experiments (1–{len(experiments)})"
+            )
+        shown, past = chosen, []
+    blocks = []
+    for experiment in [] if args.history else shown:
+        marks = None
+        if args.significance:
+            marks = experiment_significance(experiment, args.score, args.resamples, progress=True)
+        block = f"{_wrap(experiment.title())}\n{args.score} epoch, dev set; mean ± std over seeds, ×100\n\n"
+        block += render(score_table(experiment, args.score, marks), args.format)
+        if marks:
+            block += f"\n{_wrap(marks.legend())}\n"
+            findings = findings_table(marks)
+            if len(findings):
+                block += "\n" + _render_frame(findings, args.format) + f"\n{_wrap(findings_legend(marks))}\n"
+        blocks.append(block)
+    if past and (args.history or not shown):
+        blocks.append(
+            "Single runs and history (one seed or a bounded budget: no error bar, no test)\n\n"
+            + _render_frame(history_table(past, args.score), args.format)
         )
-        text += f"\nTED reference (not measured here; measured best epoch - reference):\n{block}\n"
+    elif past:
+        blocks.append(f"{len(past)} single-seed or bounded experiment(s) not shown: add --history to see them.")
+    if args.reference:
+        reference = reference_table(aggregate(records, "best"), tasks)
+        blocks.append(
+            "TED reference (not measured here; measured best epoch - reference):\n"
+            + _render_frame(reference, args.format)
+        )
+    text = "\n\n".join(blocks) if blocks else "No usable records."
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        args.out.write_text(text + "\n")
     else:
         print(text)
     return 0
+
+
+def _wrap(text: str) -> str:
+    """Titles and legends within the 120 columns the tables keep to."""
+    import textwrap
+
+    return textwrap.fill(text, 120, break_on_hyphens=False, break_long_words=False)
+
+
+def _render_frame(frame, fmt: str) -> str:
+    """A plain pandas table in the chosen format (the score tables go through ``render`` for bold cells)."""
+    if fmt == "md":
+        return frame.to_markdown(index=False, disable_numparse=True, missingval="")
+    if fmt == "latex":
+        return frame.to_latex(index=False)
+    if fmt == "html":
+        return frame.to_html(index=False)
+    return frame.to_csv(index=False)
 
 
 def command_compare(args: argparse.Namespace) -> int:
@@ -489,7 +550,7 @@ def command_compare(args: argparse.Namespace) -> int:
     if args.resamples < 1000:
         raise UserError("--resamples must be at least 1000")
     task = get_task(args.task)
-    selection = collect(args.results_dir, args.include_dirty)
+    selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
     records = [r for r in selection.records if r["task"] == args.task and r.get("role") == "student"]
     sides = [(args.method, args.teacher, args.student), (args.baseline, args.baseline_teacher, args.baseline_student)]
     chosen = []
@@ -548,12 +609,18 @@ def command_plot(args: argparse.Namespace) -> int:
 
     from distillbench import plots
     from distillbench.leaderboard import SCORES, collect
+    from distillbench.workspace import workspace
 
-    out_dir = args.out_dir or args.results_dir / "plots"
+    out_dir = args.out_dir or workspace() / "plots"
     if args.kind == "methods":
+        from distillbench.experiments import group_experiments
+
         if args.score not in SCORES:
             raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
-        paths = plots.method_plots(collect(args.results_dir).records, out_dir, args.score)
+        experiments = group_experiments(collect(args.results_dir, include_bounded=args.include_bounded).records)
+        if not experiments:
+            raise UserError(f"no usable run records under {args.results_dir}")
+        paths = plots.experiment_plots(experiments, out_dir, args.score)
     elif args.kind == "loss":
         if not args.run or not args.run.is_file():
             raise UserError("plot loss needs --run PATH of an existing run record")
@@ -581,21 +648,29 @@ def command_plot(args: argparse.Namespace) -> int:
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:
-    from distillbench.leaderboard import SCORES, collect
-    from distillbench.plots import method_plots
-    from distillbench.report import fill_sections, generated_sections
+    from distillbench.plots import experiment_plots
+    from distillbench.report import figure_paths, fill_sections, generated_sections, read_results
 
-    sections = generated_sections(args.results_dir)
-    (args.results_dir / "leaderboard.md").write_text(f"# Leaderboard\n\n{sections['results']}")
-    records = collect(args.results_dir).records
-    for stale in (args.results_dir / "plots").glob("methods-*.svg"):
-        stale.unlink()  # a family or score with no records any more leaves no figure behind
-    for score in SCORES if records else ():
-        method_plots(records, args.results_dir / "plots", score)
+    readmes = args.readme or [args.results_dir / "README.md"]
+    check_output_paths(args.html, readmes if args.write else [])
+    if args.screenshot and not args.html:
+        raise UserError("--screenshot needs --html DIR")
+    reading = read_results(args.results_dir, progress=True)
+    sections = generated_sections(args.results_dir, reading)
+    if args.write:
+        (args.results_dir / "leaderboard.md").write_text(f"# Leaderboard\n\n{sections['results']}")
+        plots = args.results_dir / "plots"
+        for stale in [*plots.glob("methods-*.svg"), *plots.glob("experiment-*.svg")]:
+            stale.unlink()  # an experiment that is no longer ranked leaves no figure behind
+        experiment_plots(reading.ranked, plots)
+        for readme in readmes:
+            if readme.is_file():
+                readme.write_text(fill_sections(readme.read_text(), sections))
+        print(f"wrote {args.results_dir / 'leaderboard.md'}, {len(figure_paths(reading))} figure(s)", file=sys.stderr)
     if args.html:
         from distillbench.site import write_site
 
-        page = write_site(args.results_dir, args.html)
+        page = write_site(reading, args.html)
         print(f"page {page}", file=sys.stderr)
         if args.screenshot:
             import shutil
@@ -608,11 +683,24 @@ def command_leaderboard(args: argparse.Namespace) -> int:
                     "--screenshot needs chromium and chromedriver on PATH (Debian: chromium chromium-driver)"
                 )
             print(f"screenshot {screenshot(page, args.html / 'screenshot.png', binary, driver)}", file=sys.stderr)
-    for readme in args.readme or [Path("README.md"), args.results_dir / "README.md"]:
-        if readme.is_file():
-            readme.write_text(fill_sections(readme.read_text(), sections))
     print(sections["results"])
     return 0
+
+
+def check_output_paths(html: Path | None, files: list[Path]) -> None:
+    """Every place a command will write, checked before it writes anything: a page folder that is a
+    file, lies under a file or cannot be created, or a README that is a folder, is one error."""
+    if html is not None:
+        if html.exists() and not html.is_dir():
+            raise UserError(f"--html {html}: is a file, not a folder")
+        parent = next((p for p in html.parents if p.exists()), Path("."))
+        if not parent.is_dir():
+            raise UserError(f"--html {html}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"--html {html}: cannot create it under {parent}")
+    for path in files:
+        if path.exists() and not path.is_file():
+            raise UserError(f"--readme {path}: not a file")
 
 
 def command_efficiency(args: argparse.Namespace) -> int:

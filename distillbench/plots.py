@@ -1,25 +1,29 @@
-"""Figures from records: method bars per task family, per-term loss curves, Optuna study history.
+"""Figures from records: one per experiment (methods per task), per-term loss curves, Optuna study history.
 
-Each figure is saved under ``results/plots/`` (or ``--out-dir``); the method figures, which
-``distillbench leaderboard`` regenerates with the tables, as SVG only.
+Each figure is saved where a command is told (``--out-dir``; ``leaderboard --write`` puts the experiment
+figures under ``<results>/plots/``), the experiment figures as SVG only.
 """
 
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
+from scipy import stats
 
 from distillbench.errors import UserError
+from distillbench.experiments import Experiment
 from distillbench.history import main_metric_key
-from distillbench.leaderboard import EXPERIMENT, aggregate
-from distillbench.task import get_task
+from distillbench.leaderboard import TUNED, _method_order, aggregate
+from distillbench.task import get_task, short_label
 
 # No creation date or software version in the files: a committed figure changes only with its records.
 FIXED_METADATA = {".svg": {"Date": None, "Creator": None}, ".png": {"Software": None}}
@@ -45,63 +49,82 @@ def svg_text(figure: plt.Figure) -> str:
     return buffer.getvalue()
 
 
-def family_of(task_name: str) -> str:
-    """Tasks of one benchmark share a figure (GLUE); any other task family has its own."""
-    task = get_task(task_name)
-    return task.benchmark or task.column_label.split(" ")[0] or task_name
+def method_colours(labels: list[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per method, the same in every figure and on the page: the registry's order (by each
+    method's ``table_order``) into seaborn's palette; a tuned row takes its method's colour."""
+    from distillbench.method import get_method, list_methods
+
+    order = sorted(list_methods(), key=lambda m: (get_method(m).table_order, m))
+    palette = sns.color_palette("tab10", n_colors=10)
+    colours = {method: palette[(index + 1) % len(palette)] for index, method in enumerate(order)}
+    return {label: colours.get(label.removesuffix(TUNED), palette[0]) for label in labels}
 
 
-def method_figures(records: list[dict], score: str = "final") -> list[tuple[str, plt.Figure]]:
-    """One figure per task family: a panel per task, one point per (method, experiment) — the mean over
-    seeds with the seeds' std as error bar and n beside it —, the teacher of each experiment as a line.
-    Different experiments (teacher, student, setting, budget) are never pooled: each is its own point,
-    labelled by what differs. A metric where lower is better (perplexity) is drawn with its axis
-    inverted, so better is always further right."""
-    stats = aggregate(records, score)
-    if stats.empty:
-        raise UserError("no usable records to plot")
-    main = {t: main_metric_key(get_task(t)) for t in set(stats["task"])}
-    stats = stats[[main[t] == m for t, m in zip(stats["task"], stats["metric"], strict=True)]]
-    varying = [column for column in EXPERIMENT if stats[stats["method"] != "teacher"][column].nunique() > 1]
-    figures = []
-    for family in sorted({family_of(t) for t in stats["task"]}):
-        tasks = [t for t in sorted(set(stats["task"])) if family_of(t) == family]
-        bars = max(
-            int((stats["task"].isin(tasks) & (stats["method"] != "teacher")).groupby(stats["task"]).sum().max()), 1
+def _ci_half_width(std: float, n: int) -> float:
+    """Half the 95 % t-interval of a mean over n seeds (0 for one seed: no interval to draw)."""
+    return float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else 0.0
+
+
+def experiment_figure(experiment: Experiment, score: str = "final") -> plt.Figure:
+    """One figure per experiment, a panel per task: each method's mean over seeds with its 95 % CI, in
+    the method's colour; the teacher, fine-tuning and the majority class as labelled reference lines
+    (their labels in the panel's legend, so they never overprint). Lower-is-better metrics are drawn on
+    an inverted axis, so better is always to the right."""
+    scores = aggregate(experiment.records, score)
+    tasks = experiment.tasks
+    methods = sorted({m for m in scores["method"] if m != "teacher"}, key=_method_order)
+    colours = method_colours(methods)
+    majority = experiment.majority()
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.8 * len(tasks), 0.38 * len(methods) + 2.0), squeeze=False)
+    for axis, task_name in zip(axes[0], tasks, strict=True):
+        task = get_task(task_name)
+        metric, scale = main_metric_key(task), task.display_scale
+        rows = scores[(scores["task"] == task_name) & (scores["metric"] == metric)].set_index("method")
+        labels = []
+        for y, method in enumerate(methods):
+            if method not in rows.index:
+                labels.append(method)
+                continue
+            row = rows.loc[method]
+            half = _ci_half_width(row["std"], int(row["n"])) * scale
+            marker = "s" if method.endswith(TUNED) else "o"
+            axis.errorbar(row["mean"] * scale, y, xerr=half or None, fmt=marker, color=colours[method], capsize=3)
+            labels.append(f"{method} (n={int(row['n'])})")
+        references = []
+        if "teacher" in rows.index:
+            references.append(("teacher", rows.loc["teacher", "mean"] * scale, "0.15", "--"))
+        if "finetune" in rows.index:
+            references.append(("fine-tune", rows.loc["finetune", "mean"] * scale, colours.get("finetune"), ":"))
+        if majority.get(task_name, {}).get(metric) is not None:
+            references.append(("majority class", majority[task_name][metric] * scale, "0.55", "-."))
+        for name, value, colour, style in references:
+            axis.axvline(value, color=colour, linestyle=style, linewidth=1.2, label=f"{name} {value:.1f}")
+        axis.set_yticks(range(len(methods)), labels, fontsize=8)
+        axis.set_ylim(len(methods) - 0.5, -0.5)
+        axis.set_title(
+            f"{short_label(task_name)}: {task.main_metric}" + (f" ×{scale:g}" if scale != 1 else ""), fontsize=9
         )
-        size = (5.5 * len(tasks), 0.32 * bars + 1.4)
-        figure, axes = plt.subplots(1, len(tasks), figsize=size, squeeze=False)
-        for axis, task_name in zip(axes[0], tasks, strict=True):
-            _task_panel(axis, stats[stats["task"] == task_name], get_task(task_name), varying)
-        figure.suptitle(f"{family}: dev main metric, {score} epoch")
-        figure.tight_layout()
-        figures.append((f"{family.lower()}-{score}", figure))
-    return figures
+        axis.grid(axis="x", alpha=0.3)
+        axis.set_xlabel("mean over seeds, 95% CI", fontsize=8)
+        if not task.greater_is_better:
+            axis.invert_xaxis()
+            axis.set_xlabel("mean over seeds, 95% CI (lower is better, axis inverted)", fontsize=8)
+        if references:  # beside the panel: never over the points, the axis label or another panel
+            axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    figure.suptitle(textwrap.fill(experiment.title(), 100, break_on_hyphens=False), fontsize=9)
+    figure.tight_layout()
+    return figure
 
 
-def _task_panel(axis: plt.Axes, stats: pd.DataFrame, task, varying: list[str]) -> None:
-    """Mean ± std over seeds as a point per experiment (differences of a point stay visible), the
-    teacher as a dashed line; labels name only what differs between this panel's experiments."""
-    scale = task.display_scale
-    students = stats[stats["method"] != "teacher"].reset_index(drop=True)
-    varying = [c for c in varying if students[c].nunique() > 1]
-    labels = [
-        " · ".join([row.method, *(str(getattr(row, c)) for c in varying)]) for row in students.itertuples(index=False)
-    ]
-    palette = sns.color_palette(n_colors=max(len(students), 1))
-    for y, row in enumerate(students.itertuples(index=False)):
-        axis.errorbar(row.mean * scale, y, xerr=row.std * scale, fmt="o", color=palette[y], capsize=3)
-        axis.annotate(f"  n={row.n}", (row.mean * scale, y), va="center", fontsize=7)
-    for row in stats[stats["method"] == "teacher"].itertuples(index=False):
-        axis.axvline(row.mean * scale, color="0.3", linestyle="--", linewidth=1)
-        axis.annotate(f"teacher {row.teacher} ", (row.mean * scale, -0.6), fontsize=7, color="0.3", ha="right")
-    axis.set_yticks(range(len(students)), labels, fontsize=7)
-    axis.set_ylim(len(students) - 0.5, -1)  # the first experiment at the top, room for the teacher label
-    axis.set_title(f"{task.column_label.split(' ')[0]} {task.main_metric}")
-    axis.grid(axis="x", alpha=0.3)
-    if not task.greater_is_better:
-        axis.invert_xaxis()
-        axis.set_xlabel(f"{task.main_metric} (lower is better, axis inverted)")
+def experiment_plots(experiments: list[Experiment], out_dir: Path, score: str = "final") -> list[Path]:
+    """Every experiment's figure as SVG under ``out_dir`` (``experiment-<number>.svg``)."""
+    paths = []
+    for experiment in experiments:
+        suffix = "" if score == "final" else f"-{score}"
+        paths += _save(
+            experiment_figure(experiment, score), out_dir, f"experiment-{experiment.number}{suffix}", ("svg",)
+        )
+    return paths
 
 
 def speed_quality_figures(
@@ -142,14 +165,6 @@ def speed_quality_figures(
         axis.legend(fontsize=6, loc="best")
         figures.append((f"speed-{task_name}-{score}", figure))
     return figures
-
-
-def method_plots(records: list[dict], out_dir: Path, score: str = "final") -> list[Path]:
-    """Every family figure of :func:`method_figures` as SVG under ``out_dir``."""
-    paths = []
-    for name, figure in method_figures(records, score):
-        paths += _save(figure, out_dir, f"methods-{name}", ("svg",))
-    return paths
 
 
 def loss_curves(record: dict, out_dir: Path) -> list[Path]:

@@ -6,22 +6,29 @@ compares with the committed files, so no number in them can be edited by hand.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from distillbench.bench_report import bench_markdown, performance_summary
 from distillbench.efficiency import efficiency_table
-from distillbench.leaderboard import (
-    EXPERIMENT,
-    aggregate,
-    build_table,
-    collect,
-    reference_table,
-    render,
-    row_key,
-    significance,
+from distillbench.experiments import (
+    BETTER,
+    WORSE,
+    Experiment,
+    experiment_significance,
+    findings_legend,
+    findings_table,
+    group_experiments,
+    headline,
+    headline_lines,
+    history,
+    history_table,
+    ranked,
+    score_table,
 )
+from distillbench.leaderboard import Selection, Significance, aggregate, collect, reference_table, render, row_key
 from distillbench.records import read_records
 from distillbench.task import get_task
 
@@ -83,33 +90,98 @@ def studies_table(records: list[dict]) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else ""
 
 
-def leaderboard_markdown(results_dir: Path) -> str:
-    selection = collect(results_dir)
-    records = selection.records
-    parts = [f"Generated from the run records under `{results_dir.name}/runs/`: {selection.report()}.", ""]
-    if not records:
-        return "\n".join([*parts, "No usable records yet.", ""])
-    for score, heading in (("final", "Final epoch"), ("best", "Best epoch (what the TED reference reports)")):
-        stats = aggregate(records, score)
-        several = stats[stats["n"] > 1]
-        if len(several):
-            keys = {tuple(r) for r in several[["task", "method", *EXPERIMENT]].itertuples(index=False)}
-            marks = significance([r for r in records if row_key(r) in keys], score)  # this table's rows only
-            parts += [
-                f"#### {heading}, dev set, several seeds",
-                "",
-                render(build_table(several, markers=marks.markers), "md"),
-            ]
-            parts += [marks.legend(), ""]
-        single = stats[stats["n"] == 1]
-        if len(single):
-            parts += [f"#### {heading}, dev set, single runs (one seed: no error bar, no test)", ""]
-            parts += [render(build_table(single), "md")]
-    parts += [
-        "Cells: mean over seeds (±std when n > 1), ×100; **bold**: best student per column.",
+@dataclass
+class Reading:
+    """What one reading of a results folder computed: the selection, its experiments and the
+    significance of each ranked experiment (the markdown, the page and the figures all draw on it)."""
+
+    results_dir: Path
+    selection: Selection
+    experiments: list[Experiment]
+    marks: dict[int, Significance]
+
+    @property
+    def ranked(self) -> list[Experiment]:
+        return ranked(self.experiments)
+
+    @property
+    def history(self) -> list[Experiment]:
+        return history(self.experiments)
+
+    @property
+    def lead(self) -> Experiment | None:
+        """The experiment the headline reads: the first ranked one with a baseline compared."""
+        return next((e for e in self.ranked if self.marks[e.number].findings), None)
+
+
+def read_results(results_dir: Path, progress: bool = False) -> Reading:
+    """Records → selection (bounded runs kept for the history) → experiments → significance of each
+    ranked experiment at the final epoch (bootstraps cached, a bar while they compute)."""
+    selection = collect(results_dir, include_bounded=True)
+    experiments = group_experiments(selection.records)
+    marks = {e.number: experiment_significance(e, "final", progress=progress) for e in ranked(experiments)}
+    return Reading(results_dir, selection, experiments, marks)
+
+
+def headline_markdown(reading: Reading) -> str:
+    """The per-task answer first: which methods beat fine-tuning and KD in the lead experiment."""
+    lead = reading.lead
+    if lead is None:
+        return "No experiment with several seeds and a baseline yet: nothing is ranked."
+    marks = reading.marks[lead.number]
+    return "\n".join(
+        [
+            f"{lead.title()} — each method against fine-tuning and KD on the dev set, final epoch:",
+            "",
+            headline(lead, marks).to_markdown(index=False, disable_numparse=True),
+            "",
+            f"Cells: difference in the main metric ×100, [95% CI], {BETTER} / {WORSE}: better / worse after "
+            f"Holm's correction over the experiment's {len(marks.findings)} comparisons (p < 0.05), no mark: "
+            "not significant. Across seeds, and every other experiment: below.",
+            "",
+            *headline_lines(lead, marks),
+        ]
+    )
+
+
+def experiment_markdown(experiment: Experiment, marks: Significance, figure: str | None) -> list[str]:
+    parts = [
+        f"### {experiment.title()}",
+        "",
+        render(score_table(experiment, "final", marks), "md"),
+        f"Final epoch, dev set. Cells: mean ± std over seeds, ×100; n: seeds; **bold**: best student per column. "
+        f"{marks.legend()}",
         "",
     ]
-    efficiency = efficiency_table(results_dir)
+    if figure:
+        parts += [f"![{experiment.title()}]({figure})", ""]
+    findings = findings_table(marks)
+    if len(findings):
+        parts += [findings.to_markdown(index=False, disable_numparse=True), "", findings_legend(marks), ""]
+    return parts
+
+
+def leaderboard_markdown(reading: Reading, figures: dict[int, str] | None = None) -> str:
+    """The leaderboard: the headline, each ranked experiment (scores, findings, its figure), the history
+    of single runs, efficiency, runs, studies and the TED reference. ``figures``: experiment number →
+    the path of its figure relative to the results folder."""
+    records = reading.selection.records
+    parts = [f"Generated from the run records under `runs/`: {reading.selection.report()}.", ""]
+    if not records:
+        return "\n".join([*parts, "No usable records yet.", ""])
+    parts += ["### Headline", "", headline_markdown(reading), ""]
+    for experiment in reading.ranked:
+        parts += experiment_markdown(
+            experiment, reading.marks[experiment.number], (figures or {}).get(experiment.number)
+        )
+    if reading.history:
+        parts += [
+            "### Single runs and history (one seed or a bounded budget: no error bar, no test)",
+            "",
+            history_table(reading.history, "final").to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+    efficiency = efficiency_table(reading.results_dir)
     if len(efficiency):
         parts += [
             "#### Efficiency (`distillbench efficiency`: each architecture, fresh weights, the task's dev examples)",
@@ -117,13 +189,8 @@ def leaderboard_markdown(results_dir: Path) -> str:
             efficiency.to_markdown(index=False, disable_numparse=True),
             "",
         ]
-    parts += [
-        "#### Runs",
-        "",
-        runs_table(records),
-        "",
-    ]
-    studies = studies_table(read_records(results_dir))
+    parts += ["#### Runs", "", runs_table(records), ""]
+    studies = studies_table(read_records(reading.results_dir))
     if studies:
         parts += ["#### Tuning studies (`distillbench tune`; trials are left out of the tables above)", "", studies, ""]
     tasks = sorted({r["task"] for r in records})
@@ -152,10 +219,17 @@ def replace_section(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
-def generated_sections(results_dir: Path) -> dict[str, str]:
-    """Every generated section, by name: the leaderboard and the bench figures."""
+def figure_paths(reading: Reading) -> dict[int, str]:
+    """Where ``leaderboard --write`` puts each ranked experiment's figure, relative to the results folder."""
+    return {e.number: f"plots/experiment-{e.number}.svg" for e in reading.ranked}
+
+
+def generated_sections(results_dir: Path, reading: Reading | None = None) -> dict[str, str]:
+    """Every generated section, by name: the headline, the leaderboard and the bench figures."""
+    reading = reading or read_results(results_dir)
     return {
-        "results": leaderboard_markdown(results_dir),
+        "headline": headline_markdown(reading),
+        "results": leaderboard_markdown(reading, figure_paths(reading)),
         "bench": bench_markdown(results_dir),
         "performance": performance_summary(results_dir),
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,18 @@ def permutation_across_seeds(scores_a: list[float], scores_b: list[float]) -> Se
     return SeedTest("permutation", difference, float(result.pvalue))
 
 
+def smallest_permutation_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p-value an exact permutation test of n_a against n_b seeds can give: both
+    complete separations of the seeds, out of every split (3 vs 3: 2/20 = 0.1; 5 vs 5: 2/252 ≈ 0.008)."""
+    return min(1.0, 2 / math.comb(n_a + n_b, n_a))
+
+
+def format_p(p_value: float) -> str:
+    """``< 1e-4`` rather than ``0.0000`` (a bootstrap p of zero is below one in its resamples), else two
+    significant digits."""
+    return "< 1e-4" if p_value < 1e-4 else f"{p_value:.2g}"
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values (step-down; monotone; capped at 1), in the input order."""
     order = np.argsort(p_values)
@@ -148,6 +161,7 @@ class Comparison:
     mean_b: float
     bootstrap: BootstrapResult
     across_seeds: SeedTest
+    seed_counts: tuple[int, int] = (0, 0)  # seeds of A and of B the across-seed test compares
 
 
 def cached_bootstrap(key: dict[str, Any], compute: Callable[[], BootstrapResult]) -> BootstrapResult:
@@ -226,28 +240,37 @@ def compare_records(
         mean_b=float(np.mean(scores_b)),
         bootstrap=bootstrap,
         across_seeds=across_seeds(scores_a, scores_b, seed),
+        seed_counts=(len(scores_a), len(scores_b)),
     )
 
 
 def describe(comparison: Comparison, scale: float) -> str:
-    """The lines ``distillbench compare`` prints."""
+    """The lines ``distillbench compare`` prints: each test says which question it answers."""
     b, s = comparison.bootstrap, comparison.across_seeds
+    n_a, n_b = comparison.seed_counts
     lines = [
         f"{comparison.task} {comparison.metric}: {comparison.method} {scale * comparison.mean_a:.2f} vs "
         f"{comparison.baseline} {scale * comparison.mean_b:.2f} (mean over their seeds)",
-        f"  paired bootstrap over dev examples, {b.pairs} seed pair(s) {comparison.seeds}, {b.resamples} resamples: "
-        f"difference {scale * b.difference:+.2f}, 95% CI [{scale * b.low:+.2f}, {scale * b.high:+.2f}], "
-        f"p = {b.p_value:.4f}",
+        f"  over dev examples (would the gap survive another dev set?): paired bootstrap, {b.pairs} seed pair(s) "
+        f"{comparison.seeds}, {b.resamples:,} resamples: difference {scale * b.difference:+.2f}, "
+        f"95% CI [{scale * b.low:+.2f}, {scale * b.high:+.2f}], p {_p_text(b.p_value)}",
     ]
+    question = "  across seeds (would it survive other training seeds?)"
     if s.name == "aso":
         lines.append(
-            f"  across seeds, ASO: ε_min = {s.statistic:.3f} (< 0.5: {comparison.method} almost stochastically larger)"
+            f"{question}: ASO ε_min = {s.statistic:.3f} (< 0.5: {comparison.method} almost stochastically larger)"
         )
     elif s.p_value is None:
-        lines.append("  across seeds: needs at least 2 seeds per method")
+        lines.append(f"{question}: needs at least 2 seeds per method")
     else:
         lines.append(
-            f"  across seeds, exact permutation test (deepsig not installed, no ASO): difference "
-            f"{scale * s.statistic:+.2f}, p = {s.p_value:.4f}"
+            f"{question}: exact permutation test of {n_a} vs {n_b} seeds, difference {scale * s.statistic:+.2f}, "
+            f"p {_p_text(s.p_value)} (the smallest it can give with these seeds: "
+            f"{format_p(smallest_permutation_p(n_a, n_b))})"
         )
     return "\n".join(lines)
+
+
+def _p_text(p_value: float) -> str:
+    text = format_p(p_value)
+    return text if text.startswith("<") else f"= {text}"

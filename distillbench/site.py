@@ -1,9 +1,10 @@
 """``distillbench leaderboard --html DIR``: the leaderboard as one self-contained HTML page.
 
 The page must open from a ``file://`` URL on a machine without internet, so everything is inline: the
-tables are rendered here from the records (the same :func:`leaderboard.build_table` as the markdown
-leaderboard, so both show the same cells), the plots are inline SVG, and a few lines of plain
-JavaScript sort a table by a clicked header and filter its rows by a typed text. No CDN, no server.
+tables come from the same reading as the markdown leaderboard (:func:`report.read_results`: the same
+experiments, cells and findings), the figures are inline SVG, and a few lines of plain JavaScript sort a
+table by a clicked header and filter its rows by a typed text. No CDN, no server. It opens with the
+headline, then one section per ranked experiment; history, efficiency and the reference are collapsed.
 """
 
 from __future__ import annotations
@@ -16,13 +17,26 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.colors import to_hex
 
 from distillbench.efficiency import efficiency_table, read_efficiency
-from distillbench.leaderboard import EXPERIMENT, aggregate, build_table, collect, reference_table, row_key, significance
-from distillbench.plots import method_figures, speed_quality_figures, svg_text
+from distillbench.experiments import (
+    BETTER,
+    MAJORITY,
+    WORSE,
+    Experiment,
+    findings_legend,
+    findings_table,
+    headline,
+    headline_lines,
+    history_table,
+    score_table,
+)
+from distillbench.leaderboard import Significance, aggregate, reference_table, row_key
+from distillbench.plots import experiment_figure, method_colours, speed_quality_figures, svg_text
+from distillbench.report import Reading
 
-VIEWS = (("task-specific", "Task-specific distillation"), ("after", "After continual pre-training"))
-SCORES = (("final", "final epoch"), ("best", "best epoch"))
+REFERENCE_ROWS = {"teacher": "teacher", MAJORITY: "reference"}  # row label → its CSS class
 
 SCRIPT = """
 document.querySelectorAll("table.board").forEach(function (table) {
@@ -64,37 +78,54 @@ th[aria-sort="ascending"]::after { content: " ▲"; }
 th[aria-sort="descending"]::after { content: " ▼"; }
 td.best { font-weight: bold; }
 tr.teacher { background: #fafae8; }
+tr.reference { background: #f4f4f4; color: #555; }
+.swatch { display: inline-block; width: 0.7rem; height: 0.7rem; margin-right: 0.35rem; border-radius: 2px; }
+details { margin: 1rem 0; }
+summary { cursor: pointer; font-weight: 600; }
+figure svg { max-width: 100%; height: auto; }
 input.filter { margin: 0.25rem 0; padding: 0.2rem; width: 20rem; }
 figure { display: inline-block; margin: 0 1rem 1rem 0; }
 .legend, .note { color: #555; font-size: 0.85rem; }
 """
 
 
-def provenance_of(records: list[dict[str, Any]]) -> dict[tuple, str]:
-    """Row key → a tooltip naming every run behind the row: record, seed, commit, hardware."""
-    runs: dict[tuple, list[str]] = defaultdict(list)
+def provenance_of(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Row label (method) → a tooltip naming every run behind the row: record, seed, commit, hardware."""
+    runs: dict[str, list[str]] = defaultdict(list)
     for record in records:
         git = (record.get("git") or {}).get("commit") or "?"
         hardware = record.get("hardware") or {}
         where = hardware.get("gpu") or hardware.get("cpu") or "?"
         name = Path(record["_path"]).name
-        runs[row_key(record)[1:]].append(f"{name} (seed {record['seed']}, commit {git[:10]}, {where})")
+        runs[row_key(record)[1]].append(f"{name} (seed {record['seed']}, commit {git[:10]}, {where})")
     return {key: "\n".join(sorted(lines)) for key, lines in runs.items()}
 
 
-def table_html(table_id: str, cells: pd.DataFrame, best: set[tuple[int, str]], runs: dict[tuple, str]) -> str:
-    """A sortable, filterable table; each row's method cell carries the runs behind it as a tooltip."""
+def table_html(
+    table_id: str,
+    cells: pd.DataFrame,
+    best: set[tuple[int, str]] = frozenset(),
+    runs: dict[str, str] | None = None,
+    colours: dict[str, str] | None = None,
+) -> str:
+    """A sortable, filterable table; a method cell carries its colour (as in the figures) and the runs
+    behind its row as a tooltip."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cells.columns)
     rows = []
     for index, row in cells.iterrows():
-        key = (row["method"], *(row[e] for e in EXPERIMENT)) if "method" in cells.columns else None
+        method = str(row["method"]) if "method" in cells.columns else None
         tds = []
         for column in cells.columns:
             text = html.escape(str(row[column]))
             classes = ' class="best"' if (index, column) in best else ""
-            title = f' title="{html.escape(runs.get(key, ""))}"' if column == "method" else ""
+            title = ""
+            if column == "method":
+                title = f' title="{html.escape((runs or {}).get(method, ""))}"'
+                colour = (colours or {}).get(method)
+                if colour:
+                    text = f'<span class="swatch" style="background:{colour}"></span>{text}'
             tds.append(f"<td{classes}{title}>{text}</td>")
-        kind = ' class="teacher"' if key and key[0] == "teacher" else ""
+        kind = f' class="{REFERENCE_ROWS[method]}"' if method in REFERENCE_ROWS else ""
         rows.append(f"<tr{kind}>{''.join(tds)}</tr>")
     return (
         f'<input class="filter" type="search" placeholder="filter rows…" data-table="{table_id}">\n'
@@ -103,69 +134,100 @@ def table_html(table_id: str, cells: pd.DataFrame, best: set[tuple[int, str]], r
     )
 
 
-def views_html(records: list[dict[str, Any]]) -> list[str]:
-    """One table per (setting, score) view that has rows; cells and markers as in the markdown leaderboard."""
-    parts = []
-    runs = provenance_of(records)
-    for setting, title in VIEWS:
-        chosen = [r for r in records if row_key(r)[4].startswith(setting)]
-        if not chosen:
-            continue
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        for score, label in SCORES:
-            stats = aggregate(chosen, score)
-            several = {tuple(r) for r in stats[stats["n"] > 1][["task", "method", *EXPERIMENT]].itertuples(index=False)}
-            marks = significance([r for r in chosen if row_key(r) in several], score)
-            table = build_table(stats, markers=marks.markers)
-            table_id = f"{setting}-{score}".replace(" ", "-")
-            parts += [
-                f"<h3>Dev set, {label}</h3>",
-                table_html(table_id, table.cells, table.best, runs),
-                f'<p class="legend">{html.escape(marks.legend())}</p>',
-            ]
+def figure_html(figure: plt.Figure, caption: str) -> str:
+    svg = svg_text(figure)
+    plt.close(figure)
+    return f"<figure>{svg[svg.index('<svg') :]}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def headline_html(reading: Reading) -> list[str]:
+    lead = reading.lead
+    if lead is None:
+        return ["<p>No experiment with several seeds and a baseline yet: nothing is ranked.</p>"]
+    marks = reading.marks[lead.number]
+    lines = "".join(f"<li>{_inline_markdown(line.removeprefix('- '))}</li>" for line in headline_lines(lead, marks))
+    cells = headline(lead, marks)
+    return [
+        f"<p>{html.escape(lead.title())} — each method against fine-tuning and KD on the dev set, final epoch.</p>",
+        table_html("headline", cells, colours=_colours(cells)),
+        f'<p class="legend">Cells: difference in the main metric ×100, [95% CI]; {BETTER} / {WORSE}: better / '
+        f"worse after Holm's correction over the experiment's {len(marks.findings)} comparisons (p &lt; 0.05); "
+        "no mark: not significant.</p>",
+        f"<ul>{lines}</ul>",
+    ]
+
+
+def experiment_html(experiment: Experiment, marks: Significance) -> list[str]:
+    table = score_table(experiment, "final", marks)
+    findings = findings_table(marks)
+    parts = [
+        f'<h2 id="experiment-{experiment.number}">{html.escape(experiment.title())}</h2>',
+        figure_html(experiment_figure(experiment), f"experiment {experiment.number}: 95% CI over seeds"),
+        table_html(
+            f"experiment-{experiment.number}",
+            table.cells,
+            table.best,
+            provenance_of(experiment.records),
+            _colours(table.cells),
+        ),
+        f'<p class="legend">Final epoch, dev set. Cells: mean ± std over seeds, ×100; n: seeds; <b>bold</b>: best '
+        f"student per column. {html.escape(marks.legend())}</p>",
+    ]
+    if len(findings):
+        parts += [
+            table_html(f"findings-{experiment.number}", findings, colours=_colours(findings)),
+            f'<p class="legend">{html.escape(findings_legend(marks))}</p>',
+        ]
     return parts
 
 
-def plots_html(records: list[dict[str, Any]], efficiency: dict[tuple[str, str], dict]) -> list[str]:
-    """The method figures (one per task family) and the speed–quality figures as inline SVG, so the page
-    needs no other file."""
-    parts = []
-    figures = [figure for score, _ in SCORES for figure in method_figures(records, score)]
-    figures += speed_quality_figures(records, efficiency) if efficiency else []
-    for name, figure in figures:
-        svg = svg_text(figure)
-        plt.close(figure)
-        parts.append(f"<figure>{svg[svg.index('<svg') :]}<figcaption>{html.escape(name)}</figcaption></figure>")
-    return parts
+def _colours(cells: pd.DataFrame) -> dict[str, str]:
+    methods = [m for m in cells["method"] if m not in REFERENCE_ROWS] if "method" in cells.columns else []
+    return {method: to_hex(colour) for method, colour in method_colours(methods).items()}
 
 
-def write_site(results_dir: Path, out_dir: Path) -> Path:
-    """Write ``out_dir/index.html`` from the records under ``results_dir``; returns its path."""
-    selection = collect(results_dir)
-    records = selection.records
-    stats = aggregate(records, "best")
-    reference = reference_table(stats, sorted({r["task"] for r in records}))
+def _inline_markdown(text: str) -> str:
+    """``**bold**`` of a generated line as HTML, everything else escaped."""
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{part}</b>" if i % 2 else part for i, part in enumerate(parts))
+
+
+def write_site(reading: Reading, out_dir: Path) -> Path:
+    """Write ``out_dir/index.html`` — and nothing else — from a reading of a results folder."""
+    records = reading.selection.records
     body = [
         "<h1>distillbench leaderboard</h1>",
-        f'<p class="note">Generated from the run records: {html.escape(selection.report())}. '
-        "Cells: mean over seeds (±std when n &gt; 1), ×100; <b>bold</b>: best student per column; hover a "
-        "method for the runs behind its row.</p>",
-        *views_html(records),
-        "<h2>Figures</h2>",
-        *plots_html(records, read_efficiency(results_dir)),
+        f'<p class="note">Generated from the run records: {html.escape(reading.selection.report())}. '
+        "Hover a method for the runs behind its row; click a header to sort.</p>",
+        "<h2>Headline</h2>",
+        *headline_html(reading),
     ]
-    efficiency = efficiency_table(results_dir)
-    if len(efficiency):
+    for experiment in reading.ranked:
+        body += experiment_html(experiment, reading.marks[experiment.number])
+    if reading.history:
         body += [
-            "<h2>Efficiency</h2>",
+            "<details><summary>Single runs and history (one seed or a bounded budget: no error bar, no test)</summary>",
+            table_html("history", history_table(reading.history, "final").astype(str)),
+            "</details>",
+        ]
+    efficiency = read_efficiency(reading.results_dir)
+    speed = speed_quality_figures([r for e in reading.ranked for r in e.records], efficiency) if efficiency else []
+    table = efficiency_table(reading.results_dir)
+    if len(table):
+        body += [
+            "<details><summary>Efficiency</summary>",
             '<p class="note">Measured by <code>distillbench efficiency</code>: fresh weights of each architecture '
             "on the task's dev examples; latency is the median of timed passes after a warm-up.</p>",
-            table_html("efficiency", efficiency.astype(str), set(), {}),
+            *(figure_html(figure, name) for name, figure in speed),
+            table_html("efficiency", table.astype(str)),
+            "</details>",
         ]
+    reference = reference_table(aggregate(records, "best"), sorted({r["task"] for r in records}))
     if len(reference):
         body += [
-            "<h2>TED reference (not measured here) and measured − reference</h2>",
-            table_html("reference", reference.astype(str), set(), {}),
+            "<details><summary>TED reference (not measured here) and measured − reference</summary>",
+            table_html("reference", reference.astype(str)),
+            "</details>",
         ]
     data = {"records": [Path(r["_path"]).name for r in records]}
     page = (

@@ -42,6 +42,7 @@ class Task:
     train_defaults: ClassVar[dict[str, Any]] = {}
     paper_metrics: ClassVar[tuple[str, ...]] = ()  # record metric keys a table shows, in paper order
     column_label: ClassVar[str] = ""  # a table's column header, e.g. "MRPC acc/F1"
+    short_label: ClassVar[str] = ""  # in titles and figures, e.g. "MRPC" (default: column_label's first word)
     benchmark: ClassVar[str] = ""  # tasks of one benchmark share an average column ("GLUE")
     display_scale: ClassVar[float] = 100.0  # tables show metric × scale (GLUE fractions → %, SQuAD already %)
     display_decimals: ClassVar[int] = 1
@@ -158,6 +159,12 @@ class Task:
         """``metric`` for every row of ``rows`` ([R, n] example indices): a paired bootstrap's inner loop.
         Tasks override it with array operations; this default calls :meth:`metric_on` per row."""
         return np.array([self.metric_on(arrays, r)[metric] for r in rows])
+
+
+def short_label(task_name: str) -> str:
+    """How titles, headlines and figures name a task: ``MRPC``, ``SQuAD v2``, ``MLM``."""
+    task = get_task(task_name)
+    return task.short_label or task.column_label.split(" ")[0] or task_name
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:

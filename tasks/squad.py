@@ -306,6 +306,7 @@ def _register(name: str, version: str, hub_name: str, metrics: tuple[str, str]) 
             "description": f"SQuAD v{version} (EM/F1, official scoring)",
             "paper_metrics": metrics,
             "column_label": f"SQuAD{' v2' if version == '2.0' else ''} EM/F1",
+            "short_label": f"SQuAD{' v2' if version == '2.0' else ''}",
             "__module__": __name__,
         },
     )
