@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--readme",
         type=Path,
         action="append",
-        help="with --write: a file with generated sections to rewrite (repeatable; default: <results-dir>/README.md)",
+        help="with --write: another file with generated sections to rewrite, besides <results-dir>/README.md (repeatable)",
     )
     leaderboard.add_argument(
         "--html", type=Path, metavar="DIR", help="write the page as DIR/index.html (nothing else is written)"
@@ -651,7 +651,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     from distillbench.plots import experiment_plots
     from distillbench.report import figure_paths, fill_sections, generated_sections, read_results
 
-    readmes = args.readme or [args.results_dir / "README.md"]
+    readmes = [args.results_dir / "README.md", *(args.readme or [])]
     check_output_paths(args.html, readmes if args.write else [])
     if args.screenshot and not args.html:
         raise UserError("--screenshot needs --html DIR")
