@@ -471,6 +471,7 @@ def command_table(args: argparse.Namespace) -> int:
         raise UserError("--resamples must be at least 1000")
     tasks = _names(args.tasks, list_tasks(), "task")
     methods = _names(args.methods, list_methods(), "method")
+    announce(args)
     selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
     print(selection.report(), file=sys.stderr)
     records = [
@@ -550,6 +551,7 @@ def command_compare(args: argparse.Namespace) -> int:
     if args.resamples < 1000:
         raise UserError("--resamples must be at least 1000")
     task = get_task(args.task)
+    announce(args)
     selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
     records = [r for r in selection.records if r["task"] == args.task and r.get("role") == "student"]
     sides = [(args.method, args.teacher, args.student), (args.baseline, args.baseline_teacher, args.baseline_student)]
@@ -617,6 +619,7 @@ def command_plot(args: argparse.Namespace) -> int:
 
         if args.score not in SCORES:
             raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
+        announce(args)
         experiments = group_experiments(collect(args.results_dir, include_bounded=args.include_bounded).records)
         if not experiments:
             raise UserError(f"no usable run records under {args.results_dir}")
@@ -655,6 +658,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
     check_output_paths(args.html, readmes if args.write else [])
     if args.screenshot and not args.html:
         raise UserError("--screenshot needs --html DIR")
+    announce(args)
     reading = read_results(args.results_dir, progress=True)
     sections = generated_sections(args.results_dir, reading)
     if args.write:
@@ -755,9 +759,13 @@ def choose_results_dir(args: argparse.Namespace) -> None:
     if args.command in WRITING_COMMANDS and args.results_dir is None:
         args.results_dir = workspace()
     elif args.command in READING_COMMANDS:
-        source = reading_folder(args.results_dir)
-        print(source.line(), file=sys.stderr)
-        args.results_dir = source.path
+        args.source = reading_folder(args.results_dir)
+        args.results_dir = args.source.path
+
+
+def announce(args: argparse.Namespace) -> None:
+    """The first line a reading command prints, once its arguments are valid: which folder it reads."""
+    print(args.source.line(), file=sys.stderr)
 
 
 COMMANDS = {

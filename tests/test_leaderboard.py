@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from committed import committed_results, committed_text
 
 from distillbench.cli import main
 from distillbench.leaderboard import aggregate, build_table, render, select
@@ -79,7 +78,7 @@ def test_selection_counts_what_it_leaves_out(results):
         "from a dirty tree": 1,
         "disagreeing on configuration": 1,
         "tuning trials": 1,
-        "bounded presets (e.g. the demo)": 1,
+        "bounded (preset, --max-steps; --include-bounded shows them)": 1,
         "repeats of a seed (the newest counts)": 1,
     }
     assert "1 incomplete" in selection.report() and "1 from a dirty tree" in selection.report()
@@ -123,7 +122,7 @@ def test_csv_and_html(results):
 def test_table_cli_formats_and_reference(results, capsys, tmp_path):
     out = tmp_path / "t.tex"
     assert main(["table", "--results-dir", str(results), "--format", "latex", "--out", str(out)]) == 0
-    assert out.read_text().startswith(r"\begin{table}") or r"\begin{tabular}" in out.read_text()
+    assert out.read_text().startswith("Experiment 1: MRPC, STS-B") and r"\begin{tabular}" in out.read_text()
     assert main(["table", "--results-dir", str(results), "--reference", "--tasks", "mrpc"]) == 0
     captured = capsys.readouterr()
     assert "TED reference" in captured.out and "90.9" in captured.out
@@ -146,36 +145,30 @@ def test_table_bad_arguments(results, capsys, args, message):
 
 
 def test_method_figures_are_svg_and_loss_curves_png_and_svg(results, capsys, tmp_path):
-    assert main(["plot", "methods", "--results-dir", str(results)]) == 0
+    assert main(["plot", "methods", "--results-dir", str(results), "--out-dir", str(results / "plots")]) == 0
     run = next((results / "runs").glob("kdmrpc1*.json"))
     data = json.loads(run.read_text())
     data["loss_history"] = [{"step": s, "loss": 1.0 / s, "loss/task": 0.5 / s, "loss/kd": 0.5 / s} for s in (1, 2, 3)]
     run.write_text(json.dumps(data))
-    assert main(["plot", "loss", "--run", str(run), "--results-dir", str(results)]) == 0
+    assert main(["plot", "loss", "--run", str(run), "--out-dir", str(results / "plots")]) == 0
     files = sorted(f.name for f in (results / "plots").iterdir())
-    assert files == ["loss-mrpc-kd-kdmrpc1.png", "loss-mrpc-kd-kdmrpc1.svg", "methods-glue-final.svg"]
+    assert files == ["experiment-1.svg", "loss-mrpc-kd-kdmrpc1.png", "loss-mrpc-kd-kdmrpc1.svg"]
     assert all((results / "plots" / f).stat().st_size > 1000 for f in files)
     assert main(["plot", "violin", "--results-dir", str(results)]) == 2
 
 
 def test_committed_leaderboard_and_readmes_are_generated_from_committed_records(tmp_path):
-    """Regenerated from the records git tracks (a newcomer's own runs, e.g. the demo, do not count)."""
-    try:
-        tracked = subprocess.run(
-            ["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: the committed records cannot be told apart")
-    for name in tracked:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ROOT / name, tmp_path / name)
-    (tmp_path / "results").mkdir(exist_ok=True)
-    sections = generated_sections(tmp_path / "results")
-    assert (ROOT / "results" / "leaderboard.md").read_text() == f"# Leaderboard\n\n{sections['results']}"
-    for readme, names in (("README.md", ["performance"]), ("results/README.md", ["results", "bench"])):
-        text = (ROOT / readme).read_text()
+    """Regenerated from the records git holds, they equal the files git holds (whatever the working tree)."""
+    results = committed_results(tmp_path)
+    sections = generated_sections(results)
+    assert committed_text("results/leaderboard.md") == f"# Leaderboard\n\n{sections['results']}"
+    for readme, names in (("README.md", ["performance"]), ("results/README.md", ["headline", "results", "bench"])):
+        text = committed_text(readme)
         assert all(section_markers(name)[0] in text for name in names)
         assert fill_sections(text, sections) == text
+    # the headline opens results/README.md: before any narrative section
+    text = committed_text("results/README.md")
+    assert text.index(section_markers("headline")[0]) < text.index("## The GLUE campaign")
 
 
 def test_studies_table_summarises_trials_from_their_records():

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
+import matplotlib.colors
 import pytest
 import torch
+from committed import committed_results, committed_text
 from test_leaderboard import TEACHER, record
 
 from distillbench.cli import main
 from distillbench.efficiency import measure
-from distillbench.leaderboard import SCORES, collect
-from distillbench.plots import method_figures, method_plots
+from distillbench.experiments import group_experiments
+from distillbench.leaderboard import collect
+from distillbench.plots import experiment_figure, experiment_plots, method_colours
 from distillbench.records import write_json_atomic
+from distillbench.report import read_results
 from distillbench.site import write_site
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +29,10 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.fixture
 def board(tmp_path: Path) -> Path:
-    """Three kd seeds and a finetune on MRPC, a kd after pre-training (another experiment), a teacher."""
+    """Three kd seeds and a finetune on MRPC, a kd after pre-training (another experiment), a teacher;
+    the records hold the majority-class score, as real runs' do."""
     records = [
-        record("kd", "mrpc", 1, {"accuracy": 0.80, "f1": 0.85}),
+        record("kd", "mrpc", 1, {"accuracy": 0.80, "f1": 0.85}, majority_baseline={"accuracy": 0.684, "f1": 0.812}),
         record("kd", "mrpc", 2, {"accuracy": 0.82, "f1": 0.87}),
         record("kd", "mrpc", 3, {"accuracy": 0.84, "f1": 0.89}),
         record("finetune", "mrpc", 1, {"accuracy": 0.70, "f1": 0.81}),
@@ -43,35 +47,45 @@ def board(tmp_path: Path) -> Path:
 
 
 def plotted_means(figure) -> list[float]:
-    """The x of every experiment's point (its mean over seeds)."""
+    """The x of every method's point (its mean over seeds)."""
     return sorted(round(float(c.lines[0].get_xdata()[0]), 6) for axis in figure.axes for c in axis.containers)
 
 
-def test_plots_draw_one_point_per_experiment_never_pooling_settings(board):
-    ((name, figure),) = method_figures(collect(board).records)
-    assert name == "glue-final"
-    # kd task-specific (mean of three seeds), kd after pre-training, finetune; the teacher is a line
-    assert plotted_means(figure) == [60.0, 70.0, 82.0]
+def test_one_figure_per_experiment_never_pooling_settings(board):
+    """kd after pre-training is another experiment: its own figure, never a point beside the task-specific
+    kd; reference lines for the teacher, fine-tuning and the majority class, labelled in the legend."""
+    first, second = group_experiments(collect(board).records)
+    assert (first.setting, second.setting) == ("task-specific", "after kd pre-training")
+    figure = experiment_figure(first)
+    assert plotted_means(figure) == [70.0, 82.0]  # finetune (one seed), kd (mean of three)
     (axis,) = figure.axes
-    assert [round(line.get_xdata()[0], 6) for line in axis.lines if line.get_linestyle() == "--"] == [90.0]
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert labels == ["teacher 90.0", "fine-tune 70.0", "majority class 68.4"]
+    assert plotted_means(experiment_figure(second)) == [60.0]
+    # the method's colour is the same in every figure
+    colours = {c.lines[0].get_color() for c in axis.containers if c.lines[0].get_xdata()[0] == 82.0}
+    assert colours == {matplotlib.colors.to_hex(method_colours(["kd"])["kd"])}
 
 
-def test_committed_method_plots_are_drawn_from_the_committed_records(tmp_path):
+def test_committed_figures_are_drawn_from_the_committed_records(tmp_path):
     """A committed figure older than the records it draws fails here: regenerated, it would differ."""
-    records = collect(ROOT / "results").records
-    committed = sorted((ROOT / "results" / "plots").glob("methods-*.svg"))
-    fresh = [path for score in SCORES for path in method_plots(records, tmp_path, score)]
-    assert [p.name for p in committed] == sorted(p.name for p in fresh)
-    for path in committed:
-        assert path.read_text() == (tmp_path / path.name).read_text(), f"{path.name} is stale"
+    results = committed_results(tmp_path / "git")
+    reading = read_results(results)
+    fresh = experiment_plots(reading.ranked, tmp_path / "fresh")
+    committed = sorted(p.name for p in (results / "plots").glob("experiment-*.svg"))
+    assert committed == sorted(p.name for p in fresh)
+    for path in fresh:
+        assert path.read_text() == committed_text(f"results/plots/{path.name}"), f"{path.name} is stale"
 
 
 def test_the_page_holds_the_tables_runs_and_figures_inline(board, tmp_path):
-    page = write_site(board, tmp_path / "site").read_text()
+    page = write_site(read_results(board), tmp_path / "site").read_text()
     assert "82.0±2.0/87.0±2.0" in page  # kd's three seeds: mean ± std of accuracy/F1
-    assert "Task-specific distillation" in page and "After continual pre-training" in page
+    assert "majority class" in page and "68.4/81.2" in page
+    assert "after kd pre-training" in page  # the second experiment, in the history (one seed)
     assert "kd-mrpc-1.json" not in page and "kdmrpc1.json (seed 1, commit abc" in page  # tooltips name runs
-    assert page.count("<svg") >= 2  # the figures are inline
+    assert page.count("<svg") >= 1  # the figures are inline
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["index.html"]  # nothing else written
     # nothing fetched: no external script, stylesheet, image or import (namespace URIs are only names)
     assert not re.search(r"""(src|href)=["']?https?:|<link|@import""", page)
 
@@ -142,9 +156,9 @@ def browser():
 def test_the_page_sorts_and_filters_in_a_real_browser(board, tmp_path, browser):
     from selenium.webdriver.common.by import By
 
-    page = write_site(board, tmp_path / "site")
+    page = write_site(read_results(board), tmp_path / "site")
     browser.get(page.as_uri())
-    table = browser.find_element(By.ID, "task-specific-final")
+    table = browser.find_element(By.ID, "experiment-1")
 
     def column(name: str) -> list[str]:
         headers = [h.text for h in table.find_elements(By.CSS_SELECTOR, "thead th")]
@@ -152,27 +166,25 @@ def test_the_page_sorts_and_filters_in_a_real_browser(board, tmp_path, browser):
         rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
         return [r.find_elements(By.TAG_NAME, "td")[index].text for r in rows if r.is_displayed()]
 
-    assert column("method") == ["teacher", "finetune", "kd"]  # teacher first, then table order
-    assert column("MRPC acc/F1") == ["90.0/92.0", "70.0/81.0", "82.0±2.0/87.0±2.0"]  # the records' means
+    # teacher and majority class first, then table order
+    assert column("method") == ["teacher", "majority class", "finetune", "kd"]
+    assert column("MRPC acc/F1") == ["90.0/92.0", "68.4/81.2", "70.0/81.0", "82.0±2.0/87.0±2.0"]
     header = next(h for h in table.find_elements(By.CSS_SELECTOR, "thead th") if h.text == "MRPC acc/F1")
     header.click()
-    assert column("MRPC acc/F1") == ["70.0/81.0", "82.0±2.0/87.0±2.0", "90.0/92.0"]
+    assert column("MRPC acc/F1") == ["68.4/81.2", "70.0/81.0", "82.0±2.0/87.0±2.0", "90.0/92.0"]
     header.click()
-    assert column("method") == ["teacher", "kd", "finetune"]
-    browser.find_element(By.CSS_SELECTOR, 'input[data-table="task-specific-final"]').send_keys("kd")
+    assert column("method") == ["teacher", "kd", "finetune", "majority class"]
+    browser.find_element(By.CSS_SELECTOR, 'input[data-table="experiment-1"]').send_keys("kd")
     assert column("method") == ["kd"]
     assert browser.save_screenshot(str(tmp_path / "screenshot.png"))
     assert (tmp_path / "screenshot.png").stat().st_size > 10_000
 
 
 def test_the_committed_page_shows_the_committed_records(browser, tmp_path):
-    tracked = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True).stdout.split()
-    if "results/site/index.html" not in tracked:
-        pytest.skip("not a git checkout with the committed page")
-    for name in tracked:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ROOT / name, tmp_path / name)
-    fresh = write_site(tmp_path / "results", tmp_path / "fresh").read_text()
-    assert (ROOT / "results" / "site" / "index.html").read_text() == fresh
-    browser.get((ROOT / "results" / "site" / "index.html").as_uri())
+    results = committed_results(tmp_path / "git")
+    fresh = write_site(read_results(results), tmp_path / "fresh")
+    assert committed_text("results/site/index.html") == fresh.read_text()
+    browser.get(fresh.as_uri())
     assert "distillbench leaderboard" in browser.title
+    headings = [h.text for h in browser.find_elements("css selector", "h2")]
+    assert headings[0] == "Headline" and headings[1].startswith("Experiment 1: MRPC, STS-B")
