@@ -161,7 +161,7 @@ def experiment_html(experiment: Experiment, marks: Significance) -> list[str]:
     table = score_table(experiment, "final", marks)
     findings = findings_table(marks)
     parts = [
-        f'<h2 id="experiment-{experiment.number}">{html.escape(experiment.title())}</h2>',
+        f'<h2 id="section-{experiment.number}">{html.escape(experiment.title())}</h2>',
         figure_html(experiment_figure(experiment), f"experiment {experiment.number}: 95% CI over seeds"),
         table_html(
             f"experiment-{experiment.number}",

@@ -63,7 +63,9 @@ def test_one_figure_per_experiment_never_pooling_settings(board):
     assert labels == ["teacher 90.0", "fine-tune 70.0", "majority class 68.4"]
     assert plotted_means(experiment_figure(second)) == [60.0]
     # the method's colour is the same in every figure
-    colours = {c.lines[0].get_color() for c in axis.containers if c.lines[0].get_xdata()[0] == 82.0}
+    colours = {
+        matplotlib.colors.to_hex(c.lines[0].get_color()) for c in axis.containers if c.lines[0].get_xdata()[0] == 82
+    }
     assert colours == {matplotlib.colors.to_hex(method_colours(["kd"])["kd"])}
 
 
