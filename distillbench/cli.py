@@ -67,7 +67,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a method hyper-parameter, training setting or task option (typed), repeatable",
     )
     parser.add_argument("--epochs", type=float, help="training epochs of every stage")
-    parser.add_argument("--max-steps", type=int, help="stop the student stages after this many steps")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="a smoke-test bound on every stage, the teacher's too (unless a teacher fine-tuned at the full "
+        "budget is cached: then it is read); the record is marked bounded and left out of tables",
+    )
     parser.add_argument(
         "--teacher-cache",
         choices=("on", "off", "auto"),
@@ -90,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="distillbench",
         description=__doc__.splitlines()[0],
-        epilog="--plugin FILE.py (anywhere, repeatable; or DISTILLBENCH_PLUGINS) loads methods/tasks from a file",
+        epilog="--plugin FILE.py (anywhere, repeatable; or DISTILLBENCH_PLUGINS) loads methods/tasks from a file; "
+        "--verbose (anywhere) shows the libraries' own warnings and progress bars",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = commands.add_parser("run", help="fine-tune the teacher (cached) and distil a student")
@@ -127,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars (the sweep's nor the runs')")
     show = commands.add_parser("show", help="a method's or task's settings: help, defaults, ranges, search space")
     show.add_argument("name", help="a method or task name")
+    show.add_argument("--data-dir", help="for a task: the data folder to describe (default: $DISTILLBENCH_DATA)")
     listing = commands.add_parser("list", help="registered methods and tasks")
     listing.add_argument("pattern", nargs="?", default="*")
     table = commands.add_parser("table", help="a paper-style leaderboard from run records")
@@ -185,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--readme",
         type=Path,
         action="append",
-        help="with --write: another file with generated sections to rewrite, besides <results-dir>/README.md (repeatable)",
+        help="with --write: another file whose generated sections to rewrite too (repeatable)",
     )
     leaderboard.add_argument(
         "--html", type=Path, metavar="DIR", help="write the page as DIR/index.html (nothing else is written)"
@@ -251,8 +258,9 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
     )
     if args.epochs is not None:
         train_overrides["epochs"] = args.epochs
-    if args.max_steps is not None:
+    if args.max_steps is not None:  # a bound on every stage: the teacher's too, unless --set says otherwise
         train_overrides["max_steps"] = args.max_steps
+        train_overrides.setdefault("teacher_max_steps", args.max_steps)
     if args.teacher_cache is not None:
         train_overrides["teacher_cache"] = args.teacher_cache
     if args.report_to is not None:
@@ -300,12 +308,23 @@ def parse_numbers(text: str | None, kind: type, what: str) -> tuple | None:
         raise UserError(f"{what} {text}: expected comma-separated {kind.__name__} values") from None
 
 
+def plan_from_arguments(args: argparse.Namespace):
+    """The validated plan of run arguments; a step bound that ``--max-steps`` put on the teacher gives way
+    to a teacher already fine-tuned at the full budget in the cache."""
+    from distillbench.harness import plan_run
+    from distillbench.stages import with_cached_full_teacher
+
+    plan = plan_run(*build_run(args))
+    if args.max_steps is not None and not any(o.startswith("teacher_max_steps=") for o in args.overrides):
+        plan = with_cached_full_teacher(plan)
+    return plan
+
+
 def command_run(args: argparse.Namespace) -> int:
-    from distillbench.harness import Runner, plan_run
+    from distillbench.harness import Runner
     from distillbench.summary import plan_summary, run_summary
 
-    config, paths = build_run(args)
-    plan = plan_run(config, paths)
+    plan = plan_from_arguments(args)
     if args.dry_run:
         print(plan_summary(plan))
         return 0
@@ -398,7 +417,7 @@ def sweep_spec(args: argparse.Namespace):
 
 
 def command_sweep(args: argparse.Namespace) -> int:
-    from distillbench.harness import Runner, plan_run
+    from distillbench.harness import Runner
     from distillbench.sweep import dry_run_text, plan_cells, run_cells
 
     spec = sweep_spec(args)
@@ -406,7 +425,7 @@ def command_sweep(args: argparse.Namespace) -> int:
     run_parser = build_parser()
 
     def plan(argv: list[str]):
-        return plan_run(*build_run(run_parser.parse_args(["run", *argv])))
+        return plan_from_arguments(run_parser.parse_args(["run", *argv]))
 
     cells = plan_cells(spec, [*args.passthrough, *common], plan, spec.results_dir)
     print(f"records go to {spec.results_dir}", file=sys.stderr)
@@ -421,7 +440,7 @@ def command_sweep(args: argparse.Namespace) -> int:
 def command_show(args: argparse.Namespace) -> int:
     from distillbench.show import show
 
-    print(show(args.name))
+    print(show(args.name, args.data_dir))
     return 0
 
 
@@ -554,6 +573,17 @@ def command_compare(args: argparse.Namespace) -> int:
     announce(args)
     selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
     records = [r for r in selection.records if r["task"] == args.task and r.get("role") == "student"]
+    labels = sorted({method_label(r) for r in records})
+    for name in (args.method, args.baseline):
+        if name not in labels:
+            import difflib
+
+            close = difflib.get_close_matches(name, labels, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(
+                f"no {args.task} records of method {name!r} in {args.results_dir}{hint} "
+                f"(methods with {args.task} records there: {', '.join(labels) or 'none'})"
+            )
     sides = [(args.method, args.teacher, args.student), (args.baseline, args.baseline_teacher, args.baseline_student)]
     chosen = []
     for method, teacher, student in sides:
@@ -783,9 +813,27 @@ COMMANDS = {
 }
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Without ``--verbose``, the libraries' own chatter stays out of the output: transformers' load report
+    of a freshly initialised task head (expected: the head is new) and datasets' per-split progress bars
+    (the run has its own). An environment that sets either variable wins."""
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Writing model shards" of every saved model
+    if "transformers" in sys.modules:  # a plug-in imported it before the environment was read
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_libraries(verbose="--verbose" in argv)
+    argv = [a for a in argv if a != "--verbose"]
     try:
-        plugins, argv = take_plugin_arguments(sys.argv[1:] if argv is None else list(argv))
+        plugins, argv = take_plugin_arguments(argv)
         for path in plugins:
             load_plugin(path)
         parser = build_parser()

@@ -43,6 +43,10 @@ def resolve_model(spec: str) -> str:
         return str(path)
     if spec.startswith((".", "/", "~")):
         raise UserError(f"model folder {spec} does not exist")
+    from distillbench.hub import hub_model_available, why_offline
+
+    if not hub_model_available(spec):
+        raise UserError(f"model {spec!r}: not a local folder, not in the hub cache, and {why_offline()}")
     return spec
 
 

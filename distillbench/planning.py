@@ -19,6 +19,7 @@ from distillbench.config import RunConfig, result_settings
 from distillbench.errors import UserError
 from distillbench.families import family_of
 from distillbench.fields import check_fields
+from distillbench.hub import require_hub_for_data
 from distillbench.method import Method, ModelPair, get_method
 from distillbench.models import StudentSpec, load_config, resolve_model, student_config
 from distillbench.portable import model_identity
@@ -128,7 +129,6 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
         raise UserError(f"{config.task}: {error}") from None
     check_fields(options, f"{config.task} option")
     task = task_cls(resolve_data_dir(config.data_dir), options)
-    task.data_files()  # raises on missing files before anything is written
     teachers = teacher_members(config)
     teacher_source = teachers[0].source
     if config.teacher_finetuned:
@@ -160,6 +160,10 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     if cross:
         check_cross_tokenizer(config, method, task)
     check_teacher_cache(config, method, task)
+    # the data last, so a dry run checks the model pair first; missing files raise before anything is written
+    if task.data_dir is None:
+        require_hub_for_data(config.task)
+    task.data_files()
     data_sha = task.data_sha256()
     key = stable_key(
         {

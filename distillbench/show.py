@@ -13,8 +13,9 @@ from typing import Any
 
 from distillbench.errors import UserError
 from distillbench.fields import help_of
+from distillbench.hub import DATA_HINT
 from distillbench.method import Method, get_method, list_methods
-from distillbench.task import get_task, list_tasks
+from distillbench.task import get_task, list_tasks, resolve_data_dir
 
 
 class SpaceRecorder:
@@ -85,12 +86,15 @@ def show_method(name: str) -> str:
     return "\n".join(lines)
 
 
-def show_task(name: str) -> str:
+def show_task(name: str, data_dir: str | None = None) -> str:
     cls = get_task(name)
+    labels = f"labels: {', '.join(map(str, cls.label_names))}" if cls.label_names else f"output: {cls.output_type}"
     lines = [
         f"task {name}: {cls.summary()}",
         f"model: {cls.model_class} ({cls.output_type}); main metric: {cls.main_metric} "
         f"({'higher' if cls.greater_is_better else 'lower'} is better); dev splits: {', '.join(cls.eval_splits)}",
+        labels,
+        *data_lines(cls, data_dir),
         f"training defaults: {cls.train_defaults or '(the dataclass defaults)'}",
     ]
     options = list(dataclasses.fields(cls.Options))
@@ -99,10 +103,31 @@ def show_task(name: str) -> str:
     return "\n".join(lines)
 
 
-def show(name: str) -> str:
+def data_lines(cls: type, data_dir: str | None) -> list[str]:
+    """Where the task's data comes from and, from a data folder, its split sizes and the majority-class
+    score (read from the files: a few seconds; the hub is never contacted here)."""
+    folder = resolve_data_dir(data_dir)
+    if folder is None:
+        return [f"data: the Hugging Face Hub when a run needs it (none given here: {DATA_HINT})"]
+    task = cls(folder)
+    files = task.local_files()
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        return [f"data: {folder} — missing {', '.join(missing)}"]
+    splits = task.load()
+    sizes = ", ".join(f"{split} {len(rows):,}" for split, rows in splits.items())
+    lines = [f"data: {folder} ({', '.join(p.name for p in files.values())}); examples: {sizes}"]
+    majority = task.majority_baseline(splits)
+    if majority:
+        scores = ", ".join(f"{metric} {cls.display_scale * value:.1f}" for metric, value in majority.items())
+        lines.append(f"majority class (the most frequent training label, scored on dev): {scores}")
+    return lines
+
+
+def show(name: str, data_dir: str | None = None) -> str:
     if name in list_methods():
         return show_method(name)
     if name in list_tasks():
-        return show_task(name)
+        return show_task(name, data_dir)
     known = ", ".join([*list_methods(), *list_tasks()])
     raise UserError(f"no method or task named {name!r} (known: {known})")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, set_seed
 
 from distillbench import distributed
-from distillbench.cached import cached_folder, stable_key
+from distillbench.cached import MARKER, cached_folder, stable_key
 from distillbench.config import BEFORE_INTRODUCED, TrainConfig
 from distillbench.history import epoch_history, final_loss_terms, train_runtime
 from distillbench.method import Stage
@@ -42,6 +42,68 @@ def optional_stage_settings(cfg: TrainConfig) -> dict[str, Any]:
     old behaviour (length grouping on, mixed precision, gradient accumulation), so older stages stay valid."""
     changed = {k: getattr(cfg, k) for k, before in BEFORE_INTRODUCED.items() if getattr(cfg, k) != before}
     return changed | distributed.key_part()
+
+
+def stage_seed(plan: Plan, role: str, member: int = 0) -> int:
+    """The seed of a stage that trains ``role``: the teacher side may be pinned (``--teacher-seed``) so
+    that every student seed of a campaign distils from one teacher; each teacher of an ensemble has its
+    own (``--teacher-seeds``)."""
+    teacher_seed = plan.teachers[member].seed if plan.teachers else plan.config.teacher_seed
+    return teacher_seed if role == "teacher" and teacher_seed is not None else plan.config.seed
+
+
+def teacher_source(plan: Plan, member: int = 0) -> str:
+    return plan.teachers[member].source if plan.teachers else plan.teacher_source
+
+
+def finetune_settings(plan: Plan, role: str, member: int = 0, student: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that changes a label fine-tune stage's result: its cache key. ``student``: the student
+    spec as records name it (the student role only)."""
+    config = plan.config
+    if role == "teacher":
+        init: dict[str, Any] = {
+            "source": plan.identity(teacher_source(plan, member)),
+            "weights_sha256": weights_sha256(teacher_source(plan, member)),
+        }
+    else:
+        init = {"student": student, "teacher_source": plan.identity(plan.teacher_source)}
+    cfg = config.train.for_role(role)
+    return {
+        "role": role,
+        "init": init,
+        "task": config.task,
+        "data": plan.data_sha256,
+        "lr": cfg.learning_rate,
+        "epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "seed": stage_seed(plan, role, member),
+        "train": {
+            k: getattr(cfg, k)
+            for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
+        },
+        **({"task_options": config.task_options} if config.task_options else {}),
+        # a student with its own tokenizer trains on another tokenisation (the teacher's key is unchanged)
+        **({"tokenizer": plan.identity(plan.student_tokenizer)} if role == "student" and plan.cross_tokenizer else {}),
+        **optional_stage_settings(cfg),
+    }
+
+
+def with_cached_full_teacher(plan: Plan) -> Plan:
+    """A step-bounded run (``--max-steps``) bounds its teacher stage too — unless the teacher fine-tuned
+    at the full budget is already in the cache: then the run reads it, as it costs nothing."""
+    train = plan.config.train
+    if train.teacher_max_steps <= 0 or plan.config.teacher_finetuned:
+        return plan
+    full = dataclasses.replace(
+        plan, config=dataclasses.replace(plan.config, train=dataclasses.replace(train, teacher_max_steps=-1))
+    )
+    members = range(len(plan.teachers)) if plan.ensemble else [0]
+    for member in members:
+        settings = finetune_settings(full, "teacher", member)
+        folder = plan.paths.cache_dir / "stages" / f"{plan.config.task}-teacher-finetune-{stable_key(settings)}"
+        if not (folder / MARKER).is_file():
+            return plan
+    return full
 
 
 class Stages:
@@ -72,14 +134,10 @@ class Stages:
         self.log[name] = info | {"built_here": built or built_before}
 
     def seed_of(self, role: str, member: int = 0) -> int:
-        """The seed of a stage that trains ``role``: the teacher side may be pinned (``--teacher-seed``) so
-        that every student seed of a campaign distils from one teacher; each teacher of an ensemble has its
-        own (``--teacher-seeds``)."""
-        teacher_seed = self.plan.teachers[member].seed if self.plan.teachers else self.plan.config.teacher_seed
-        return teacher_seed if role == "teacher" and teacher_seed is not None else self.plan.config.seed
+        return stage_seed(self.plan, role, member)
 
     def teacher_source(self, member: int = 0) -> str:
-        return self.plan.teachers[member].source if self.plan.teachers else self.plan.teacher_source
+        return teacher_source(self.plan, member)
 
     def student_description(self) -> dict[str, Any]:
         """The student spec with its source and origin named portably."""
@@ -103,40 +161,13 @@ class Stages:
         returns (folder, info)."""
         config = self.plan.config
         data, training = self.sides[role]
-        cross = self.plan.cross_tokenizer
         if role == "teacher" and config.teacher_finetuned:
             source = resolve_model(config.teacher_finetuned)
             info = {"source": self.plan.identity(source), "weights_sha256": weights_sha256(source), "trained": False}
             return Path(source), info
-        if role == "teacher":
-            init: dict[str, Any] = {
-                "source": self.plan.identity(self.teacher_source(member)),
-                "weights_sha256": weights_sha256(self.teacher_source(member)),
-            }
-        else:
-            init = {
-                "student": self.student_description(),
-                "teacher_source": self.plan.identity(self.plan.teacher_source),
-            }
+        settings = finetune_settings(self.plan, role, member, self.student_description())
+        init = settings["init"]
         cfg = config.train.for_role(role)
-        settings = {
-            "role": role,
-            "init": init,
-            "task": config.task,
-            "data": self.plan.data_sha256,
-            "lr": cfg.learning_rate,
-            "epochs": cfg.epochs,
-            "max_steps": cfg.max_steps,
-            "seed": self.seed_of(role, member),
-            "train": {
-                k: getattr(cfg, k)
-                for k in ("batch_size", "warmup_steps", "weight_decay", "max_seq_length", "max_train_samples")
-            },
-            **({"task_options": config.task_options} if config.task_options else {}),
-            # a student with its own tokenizer trains on another tokenisation (the teacher's key is unchanged)
-            **({"tokenizer": self.plan.identity(self.plan.student_tokenizer)} if role == "student" and cross else {}),
-            **optional_stage_settings(cfg),
-        }
         folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
         name = f"teacher-{member + 1}-finetune" if role == "teacher" and self.plan.ensemble else f"{role}-finetune"
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from distillbench.config import result_settings
 from distillbench.families import architecture
+from distillbench.leaderboard import bounded_by
 from distillbench.models import load_config, student_config
 
 if TYPE_CHECKING:
@@ -50,6 +51,11 @@ def run_summary(record: dict[str, Any]) -> str:
         f"  wall time      {record['wall_time_s']:.0f} s",
         f"  record         {record.get('_path', record['run_id'])}",
     ]
+    bounded = bounded_by(record)
+    if bounded:
+        lines.append(
+            f"  bounded        {', '.join(bounded)}: a smoke test, left out of tables (--include-bounded shows it)"
+        )
     return "\n".join(lines)
 
 

@@ -44,6 +44,7 @@ class Task:
     column_label: ClassVar[str] = ""  # a table's column header, e.g. "MRPC acc/F1"
     short_label: ClassVar[str] = ""  # in titles and figures, e.g. "MRPC" (default: column_label's first word)
     benchmark: ClassVar[str] = ""  # tasks of one benchmark share an average column ("GLUE")
+    label_names: ClassVar[tuple[str, ...] | None] = None  # a classification task's labels, as its data spells them
     display_scale: ClassVar[float] = 100.0  # tables show metric × scale (GLUE fractions → %, SQuAD already %)
     display_decimals: ClassVar[int] = 1
     deterministic_inputs: ClassVar[bool] = True  # False when the collator randomises inputs (MLM masking)

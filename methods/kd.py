@@ -22,7 +22,7 @@ from distillbench.losses import REGRESSION_KD_ALPHA
 
 @register_method("kd")
 class KD(Method):
-    """Hinton KD: task loss + kl_alpha · KL(student/T ‖ teacher/T) · T² (MSE to teacher for regression)."""
+    """Hinton KD: task loss + kl_alpha · KL(teacher/T ‖ student/T) · T² (MSE to teacher for regression)."""
 
     is_baseline = True
     table_order = 10

@@ -366,6 +366,7 @@ def _register(spec: GlueSpec) -> None:
             "eval_splits": tuple(spec.eval_files),
             "train_defaults": spec.train_defaults,
             "paper_metrics": _paper_metrics(spec),
+            "label_names": spec.labels,
             "column_label": f"{spec.folder} {'/'.join(SHORT_NAMES[m] for m in spec.metric_names)}"
             + (" m/mm" if len(spec.eval_files) > 1 else ""),
             "__module__": __name__,

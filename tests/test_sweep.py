@@ -110,14 +110,24 @@ def test_table_significance_and_compare_read_a_sweeps_records(tiny_bert, glue_di
     grid = ("--methods", "finetune,kd,lwd", "--tasks", "mrpc", "--seeds", "1,2")
     assert main(sweep_args(tiny_bert, glue_dir, grid=grid)) == 0
     capsys.readouterr()
+    # the sweep's runs are step-bounded smoke tests: left out unless asked
     assert main(["table", "--significance", "--include-dirty", "--resamples", "1000"]) == 0
+    assert "No usable records" in capsys.readouterr().out
+    bounded = ["--include-dirty", "--include-bounded", "--resamples", "1000"]
+    assert main(["table", "--significance", *bounded]) == 0
     out = capsys.readouterr().out
-    assert "Holm-corrected over the 3 comparisons of this table" in out  # kd, lwd vs finetune; lwd vs kd
+    assert out.startswith("Experiment 1: MRPC")
+    assert "Holm-corrected over the 3 comparisons of this" in out  # kd, lwd vs finetune; lwd vs kd
     assert "† / ‡: better / worse than finetune; ⁺ / ⁻: better / worse than kd" in out
     assert "avg" not in out  # one task: no average column
-    assert main(["compare", "lwd", "finetune", "--task", "mrpc", "--include-dirty", "--resamples", "1000"]) == 0
+    assert "| p seeds (min)" in out and "(min 0.33)" in out  # 2 vs 2 seeds: the smallest p is 2/6
+    assert main(["compare", "lwd", "finetune", "--task", "mrpc", *bounded]) == 0
     out = capsys.readouterr().out
-    assert "paired bootstrap over dev examples, 2 seed pair(s) [1, 2], 1000 resamples" in out
-    assert "exact permutation test" in out and "95% CI [" in out
-    assert main(["compare", "lwd", "minilm", "--task", "mrpc", "--include-dirty"]) == 2
-    assert "no usable mrpc records of method 'minilm'" in capsys.readouterr().err
+    assert "paired bootstrap, 2 seed pair(s) [1, 2], 1,000 resamples" in out
+    assert "would the gap survive another dev set?" in out and "would it survive other training seeds?" in out
+    assert "exact permutation test of 2 vs 2 seeds" in out and "the smallest it can give with these seeds: 0.33" in out
+    assert main(["compare", "lwd", "minilm", "--task", "mrpc", *bounded]) == 2
+    err = capsys.readouterr().err
+    assert "no mrpc records of method 'minilm'" in err and "did you mean 'minilmv2'?" not in err
+    assert main(["compare", "lwdd", "finetune", "--task", "mrpc", *bounded]) == 2
+    assert "did you mean 'lwd'?" in capsys.readouterr().err
