@@ -570,7 +570,6 @@ def command_compare(args: argparse.Namespace) -> int:
     if args.resamples < 1000:
         raise UserError("--resamples must be at least 1000")
     task = get_task(args.task)
-    announce(args)
     selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
     records = [r for r in selection.records if r["task"] == args.task and r.get("role") == "student"]
     labels = sorted({method_label(r) for r in records})
@@ -599,6 +598,7 @@ def command_compare(args: argparse.Namespace) -> int:
             wanted = "".join(f", {k} containing {v!r}" for k, v in (("teacher", teacher), ("student", student)) if v)
             raise UserError(f"no usable {args.task} records of method {method!r} (setting {args.setting!r}{wanted})")
         chosen.append(mine)
+    announce(args)
 
     def of(side: int, experiment: tuple) -> list[dict]:
         return [r for r in chosen[side] if row_key(r)[2:] == experiment]
@@ -795,6 +795,8 @@ def choose_results_dir(args: argparse.Namespace) -> None:
 
 def announce(args: argparse.Namespace) -> None:
     """The first line a reading command prints, once its arguments are valid: which folder it reads."""
+    if not args.results_dir.is_dir():
+        raise UserError(f"results directory {args.results_dir} does not exist")
     print(args.source.line(), file=sys.stderr)
 
 

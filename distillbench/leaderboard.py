@@ -170,9 +170,13 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False, include_b
             selection.excluded["bounded (preset, --max-steps; --include-bounded shows them)"] += 1
         else:
             candidates.append(record)
-    derived = derived_teachers(candidates)
-    spoken_for = {row_key(r) for r in derived}
-    candidates = [r for r in candidates if r.get("role") != "teacher" or row_key(r) not in spoken_for] + derived
+    teachers = read_teachers(candidates)
+    spoken_for = {row_key(r) for r in teachers}
+    chosen = {id(r) for r in teachers}
+    candidates = [
+        r for r in candidates if r.get("role") != "teacher" or (id(r) not in chosen and row_key(r) not in spoken_for)
+    ]
+    candidates += teachers
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for record in candidates:
         groups[row_key(record)][config_fingerprint(record)].append(record)
@@ -186,10 +190,12 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False, include_b
     return selection
 
 
-def derived_teachers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A teacher row for every distinct teacher (or ensemble) the student records distilled from: its dev
-    score, recorded in each student's record, counted once per teacher (the teacher's seeds, not the
-    students', make its n)."""
+def read_teachers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A teacher row for every distinct teacher (or ensemble) the student records distilled from: the
+    teacher's own record when it is there (its run id is the key the students name), else a row read
+    from a student's record, which holds the teacher's dev score (an ensemble's is only there). Counted
+    once per teacher: the teacher's seeds, not the students', make its n."""
+    own_records = {r.get("run_id"): r for r in records if r.get("role") == "teacher"}
     found: dict[tuple, dict[str, Any]] = {}
     for record in records:
         teacher = record.get("teacher") or {}
@@ -197,26 +203,27 @@ def derived_teachers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         members = teacher.get("members") or [teacher]
         key = (row_key(record)[2:], record["task"], *(member["key"] for member in members))
-        found.setdefault(
-            key,
-            {
-                **{k: record.get(k) for k in ("kind", "task", "setting", "git", "train", "data", "main_metric")},
-                **{k: record.get(k) for k in ("model", "teacher_seed", "preset", "majority_baseline")},
-                "role": "teacher",
-                "method": "finetune",
-                "status": "complete",
-                "seed": members[0]["settings"]["seed"],
-                "hparams": {},
-                "teacher": teacher,
-                "metrics": teacher["metrics"],
-                "epochs": teacher.get("epochs"),
-                "run_id": "teacher-" + "-".join(member["key"].rsplit("-", 1)[-1] for member in members),
-                # the score is read from this student record, which names it in its provenance
-                "_path": record.get("_path"),
-                "derived_from": record.get("run_id"),
-            },
-        )
-    return list(found.values())
+        if key in found:
+            continue
+        own = own_records.get(teacher.get("key")) if not teacher.get("members") else None
+        found[key] = own or {
+            **{k: record.get(k) for k in ("kind", "task", "setting", "git", "train", "data", "main_metric")},
+            **{k: record.get(k) for k in ("model", "teacher_seed", "preset", "majority_baseline")},
+            "role": "teacher",
+            "method": "finetune",
+            "status": "complete",
+            "seed": members[0]["settings"]["seed"],
+            "hparams": {},
+            "teacher": teacher,
+            "metrics": teacher["metrics"],
+            "epochs": teacher.get("epochs"),
+            "run_id": "teacher-" + "-".join(member["key"].rsplit("-", 1)[-1] for member in members),
+            # the score is read from this student record, which names it in its provenance
+            "_path": record.get("_path"),
+            "derived_from": record.get("run_id"),
+        }
+    unique = {id(r): r for r in found.values()}  # one teacher record may serve several experiments
+    return list(unique.values())
 
 
 def score_of(record: dict[str, Any], score: str) -> dict[str, float]:

@@ -114,7 +114,7 @@ def test_an_ensemble_of_teacher_seeds_runs_end_to_end(tiny_bert, glue_dir, workd
     assert teacher_label(student) == "2-teacher ensemble: tiny-bert0 (seeds 1, 2)"
     from distillbench.leaderboard import aggregate, collect
 
-    records = collect(workdir / "results", include_dirty=True).records
+    records = collect(workdir / "results", include_dirty=True, include_bounded=True).records
     stats = aggregate(records)
     rows = stats[(stats["method"] == "teacher") & (stats["teacher"] == teacher_label(student))]
     assert dict(zip(rows["metric"], rows["mean"], strict=True)) == pytest.approx(expected)
@@ -185,7 +185,7 @@ def test_compare_picks_rows_by_teacher_label(tiny_bert, glue_dir, workdir, capsy
     assert run_ensemble(tiny_bert, glue_dir, "--teacher-seeds", "1,2") == 0
     assert run_ensemble(tiny_bert, glue_dir, "--teacher-seed", "1") == 0
     capsys.readouterr()
-    common = ["compare", "kd", "kd", "--task", "mrpc", "--include-dirty", "--resamples", "1000"]
+    common = ["compare", "kd", "kd", "--task", "mrpc", "--include-dirty", "--include-bounded", "--resamples", "1000"]
     assert main([*common, "--teacher", "ensemble", "--baseline-teacher", "(seed 1)"]) == 0
     out = capsys.readouterr().out
     assert "A: teacher 2-teacher ensemble: tiny-bert0 (seeds 1, 2)" in out and "B: teacher tiny-bert0 (seed 1)" in out

@@ -74,11 +74,11 @@ def test_tiny_study_records_best_params_and_run_params_best(tiny_bert, glue_dir,
 
     # the tuned run is a row of its own beside the reference settings, and compare names it
     assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), "--seed", "7", "--teacher-seed", "42"]) == 0
-    results = ["--results-dir", str(workdir / "results"), "--include-dirty"]
+    results = ["--results-dir", str(workdir / "results"), "--include-dirty", "--include-bounded"]
     capsys.readouterr()
-    assert main(["table", "--tasks", "mrpc", *results]) == 0
+    assert main(["table", "--tasks", "mrpc", "--experiment", "1", *results]) == 0
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert rows[1:] == ["teacher", "kd", "kd (tuned)"]
+    assert rows[1:] == ["teacher", "majority class", "kd", "kd (tuned)"]
     assert main(["compare", "kd (tuned)", "kd", "--task", "mrpc", "--resamples", "1000", *results]) == 0
     assert re.search(r"mrpc accuracy: kd \(tuned\) [\d.]+ vs kd [\d.]+", capsys.readouterr().out)
 
