@@ -172,9 +172,11 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False, include_b
             candidates.append(record)
     teachers = read_teachers(candidates)
     spoken_for = {row_key(r) for r in teachers}
-    chosen = {id(r) for r in teachers}
+    chosen = {r["run_id"] for r in teachers}
     candidates = [
-        r for r in candidates if r.get("role") != "teacher" or (id(r) not in chosen and row_key(r) not in spoken_for)
+        r
+        for r in candidates
+        if r.get("role") != "teacher" or (r["run_id"] not in chosen and row_key(r) not in spoken_for)
     ]
     candidates += teachers
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -206,7 +208,10 @@ def read_teachers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if key in found:
             continue
         own = own_records.get(teacher.get("key")) if not teacher.get("members") else None
-        found[key] = own or {
+        if own is not None:  # labelled as its students name it: a teacher built unpinned, read by pinned students
+            found[key] = own | {"teacher_seed": record.get("teacher_seed")}
+            continue
+        found[key] = {
             **{k: record.get(k) for k in ("kind", "task", "setting", "git", "train", "data", "main_metric")},
             **{k: record.get(k) for k in ("model", "teacher_seed", "preset", "majority_baseline")},
             "role": "teacher",
@@ -222,7 +227,7 @@ def read_teachers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "_path": record.get("_path"),
             "derived_from": record.get("run_id"),
         }
-    unique = {id(r): r for r in found.values()}  # one teacher record may serve several experiments
+    unique = {(row_key(r), r["run_id"]): r for r in found.values()}  # one teacher may serve several experiments
     return list(unique.values())
 
 

@@ -165,7 +165,7 @@ OTHER_CASES = {
     "plot loss without run": (["plot", "loss"], "plot loss needs --run PATH"),
     "plot loss on a truncated record": (["plot", "loss", "--run", "TRUNCATED"], "is not a readable run record"),
     "compare unknown task": (["compare", "kd", "finetune", "--task", "mrcp"], "unknown task 'mrcp'"),
-    "compare without records": (["compare", "kd", "finetune", "--task", "mrpc"], "no usable mrpc records"),
+    "compare without records": (["compare", "kd", "finetune", "--task", "mrpc"], "no mrpc records of method 'kd'"),
     "sweep without grid": (["sweep", "--methods", "kd"], "sweep needs --tasks"),
     "sweep bad seeds": (["sweep", "--methods", "kd", "--tasks", "mrpc", "--seeds", "1,x"], "comma-separated integers"),
     "sweep missing file": (["sweep", "--file", "none.toml"], "cannot read sweep file none.toml"),
