@@ -207,7 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     efficiency.add_argument("--data-dir", help="the data folder (default: $DISTILLBENCH_DATA, else hub)")
     efficiency.add_argument("--teacher", help="the teacher architecture, when the records' one is not on this machine")
     bench = commands.add_parser("bench", help="harness vs plain PyTorch, teacher cache, eval throughput, memory")
-    bench.add_argument("--task", required=True, help="a registered task (see `distillbench list`)")
+    bench.add_argument("--task", help="a registered task (see `distillbench list`); not with --reading")
+    bench.add_argument(
+        "--reading",
+        action="store_true",
+        help="time reading instead: list/show start-up, leaderboard cold and warm, on <results-dir>'s records",
+    )
     bench.add_argument("--teacher", default="minilm-l6")
     bench.add_argument(
         "--steps", type=int, default=0, help="batches per phase, the same in every phase (default 0: one epoch)"
@@ -761,6 +766,16 @@ def command_bench(args: argparse.Namespace) -> int:
     from distillbench.bench_report import whole_runs_line
     from distillbench.planning import cache_root
 
+    if args.reading:
+        from distillbench.reading_bench import run_reading_bench
+
+        if not any((args.results_dir / "runs").glob("*.json")):
+            raise UserError(f"bench --reading: no run records under {args.results_dir} to read")
+        record = run_reading_bench(args.results_dir, echo=lambda m: print(m, file=sys.stderr))
+        print(f"record {record['_path']}")
+        return 0
+    if not args.task:
+        raise UserError("bench needs --task (or --reading)")
     if (args.steps and args.steps <= args.warmup) or args.warmup < 1 or args.rounds < 1:
         raise UserError("bench needs --steps > --warmup ≥ 1 (or --steps 0: one epoch) and --rounds ≥ 1")
     if args.end_to_end_epochs < 0:

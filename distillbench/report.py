@@ -29,6 +29,7 @@ from distillbench.experiments import (
     score_table,
 )
 from distillbench.leaderboard import Selection, Significance, aggregate, collect, reference_table, render, row_key
+from distillbench.reading_bench import reading_markdown
 from distillbench.records import read_records
 from distillbench.task import get_task
 
@@ -231,6 +232,7 @@ def generated_sections(results_dir: Path, reading: Reading | None = None) -> dic
         "headline": headline_markdown(reading),
         "results": leaderboard_markdown(reading, figure_paths(reading)),
         "bench": bench_markdown(results_dir),
+        "reading": reading_markdown(results_dir),
         "performance": performance_summary(results_dir),
     }
 

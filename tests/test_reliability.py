@@ -172,7 +172,7 @@ OTHER_CASES = {
     "tune pruner": (["tune", "--method", "kd", "--task", "mrpc", "--pruner", "coin"], "unknown pruner 'coin'"),
     "tune trials": (["tune", "--method", "kd", "--task", "mrpc", "--trials", "0"], "--trials must be at least 1"),
     "bench steps": (["bench", "--task", "mrpc", "--steps", "2", "--warmup", "3"], "bench needs --steps > --warmup"),
-    "bench task": (["bench"], "the following arguments are required: --task"),
+    "bench task": (["bench"], "bench needs --task (or --reading)"),
     "bench end to end": (["bench", "--task", "mrpc", "--end-to-end", "-1"], "--end-to-end -1.0: epochs must be ≥ 0"),
 }
 
