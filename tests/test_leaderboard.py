@@ -162,7 +162,12 @@ def test_committed_leaderboard_and_readmes_are_generated_from_committed_records(
     results = committed_results(tmp_path)
     sections = generated_sections(results)
     assert committed_text("results/leaderboard.md") == f"# Leaderboard\n\n{sections['results']}"
-    for readme, names in (("README.md", ["performance"]), ("results/README.md", ["headline", "results", "bench"])):
+    documents = (
+        ("README.md", ["performance"]),
+        ("results/README.md", ["headline", "results", "bench"]),
+        ("docs/performance.md", ["reading"]),
+    )
+    for readme, names in documents:
         text = committed_text(readme)
         assert all(section_markers(name)[0] in text for name in names)
         assert fill_sections(text, sections) == text
