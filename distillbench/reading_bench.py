@@ -85,7 +85,8 @@ def reading_markdown(results_dir: Path) -> str:
         "| command | seconds | target |",
         "|:--|--:|--:|",
     ]
-    for name, seconds in record["timings_s"].items():
-        target = TARGETS_S.get(name)
+    timings = record["timings_s"]
+    for name in sorted(timings, key=lambda n: list(TARGETS_S).index(n) if n in TARGETS_S else len(TARGETS_S)):
+        seconds, target = timings[name], TARGETS_S.get(name)
         lines.append(f"| `{name}` | {seconds:.1f} | {'≤ ' + format(target, 'g') if target else ''} |")
     return "\n".join(lines)
