@@ -21,7 +21,7 @@ from distillbench.leaderboard import (
     EXPERIMENT,
     Significance,
     Table,
-    _cell,
+    format_cell,
     aggregate,
     bounded_by,
     build_table,
@@ -155,7 +155,7 @@ def score_table(experiment: Experiment, score: str, marks: Significance | None =
             task = get_task(task_name)
             found = [(scores[m], 0.0, 1) for m in task.paper_metrics if m in scores]
             if task.column_label in row and found:
-                row[task.column_label] = _cell(found, task.display_scale, task.display_decimals)
+                row[task.column_label] = format_cell(found, task.display_scale, task.display_decimals)
         position = int((cells["method"] == "teacher").sum())
         cells = pd.concat([cells.iloc[:position], pd.DataFrame([row]), cells.iloc[position:]], ignore_index=True)
         best = {(i + (i >= position), column) for i, column in table.best}
@@ -272,7 +272,7 @@ def history_table(experiments: list[Experiment], score: str) -> pd.DataFrame:
                         # no setting column: a student pre-trained first is named so ("kd-pretrain student")
                         "student": "-" if method == "teacher" else experiment.student,
                         "budget": experiment.budget + (" (bounded)" if experiment.bounded else ""),
-                        "score": _cell(present, task.display_scale, task.display_decimals),
+                        "score": format_cell(present, task.display_scale, task.display_decimals),
                         "metrics": task.column_label.removeprefix(short_label(task_name)).strip(),
                     }
                 )

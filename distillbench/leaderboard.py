@@ -274,7 +274,7 @@ class Table:
     title: str
 
 
-def _cell(stats: list[tuple[float, float, int]], scale: float, decimals: int) -> str:
+def format_cell(stats: list[tuple[float, float, int]], scale: float, decimals: int) -> str:
     parts = []
     for mean, std, n in stats:
         text = f"{mean * scale:.{decimals}f}"
@@ -284,7 +284,7 @@ def _cell(stats: list[tuple[float, float, int]], scale: float, decimals: int) ->
     return "/".join(parts)
 
 
-def _method_order(label: str) -> tuple[int, str]:
+def method_order(label: str) -> tuple[int, str]:
     """The teacher row first, then methods by the ``table_order`` they declare (unknown ones last), a
     tuned row right after its method's reference row."""
     if label == "teacher":
@@ -416,7 +416,7 @@ def build_table(
     task_names = [t for t in list_tasks() if t in set(stats["task"])]
     row_keys = sorted(
         {tuple(r) for r in stats[["method", *EXPERIMENT]].itertuples(index=False)},
-        key=lambda k: (k[3], k[4], k[1], _method_order(k[0]), k[2]),
+        key=lambda k: (k[3], k[4], k[1], method_order(k[0]), k[2]),
     )
     lookup = {
         (r.task, r.method, r.teacher, r.student, r.setting, r.budget, r.metric): (r.mean, r.std, r.n)
@@ -433,7 +433,9 @@ def build_table(
             found = [lookup.get((task_name, method, *experiment, m)) for m in task.paper_metrics]
             present = [f for f in found if f is not None]
             mark = (markers or {}).get((task_name, method, *experiment), "")
-            row[task.column_label] = _cell(present, task.display_scale, task.display_decimals) + mark if present else ""
+            row[task.column_label] = (
+                format_cell(present, task.display_scale, task.display_decimals) + mark if present else ""
+            )
             if present:
                 ns.update(f[2] for f in present)
                 main_scores[task.column_label][index] = present[0][0] * (1 if task.greater_is_better else -1)

@@ -161,9 +161,9 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
         check_cross_tokenizer(config, method, task)
     check_teacher_cache(config, method, task)
     # the data last, so a dry run checks the model pair first; missing files raise before anything is written
+    task.data_files()
     if task.data_dir is None:
         require_hub_for_data(config.task)
-    task.data_files()
     data_sha = task.data_sha256()
     key = stable_key(
         {

@@ -22,7 +22,7 @@ from scipy import stats
 from distillbench.errors import UserError
 from distillbench.experiments import Experiment
 from distillbench.history import main_metric_key
-from distillbench.leaderboard import TUNED, _method_order, aggregate
+from distillbench.leaderboard import TUNED, method_order, aggregate
 from distillbench.task import get_task, short_label
 
 # No creation date or software version in the files: a committed figure changes only with its records.
@@ -72,7 +72,7 @@ def experiment_figure(experiment: Experiment, score: str = "final") -> plt.Figur
     an inverted axis, so better is always to the right."""
     scores = aggregate(experiment.records, score)
     tasks = experiment.tasks
-    methods = sorted({m for m in scores["method"] if m != "teacher"}, key=_method_order)
+    methods = sorted({m for m in scores["method"] if m != "teacher"}, key=method_order)
     colours = method_colours(methods)
     majority = experiment.majority()
     figure, axes = plt.subplots(1, len(tasks), figsize=(5.8 * len(tasks), 0.38 * len(methods) + 2.0), squeeze=False)

@@ -253,5 +253,5 @@ def test_train_and_dev_files_by_name(tiny_bert, squad_dir, workdir, tmp_path, ca
 
     monkeypatch.delenv("DISTILLBENCH_DATA", raising=False)
     hub = [a for a in tiny_run_args(tiny_bert, squad_dir, "finetune", "squad_v2") if a != str(squad_dir)]
-    assert main([a for a in hub if a != "--data-dir"] + by_name) == 2
+    assert main([a for a in hub if a != "--data-dir"] + small + by_name) == 2  # a valid pair: the data is checked last
     assert "train_file/dev_file name files under --data-dir" in capsys.readouterr().err
