@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from distillbench import distributed
-from distillbench.errors import UserError
+from distillbench.errors import HeldElsewhere
 from distillbench.records import write_json_atomic
 
 MARKER = "done.json"
@@ -39,7 +39,7 @@ def exclusive(lock_path: Path, wait: bool = True) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise UserError(f"another process holds {lock_path} (the same run is already running)") from None
+            raise HeldElsewhere(f"another process holds {lock_path} (the same run is already running)") from None
         try:
             yield
         finally:

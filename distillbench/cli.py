@@ -19,6 +19,7 @@ WRITE_HELP = (
     "where records go (default: the workspace ./distillbench-runs or $DISTILLBENCH_RESULTS; "
     "the published campaign only when told: --results-dir results)"
 )
+STRICT_HELP = "exit 1 when a comparison could not be made (a missing or altered predictions file); CI uses it"
 BOUNDED_HELP = "keep runs cut short by a preset, --max-steps or max_train_samples (left out by default)"
 READ_HELP = "records to read (default: your workspace when it has runs, else the published results)"
 EXIT_USAGE = 2
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mark cells better/worse than the baselines (paired bootstrap, Holm-corrected); legend below",
     )
     table.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (--significance)")
+    table.add_argument("--strict", action="store_true", help=STRICT_HELP)
     table.add_argument("--results-dir", type=Path, help=READ_HELP)
     table.add_argument("--out", type=Path, help="write here instead of stdout")
     compare = commands.add_parser("compare", help="is method A better than method B on a task? (bootstrap + seeds)")
@@ -197,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaderboard.add_argument(
         "--html", type=Path, metavar="DIR", help="write the page as DIR/index.html (nothing else is written)"
     )
+    leaderboard.add_argument("--strict", action="store_true", help=STRICT_HELP)
     leaderboard.add_argument(
         "--screenshot", action="store_true", help="with --html: DIR/screenshot.png by headless Chromium (selenium)"
     )
@@ -397,18 +400,19 @@ def command_tune(args: argparse.Namespace) -> int:
 
 
 def sweep_spec(args: argparse.Namespace):
-    from distillbench.sweep import SweepSpec, parse_list
+    from distillbench.sweep import SweepSpec, names_of, parse_list, seeds_of
 
     spec = SweepSpec.from_toml(args.spec) if args.spec else SweepSpec(methods=[], tasks=[], seeds=[])
     if args.methods:
-        spec.methods = parse_list(args.methods, "methods")
+        spec.methods = names_of(parse_list(args.methods, "methods"), "--methods")
     if args.tasks:
-        spec.tasks = parse_list(args.tasks, "tasks")
+        spec.tasks = names_of(parse_list(args.tasks, "tasks"), "--tasks")
     if args.seeds:
         try:
-            spec.seeds = [int(s) for s in parse_list(args.seeds, "seeds")]
+            seeds = [int(s) for s in parse_list(args.seeds, "seeds")]
         except ValueError:
             raise UserError(f"--seeds {args.seeds}: expected comma-separated integers") from None
+        spec.seeds = seeds_of(seeds, "--seeds")
     for kind, values in (("methods", spec.methods), ("tasks", spec.tasks), ("seeds", spec.seeds)):
         if not values:
             raise UserError(f"sweep needs --{kind} (or a sweep file that lists them)")
@@ -512,11 +516,12 @@ def command_table(args: argparse.Namespace) -> int:
                 f"--experiment {args.experiment}: there are {len(experiments)} experiments (1–{len(experiments)})"
             )
         shown, past = chosen, []
-    blocks = []
+    blocks, skipped = [], 0
     for experiment in [] if args.history else shown:
         marks = None
         if args.significance:
             marks = experiment_significance(experiment, args.score, args.resamples, progress=True)
+            skipped += len(marks.skipped)
         block = f"{_wrap(experiment.title())}\n{args.score} epoch, dev set; mean ± std over seeds, ×100\n\n"
         block += render(score_table(experiment, args.score, marks), args.format)
         if marks:
@@ -544,6 +549,14 @@ def command_table(args: argparse.Namespace) -> int:
         args.out.write_text(text + "\n")
     else:
         print(text)
+    return strict_exit(args.strict, skipped)
+
+
+def strict_exit(strict: bool, skipped: int) -> int:
+    """Under ``--strict``, a comparison that could not be made fails the command (after its output)."""
+    if strict and skipped:
+        print(f"error: {skipped} comparison(s) could not be made (listed under their tables)", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -723,7 +736,7 @@ def command_leaderboard(args: argparse.Namespace) -> int:
                 )
             print(f"screenshot {screenshot(page, args.html / 'screenshot.png', binary, driver)}", file=sys.stderr)
     print(sections["results"])
-    return 0
+    return strict_exit(args.strict, sum(len(marks.skipped) for marks in reading.marks.values()))
 
 
 def check_output_paths(html: Path | None, files: list[Path]) -> None:

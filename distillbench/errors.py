@@ -9,6 +9,11 @@ class UserError(Exception):
     """
 
 
+class HeldElsewhere(UserError):
+    """Another process holds the run's lock: it is running there (a sweep counts it as running elsewhere,
+    not as failed)."""
+
+
 class RunFailed(Exception):
     """A valid run that could not finish (e.g. its loss diverged): exit code 1, no record written."""
 

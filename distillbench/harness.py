@@ -117,7 +117,7 @@ class Runner:
             teacher_cache=None if live else cache_entry(caches),
             model=self._model_fields(out_dir, student.config, student_init_sha, teacher_config),
             predictions=write_predictions(plan.paths.results_dir, plan.run_name, capture),
-            resumed_from=resumed_from,
+            resumed_from=resumed_from and portable_path(resumed_from, plan.roots | {"output": plan.output_folder}),
         )
 
     def _finetune_stage_run(self, out_dir: Path, started: float) -> dict[str, Any] | None:

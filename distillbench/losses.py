@@ -16,6 +16,12 @@ from torch import Tensor
 from distillbench.errors import UserError
 
 
+def at_least_float32(tensor: Tensor) -> Tensor:
+    """Half precision (fp16/bf16 autocast outputs) up to float32 for a stable loss; float32 and float64
+    stay as they are (``.float()`` would downcast float64 inputs, e.g. in a float64 gradient check)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton et al.: KL(softmax(t/T) ‖ softmax(s/T)) averaged over rows ('batchmean'), times T².
 
@@ -23,8 +29,8 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     (``F.kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean") * T**2``); rows are the leading
     dimensions, classes the last.
     """
-    s = student_logits.float().reshape(-1, student_logits.shape[-1]) / temperature
-    t = teacher_logits.float().reshape(-1, teacher_logits.shape[-1]) / temperature
+    s = at_least_float32(student_logits).reshape(-1, student_logits.shape[-1]) / temperature
+    t = at_least_float32(teacher_logits).reshape(-1, teacher_logits.shape[-1]) / temperature
     kl = F.kl_div(F.log_softmax(s, dim=-1), F.softmax(t, dim=-1), reduction="batchmean")
     return kl * temperature**2
 
@@ -37,9 +43,12 @@ def ensemble_logits(members: list[Tensor], weights: list[float], output_type: st
     distributions. Regression: the weighted mean prediction. Weights sum to one.
     """
     if output_type == "regression":
-        return sum(w * t.float() for w, t in zip(weights, members, strict=True))
+        return sum(w * at_least_float32(t) for w, t in zip(weights, members, strict=True))
     log_probs = torch.stack(
-        [math.log(w) + F.log_softmax(t.float() / temperature, dim=-1) for w, t in zip(weights, members, strict=True)]
+        [
+            math.log(w) + F.log_softmax(at_least_float32(t) / temperature, dim=-1)
+            for w, t in zip(weights, members, strict=True)
+        ]
     )
     return temperature * torch.logsumexp(log_probs, dim=0)
 
@@ -55,7 +64,9 @@ def logit_kd(student: list[Tensor], teacher: list[Tensor], output_type: str, tem
     """Mean over a task's distillable outputs (classification logits; QA start and end logits; MLM
     logits at masked positions) of softened KL, or of the MSE between predictions for regression."""
     terms = [
-        F.mse_loss(s.float(), t.float()) if output_type == "regression" else soft_kl(s, t, temperature)
+        F.mse_loss(at_least_float32(s), at_least_float32(t))
+        if output_type == "regression"
+        else soft_kl(s, t, temperature)
         for s, t in zip(student, teacher, strict=True)
     ]
     return sum(terms) / len(terms)
@@ -66,7 +77,10 @@ def mse(student: Tensor, teacher: Tensor, mask: Tensor | None = None) -> Tensor:
 
     The TED reference averages over all positions, padding included; ``mask=None`` reproduces that.
     """
-    student, teacher = student.float(), teacher.float()  # losses in float32, also under bf16/fp16 autocast
+    student, teacher = (
+        at_least_float32(student),
+        at_least_float32(teacher),
+    )  # losses in float32, also under bf16/fp16 autocast
     if mask is None:
         return F.mse_loss(student, teacher)
     weights = mask.to(student.dtype).unsqueeze(-1)
@@ -99,7 +113,7 @@ def relation_log_probs(left: Tensor, right: Tensor, heads: int, attention_mask: 
     With A = Q, B = K this is the attention distribution itself; with A = B = X (Q, K or V) it is
     MiniLM's self-relation.
     """
-    a, b = split_heads(left.float(), heads), split_heads(right.float(), heads)
+    a, b = split_heads(at_least_float32(left), heads), split_heads(at_least_float32(right), heads)
     scores = a @ b.transpose(-1, -2) / math.sqrt(a.shape[-1])
     key_mask = attention_mask[:, None, None, :].bool()
     scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)

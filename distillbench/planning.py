@@ -119,6 +119,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     for what, folder in (("results", paths.results_dir), ("cache", paths.cache_dir), ("output", paths.output_dir)):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{what} folder {folder} is a file")
+    check_seeds(config)
     check_fields(config.train, "--set")
     parse_report_to(config.train.report_to)
     if config.train.bf16 and config.train.fp16:
@@ -189,15 +190,26 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     )
 
 
+def check_seeds(config: RunConfig) -> None:
+    """Seeds are non-negative integers (numpy and the Trainer refuse negative ones mid-run)."""
+    given = [("--seed", config.seed), ("--teacher-seed", config.teacher_seed)]
+    given += [("--teacher-seeds", seed) for seed in config.teacher_seeds or ()]
+    for flag, seed in given:
+        if seed is not None and seed < 0:
+            raise UserError(f"{flag} {seed}: seeds are non-negative integers")
+
+
 def teacher_identity(config: RunConfig) -> dict[str, Any]:
     return {"source": config.teacher, "finetuned": config.teacher_finetuned}
 
 
 def teacher_members(config: RunConfig) -> list[TeacherMember]:
     """The run's teachers: ``--teacher a,b,c`` (one seed each), or one model with ``--teacher-seeds``."""
-    specs = [spec.strip() for spec in config.teacher.split(",") if spec.strip()]
-    if not specs:
+    specs = [spec.strip() for spec in config.teacher.split(",")]
+    if not any(specs):
         raise UserError("--teacher: no model given")
+    if not all(specs):
+        raise UserError(f"--teacher {config.teacher}: an empty member (a stray comma?)")
     seeds = list(config.teacher_seeds or ())
     if len(specs) > 1 and seeds:
         raise UserError(

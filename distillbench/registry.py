@@ -38,7 +38,9 @@ class Registry(Generic[T]):
             if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
                 raise UserError(f"{self.kind} {name!r}: {obj!r} is not a subclass of {self.base.__name__}")
             if name in self._entries and self._entries[name] is not obj:
-                raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name]!r}")
+                existing = self._entries[name]
+                where = f"{existing.__module__}.{getattr(existing, '__qualname__', existing)}"
+                raise UserError(f"{self.kind} {name!r} is already registered by {where}: choose another name")
             self._entries[name] = obj
             obj.name = name  # type: ignore[attr-defined]
             return obj

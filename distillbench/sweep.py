@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillbench.errors import UserError
+from distillbench.errors import HeldElsewhere, UserError
 
 SPEC_KEYS = {"methods", "tasks", "seeds", "args", "task_args", "method_args", "estimate", "results_dir"}
 
@@ -39,28 +39,43 @@ class SweepSpec:
     def from_toml(cls, path: Path) -> SweepSpec:
         """A committed sweep file (``sweeps/<name>.toml``); unknown keys are errors, not silently ignored."""
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as error:
             raise UserError(f"cannot read sweep file {path}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"sweep file {path}: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as error:
             raise UserError(f"sweep file {path}: {error}") from None
         unknown = sorted(set(data) - SPEC_KEYS)
         if unknown:
             raise UserError(f"sweep file {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(SPEC_KEYS))})")
-        try:
-            return cls(
-                methods=[str(m) for m in data["methods"]],
-                tasks=[str(t) for t in data["tasks"]],
-                seeds=[int(s) for s in data["seeds"]],
-                args=[str(a) for a in data.get("args", [])],
-                task_args={k: [str(a) for a in v] for k, v in data.get("task_args", {}).items()},
-                method_args={k: [str(a) for a in v] for k, v in data.get("method_args", {}).items()},
-                results_dir=Path(data["results_dir"]) if "results_dir" in data else None,
-            )
-        except KeyError as error:
-            raise UserError(f"sweep file {path}: missing key {error.args[0]!r}") from None
-        except (TypeError, ValueError, AttributeError) as error:
-            raise UserError(f"sweep file {path}: {error}") from None
+        missing = [key for key in ("methods", "tasks", "seeds") if key not in data]
+        if missing:
+            raise UserError(f"sweep file {path}: missing key {missing[0]!r}")
+        where = f"sweep file {path}"
+        spec = cls(
+            methods=names_of(data["methods"], f"{where}: methods"),
+            tasks=names_of(data["tasks"], f"{where}: tasks"),
+            seeds=seeds_of(data["seeds"], f"{where}: seeds"),
+            args=strings_of(data.get("args", []), f"{where}: args"),
+            task_args=table_of(data.get("task_args", {}), f"{where}: task_args"),
+            method_args=table_of(data.get("method_args", {}), f"{where}: method_args"),
+            results_dir=Path(data["results_dir"]) if isinstance(data.get("results_dir"), str) else None,
+        )
+        if "results_dir" in data and not isinstance(data["results_dir"], str):
+            raise UserError(f"{where}: results_dir must be a string (a folder)")
+        spec.check_extras(where)
+        return spec
+
+    def check_extras(self, where: str) -> None:
+        """task_args / method_args name only tasks and methods of the grid: a typo is an error, not lost."""
+        for kind, extras, grid in (
+            ("task_args", self.task_args, self.tasks),
+            ("method_args", self.method_args, self.methods),
+        ):
+            stray = sorted(set(extras) - set(grid))
+            if stray:
+                raise UserError(f"{where}: {kind} for {stray[0]!r}, which is not in the grid ({', '.join(grid)})")
 
     def cells(self) -> list[tuple[str, str, int, list[str]]]:
         """(task, method, seed, run arguments) in execution order."""
@@ -102,6 +117,39 @@ class Cell:
     @property
     def label(self) -> str:
         return f"{self.task} {self.method} seed {self.seed}"
+
+
+def strings_of(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"{where}: expected a list of strings, got {value!r}")
+    return value
+
+
+def names_of(value: Any, where: str) -> list[str]:
+    """A list of distinct names: a repeated one would plan the same cells twice."""
+    names = strings_of(value, where)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{where}: {repeated[0]!r} is listed twice")
+    return names
+
+
+def seeds_of(value: Any, where: str) -> list[int]:
+    """Distinct non-negative integers, as written: "1", 1.7 or true are errors, not converted."""
+    if not isinstance(value, list) or not all(type(v) is int for v in value):
+        raise UserError(f"{where}: expected a list of integers, got {value!r}")
+    if any(v < 0 for v in value):
+        raise UserError(f"{where}: seeds are non-negative integers, got {min(value)}")
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+        raise UserError(f"{where}: seed {repeated[0]} is listed twice")
+    return value
+
+
+def table_of(value: Any, where: str) -> dict[str, list[str]]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a table of name = [arguments]")
+    return {name: strings_of(arguments, f"{where}.{name}") for name, arguments in value.items()}
 
 
 def wall_time_estimates(records: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
@@ -158,9 +206,14 @@ class SweepOutcome:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)  # cells another process was running
 
     def summary(self) -> str:
-        lines = [f"sweep: {len(self.ran)} ran, {len(self.skipped)} already complete, {len(self.failed)} failed"]
+        lines = [
+            f"sweep: {len(self.ran)} ran, {len(self.skipped)} already complete, "
+            f"{len(self.elsewhere)} running elsewhere, {len(self.failed)} failed"
+        ]
+        lines += [f"  running elsewhere: {label} (another process holds it)" for label in self.elsewhere]
         lines += [f"  failed: {label}: {reason}" for label, reason in self.failed]
         return "\n".join(lines)
 
@@ -186,6 +239,8 @@ def run_cells(cells: list[Cell], execute: Callable[[Cell], None], show_progress:
                 execute(cell)
             except KeyboardInterrupt:
                 raise
+            except HeldElsewhere:
+                outcome.elsewhere.append(cell.label)
             except Exception as error:
                 outcome.failed.append((cell.label, one_line(error)))
             else:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -32,6 +33,10 @@ from transformers import TrainerCallback
 from distillbench.config import TrainConfig
 from distillbench.errors import UserError
 from distillbench.records import write_json_atomic
+
+# Heartbeats and stale-trial retries are Optuna's "experimental" features, used on purpose: their
+# warning would be printed on every command, before any real message.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 PRUNERS = ("median", "hyperband", "none")
 CLAIMED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -83,8 +88,11 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def load_study(storage: str | None, study_name: str | None) -> optuna.Study:
+    """An existing study; a missing SQLite file is an error, never created empty."""
     if not storage or not study_name:
         raise UserError("--storage and --study-name are both needed to load a study")
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no study database at {storage.removeprefix('sqlite:///')} (tune writes one there)")
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

@@ -71,7 +71,7 @@ def test_without_a_workspace_readers_read_the_published_results(tmp_path, monkey
 
 
 def test_the_terminal_table_keeps_to_120_columns(capsys):
-    assert main(["table", "--results-dir", str(ROOT / "results"), "--significance"]) == 0
+    assert main(["table", "--results-dir", str(ROOT / "results"), "--significance", "--strict"]) == 0
     out = capsys.readouterr().out
     assert "| p examples (Holm)" in out and "(min 0.1)" in out and "< 1e-4" in out and "0.0000" not in out
     assert max(len(line) for line in out.splitlines()) <= 120

@@ -28,7 +28,7 @@ def test_duplicate_registration_is_an_error():
     class First:
         pass
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(UserError, match="already registered"):
 
         @registry.register("x")
         class Second:

@@ -86,6 +86,10 @@ RUN_CASES: dict[str, tuple[list[str], str]] = {
     "results folder is a file": (["--results-dir", "a-file"], "results folder a-file is a file"),
     "output folder is a file": (["--output-dir", "a-file"], "output folder a-file is a file"),
     "cache folder is a file": (["--cache-dir", "a-file"], "cache folder a-file is a file"),
+    "negative seed": (["--seed", "-1"], "--seed -1: seeds are non-negative integers"),
+    "negative teacher seed": (["--teacher-seed", "-3"], "--teacher-seed -3: seeds are non-negative integers"),
+    "negative teacher seeds": (["--teacher-seeds=-1,2"], "--teacher-seeds -1: seeds are non-negative integers"),
+    "empty teacher member": (["--teacher", "TEACHER,"], "an empty member (a stray comma?)"),
 }
 
 
@@ -100,6 +104,7 @@ def assert_refused(code: int, err: str, message: str, workdir: Path) -> None:
 @pytest.mark.parametrize("case", sorted(RUN_CASES))
 def test_bad_run_input(case, tiny_bert, glue_dir, workdir, capsys):
     extra, message = RUN_CASES[case]
+    extra = [a.replace("TEACHER", str(tiny_bert)) for a in extra]
     (workdir / "a-file").write_text("not a folder")
     code = main([*tiny_run_args(tiny_bert, glue_dir, "kd"), *extra])
     assert_refused(code, capsys.readouterr().err, message, workdir)
@@ -197,12 +202,43 @@ def test_tables_count_records_they_cannot_read(workdir, capsys):
     assert "1 unreadable (not valid JSON)" in capsys.readouterr().err
 
 
-def test_bad_sweep_file_is_one_line(workdir, capsys, tmp_path):
+SWEEP_CASES = {
+    "not toml": ('methods = ["kd"\n', "sweep file"),
+    "seed as text": ('methods = ["kd"]\ntasks = ["mrpc"]\nseeds = ["1"]\n', "expected a list of integers"),
+    "seed as float": ('methods = ["kd"]\ntasks = ["mrpc"]\nseeds = [1.7]\n', "expected a list of integers"),
+    "seed as bool": ('methods = ["kd"]\ntasks = ["mrpc"]\nseeds = [true]\n', "expected a list of integers"),
+    "negative seed": ('methods = ["kd"]\ntasks = ["mrpc"]\nseeds = [-3]\n', "seeds are non-negative integers"),
+    "seed twice": ('methods = ["kd"]\ntasks = ["mrpc"]\nseeds = [1, 1]\n', "seed 1 is listed twice"),
+    "method twice": ('methods = ["kd", "kd"]\ntasks = ["mrpc"]\nseeds = [1]\n', "'kd' is listed twice"),
+    "method as number": ('methods = [3]\ntasks = ["mrpc"]\nseeds = [1]\n', "expected a list of strings"),
+    "task_args off the grid": (
+        'methods = ["kd"]\ntasks = ["mrpc"]\nseeds = [1]\n[task_args]\nstsb = ["--epochs", "1"]\n',
+        "task_args for 'stsb', which is not in the grid",
+    ),
+    "method_args off the grid": (
+        'methods = ["kd"]\ntasks = ["mrpc"]\nseeds = [1]\n[method_args]\nted = ["--epochs", "1"]\n',
+        "method_args for 'ted', which is not in the grid",
+    ),
+    "not utf-8": (b'methods = ["k\xe9"]\n', "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_CASES))
+def test_bad_sweep_file_is_one_line(case, workdir, capsys, tmp_path):
+    text, message = SWEEP_CASES[case]
     bad = tmp_path / "s.toml"
-    bad.write_text('methods = ["kd"\n')
+    bad.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert main(["sweep", "--file", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: sweep file {bad}:") and err.count("\n") == 1
+    assert err.startswith(f"error: sweep file {bad}:") and err.count("\n") == 1 and message in err, err
+    assert not (workdir / "distillbench-runs").exists() and not (workdir / "results").exists()
+
+
+def test_negative_and_repeated_seeds_on_the_sweep_command_line(workdir, capsys):
+    for seeds, message in (("-1", "seeds are non-negative integers"), ("1,1", "seed 1 is listed twice")):
+        assert main(["sweep", "--methods", "kd", "--tasks", "mrpc", "--seeds", seeds]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
 
 
 def test_a_bad_optuna_storage_is_one_line(tiny_bert, glue_dir, workdir, capsys):
