@@ -90,3 +90,15 @@ def test_relation_kl_is_exact_where_student_probabilities_underflow():
     assert clamped.item() < exact / 2  # what the clamp version gave: less than half the true KL
     loss.backward()
     assert student_log.grad[0, 0, 0, 1].item() == pytest.approx(-0.5)  # d/ds of -p_t·s
+
+
+def test_losses_upcast_half_precision_and_leave_float64_alone():
+    """float64 inputs stay float64 (a gradient check needs them); fp16/bf16 are computed in float32."""
+    from distillbench.losses import at_least_float32, soft_kl
+
+    logits = torch.randn(4, 3, dtype=torch.float64)
+    assert soft_kl(logits, logits.flip(0), 2.0).dtype == torch.float64
+    assert mse(logits, logits + 1).dtype == torch.float64
+    for half in (torch.float16, torch.bfloat16):
+        assert at_least_float32(logits.to(half)).dtype == torch.float32
+        assert soft_kl(logits.to(half), logits.flip(0).to(half), 2.0).dtype == torch.float32

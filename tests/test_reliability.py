@@ -248,3 +248,54 @@ def test_a_bad_optuna_storage_is_one_line(tiny_bert, glue_dir, workdir, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: cannot open Optuna storage") and err.count("\n") == 1, err
     json.dumps(err)
+
+
+def test_a_plugin_reusing_a_built_in_name_is_one_line(tmp_path, capsys):
+    path = tmp_path / "my_kd.py"
+    path.write_text(
+        "from distillbench import Method, register_method\n@register_method('kd')\nclass Mine(Method): pass\n"
+    )
+    assert main(["--plugin", str(path), "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "method 'kd' is already registered by distillbench.methods.kd" in err
+
+
+def test_two_plugin_files_of_one_name_are_one_line_naming_both(tmp_path, capsys):
+    first, second = tmp_path / "a" / "extra_method.py", tmp_path / "b" / "extra_method.py"
+    for folder, name in ((first, "extra-a"), (second, "extra-b")):
+        folder.parent.mkdir()
+        folder.write_text(
+            f"from distillbench import Method, register_method\n@register_method('{name}')\nclass M(Method): pass\n"
+        )
+    assert main(["--plugin", str(first), "--plugin", str(second), "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(second) in err and str(first.resolve()) in err
+
+
+def test_a_cell_another_sweep_holds_is_running_elsewhere_not_failed(tiny_bert, glue_dir, workdir, capsys):
+    from distillbench.cached import exclusive
+
+    run_flags = tiny_run_args(tiny_bert, glue_dir, "kd")[5:]
+    sweep = ["sweep", "--methods", "kd", "--tasks", "mrpc", "--seeds", "1", *run_flags]
+    assert main([*sweep, "--dry-run"]) == 0
+    run_name = capsys.readouterr().out.splitlines()[1].split()[-1]
+    with exclusive(workdir / "outputs" / f"{run_name}.lock"):  # another sweep is running this cell
+        assert main(sweep) == 0
+    out = capsys.readouterr().out
+    assert "0 ran, 0 already complete, 1 running elsewhere, 0 failed" in out
+    assert "running elsewhere: mrpc kd seed 1" in out
+
+
+def test_tune_report_of_a_missing_study_creates_nothing(workdir, capsys):
+    assert main(["tune", "--method", "kd", "--task", "mrpc", "--report", "--study-name", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no study database at" in err
+    assert not (workdir / "distillbench-runs").exists() and not (workdir / "results").exists()
+
+
+def test_a_storage_url_optuna_cannot_open_is_one_line_without_warnings(tiny_bert, glue_dir, workdir, capsys):
+    args = tiny_run_args(tiny_bert, glue_dir, "kd")
+    args[0] = "tune"
+    assert main([*args, "--storage", "bogus://x", "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot open Optuna storage bogus://x"), err

@@ -68,6 +68,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_bert, glue_dir, tmp_p
     resumed = student_record(work / "results")
     # killed while checkpoint-6 was being written: it resumes from checkpoint-3 (mid-epoch) or 6
     assert resumed["resumed_from"] and resumed["resumed_from"].endswith(("checkpoint-3", "checkpoint-6"))
+    assert resumed["resumed_from"].startswith("output:")  # named by the run's output folder, no machine path
     assert resumed["metrics"] == reference["metrics"]
     assert resumed["loss_terms"] == reference["loss_terms"]
     assert resumed["run_id"] == reference["run_id"]
