@@ -47,6 +47,7 @@ from transformers import Trainer, TrainerCallback, get_linear_schedule_with_warm
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from distillbench import provenance
+from distillbench.atomic import write_json_atomic
 from distillbench.cached import stable_key
 from distillbench.config import RunConfig, TrainConfig, build_train_config
 from distillbench.distiller import Distiller
@@ -55,7 +56,7 @@ from distillbench.harness import Runner
 from distillbench.method import Method, ModelPair, Stage, baseline_methods, get_method, list_methods
 from distillbench.models import build_student, load_for_task, state_sha256
 from distillbench.planning import Paths, plan_run
-from distillbench.records import RECORD_VERSION, write_json_atomic
+from distillbench.records import RECORD_VERSION
 from distillbench.task import get_task
 from distillbench.teacher_cache import INDEX_COLUMN, OutputCaches, TeacherCache
 from distillbench.training import RunData, Training

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from distillbench import distributed
+from distillbench.atomic import write_json_atomic
 from distillbench.errors import HeldElsewhere
-from distillbench.records import write_json_atomic
 
 MARKER = "done.json"
 

@@ -344,10 +344,10 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_tune(args: argparse.Namespace) -> int:
     from distillbench import tuning
+    from distillbench.atomic import write_json_atomic
     from distillbench.harness import Runner, plan_run
     from distillbench.history import main_metric_key
     from distillbench.method import get_method
-    from distillbench.records import write_json_atomic
     from distillbench.task import get_task
 
     method_cls, task_cls = get_method(args.method), get_task(args.task)
@@ -487,8 +487,10 @@ def command_table(args: argparse.Namespace) -> int:
         ranked,
         score_table,
     )
-    from distillbench.leaderboard import FORMATS, SCORES, aggregate, collect, reference_table, render
+    from distillbench.leaderboard import FORMATS, SCORES, aggregate, render
     from distillbench.method import list_methods
+    from distillbench.reference import reference_table
+    from distillbench.selection import collect
     from distillbench.task import list_tasks
 
     if args.format not in FORMATS:
@@ -579,7 +581,9 @@ def _render_frame(frame, fmt: str) -> str:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from distillbench.leaderboard import EXPERIMENT, SCORES, collect, method_label, row_key
+    from distillbench.labels import EXPERIMENT, method_label, row_key
+    from distillbench.leaderboard import SCORES
+    from distillbench.selection import collect
     from distillbench.significance import compare_records, describe
     from distillbench.task import get_task
 
@@ -658,7 +662,8 @@ def command_plot(args: argparse.Namespace) -> int:
     import json
 
     from distillbench import plots
-    from distillbench.leaderboard import SCORES, collect
+    from distillbench.leaderboard import SCORES
+    from distillbench.selection import collect
     from distillbench.workspace import workspace
 
     out_dir = args.out_dir or workspace() / "plots"
@@ -757,7 +762,7 @@ def check_output_paths(html: Path | None, files: list[Path]) -> None:
 
 def command_efficiency(args: argparse.Namespace) -> int:
     from distillbench.efficiency import measure_records
-    from distillbench.leaderboard import collect
+    from distillbench.selection import collect
 
     records = collect(args.results_dir).records
     if not records:

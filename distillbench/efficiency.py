@@ -33,11 +33,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoTokenizer, DataCollatorWithPadding, PretrainedConfig
 
 from distillbench import provenance
+from distillbench.atomic import write_json_atomic
 from distillbench.errors import UserError
-from distillbench.leaderboard import row_key, teacher_label
+from distillbench.labels import row_key, teacher_label
 from distillbench.models import StudentSpec, load_config, resolve_model, student_config
 from distillbench.portable import packaged_alias
-from distillbench.records import RECORD_VERSION, write_json_atomic
+from distillbench.records import RECORD_VERSION
 from distillbench.task import Task, get_task, resolve_data_dir
 
 BATCH_SIZES = (1, 32)

@@ -17,18 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from distillbench.leaderboard import (
-    EXPERIMENT,
-    Significance,
-    Table,
-    aggregate,
-    bounded_by,
-    build_table,
-    format_cell,
-    marked_baselines,
-    row_key,
-    significance,
-)
+from distillbench.labels import EXPERIMENT, row_key
+from distillbench.leaderboard import Table, aggregate, build_table, format_cell
+from distillbench.markers import Significance, marked_baselines, significance
+from distillbench.selection import bounded_by
 from distillbench.significance import ALPHA, DEFAULT_RESAMPLES, format_p, smallest_permutation_p
 from distillbench.task import get_task, list_tasks, short_label
 

@@ -17,6 +17,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback, set_seed
 
 from distillbench import distributed, provenance
+from distillbench.atomic import write_json_atomic
 from distillbench.cached import exclusive
 from distillbench.distiller import Distiller
 from distillbench.ensemble import ensemble_record, score_ensemble
@@ -27,7 +28,7 @@ from distillbench.models import load_for_task, state_sha256, weights_sha256
 from distillbench.planning import Paths, Plan, cache_root, plan_run
 from distillbench.portable import portable_path
 from distillbench.predictions import EvalCapture, publish_predictions, write_predictions
-from distillbench.records import student_record, write_json_atomic
+from distillbench.records import student_record
 from distillbench.stages import STAGE_PREDICTIONS, Stages
 from distillbench.teacher_cache import OutputCaches, cache_entry
 from distillbench.training import RunData, Training, check_aligned, last_complete_checkpoint

@@ -22,7 +22,8 @@ from scipy import stats
 from distillbench.errors import UserError
 from distillbench.experiments import Experiment
 from distillbench.history import main_metric_key
-from distillbench.leaderboard import TUNED, aggregate, method_order
+from distillbench.labels import TUNED
+from distillbench.leaderboard import aggregate, method_order
 from distillbench.task import get_task, short_label
 
 # No creation date or software version in the files: a committed figure changes only with its records.

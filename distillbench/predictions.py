@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distillbench.atomic import write_atomic
 from distillbench.cached import sha256_of
 from distillbench.errors import UserError
-from distillbench.records import write_atomic
 
 if TYPE_CHECKING:
     from transformers import EvalPrediction, Trainer

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from distillbench.atomic import write_json_atomic
 from distillbench.cached import stable_key
-from distillbench.records import write_json_atomic
 
 FOLDER = Path("bench") / "reading"
 TARGETS_S = {  # what a user should wait at most on 2 cores, from the issue that asked for these timings

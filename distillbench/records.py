@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from distillbench import distributed, provenance
+from distillbench.atomic import write_atomic, write_json_atomic
 from distillbench.history import best_epoch, epoch_history, final_loss_terms, loss_history, main_metric_key
 from distillbench.portable import legacy_portable, portable_command, portable_path
+
+__all__ = ["read_records", "write_atomic", "write_json_atomic"]  # the atomic writers live in atomic.py
 
 if TYPE_CHECKING:
     from distillbench.planning import Plan
@@ -74,26 +74,6 @@ class RunRecord(TypedDict, total=False):
     train_runtime_s: float | None
     tags: dict[str, Any]
     tuned_from: dict[str, Any]  # study, trial, value of the tuned parameters a student started from (--params best)
-
-
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``write`` to a temporary file in the same folder, then rename: readers never see
-    half a file. Readable by others (mkstemp's 0600 would lock shared results folders)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(temporary, 0o644)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
-    write_atomic(path, lambda file: file.write(text.encode()))
 
 
 def read_records(root: Path, unreadable: list[Path] | None = None) -> list[dict[str, Any]]:

@@ -28,9 +28,13 @@ from distillbench.experiments import (
     ranked,
     score_table,
 )
-from distillbench.leaderboard import Selection, Significance, aggregate, collect, reference_table, render, row_key
+from distillbench.labels import row_key
+from distillbench.leaderboard import aggregate, render
+from distillbench.markers import Significance
 from distillbench.reading_bench import reading_markdown
 from distillbench.records import read_records
+from distillbench.reference import reference_table
+from distillbench.selection import Selection, collect
 from distillbench.task import get_task
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import stats
 
 from distillbench.errors import UserError
+from distillbench.labels import method_label, score_of
 
 DEFAULT_RESAMPLES = 10_000
 ALPHA = 0.05
@@ -168,8 +169,8 @@ def cached_bootstrap(key: dict[str, Any], compute: Callable[[], BootstrapResult]
     """A paired bootstrap read from ``<cache>/bootstrap/`` when one with this key (the predictions'
     sha256 and evaluation steps, metric, resamples, seed) was computed before: re-reading unchanged
     records takes seconds instead of recomputing 10,000 resamples per comparison."""
+    from distillbench.atomic import write_json_atomic
     from distillbench.cached import stable_key
-    from distillbench.records import write_json_atomic
     from distillbench.workspace import cache_root
 
     path = cache_root() / "bootstrap" / f"{stable_key(key)}.json"
@@ -195,7 +196,6 @@ def compare_records(
 ) -> Comparison:
     """Paired bootstrap over the seeds both methods ran (seed i of A against seed i of B), and the
     across-seed test over all of each method's seeds."""
-    from distillbench.leaderboard import method_label, score_of
     from distillbench.predictions import checked_predictions_file, evaluation_of, evaluation_step
     from distillbench.task import get_task
 

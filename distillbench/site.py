@@ -32,8 +32,11 @@ from distillbench.experiments import (
     history_table,
     score_table,
 )
-from distillbench.leaderboard import Significance, aggregate, reference_table, row_key
+from distillbench.labels import row_key
+from distillbench.leaderboard import aggregate
+from distillbench.markers import Significance
 from distillbench.plots import experiment_figure, method_colours, speed_quality_figures, svg_text
+from distillbench.reference import reference_table
 from distillbench.report import Reading
 
 REFERENCE_ROWS = {"teacher": "teacher", MAJORITY: "reference"}  # row label → its CSS class

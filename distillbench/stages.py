@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, set_seed
 
 from distillbench import distributed
+from distillbench.atomic import write_json_atomic
 from distillbench.cached import MARKER, cached_folder, stable_key
 from distillbench.config import BEFORE_INTRODUCED, TrainConfig
 from distillbench.history import epoch_history, final_loss_terms, train_runtime
@@ -26,7 +27,7 @@ from distillbench.method import Stage
 from distillbench.models import build_student, load_for_task, resolve_model, state_sha256, weights_sha256
 from distillbench.portable import portable_path
 from distillbench.predictions import EvalCapture, save_evaluations, write_predictions
-from distillbench.records import stage_record, write_json_atomic
+from distillbench.records import stage_record
 from distillbench.teacher_cache import OutputCaches
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from distillbench.config import result_settings
 from distillbench.families import architecture
-from distillbench.leaderboard import bounded_by
 from distillbench.models import load_config, student_config
+from distillbench.selection import bounded_by
 
 if TYPE_CHECKING:
     from distillbench.planning import Plan

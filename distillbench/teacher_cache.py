@@ -30,10 +30,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distillbench import distributed
+from distillbench.atomic import write_json_atomic
 from distillbench.cached import exclusive, lock_for, manifest, manifest_problem, stable_key
 from distillbench.errors import UserError
 from distillbench.method import Method, Outputs
-from distillbench.records import write_json_atomic
 
 if TYPE_CHECKING:
     from datasets import Dataset

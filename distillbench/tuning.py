@@ -30,9 +30,9 @@ from optuna.trial import TrialState
 from sqlalchemy import create_engine, text
 from transformers import TrainerCallback
 
+from distillbench.atomic import write_json_atomic
 from distillbench.config import TrainConfig
 from distillbench.errors import UserError
-from distillbench.records import write_json_atomic
 
 # Heartbeats and stale-trial retries are Optuna's "experimental" features, used on purpose: their
 # warning would be printed on every command, before any real message.

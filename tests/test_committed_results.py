@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_squad import OFFICIAL, SHARED_SQUAD, official
 
-from distillbench.leaderboard import score_of
+from distillbench.labels import score_of
 from distillbench.predictions import evaluation_of
 from distillbench.records import read_records
 from distillbench.task import get_task

@@ -112,7 +112,7 @@ def test_accelerate_launch_runs_a_staged_method_as_two_processes(tiny_bert, glue
 
 
 def test_tables_never_average_seeds_launched_with_different_process_counts():
-    from distillbench.leaderboard import config_fingerprint
+    from distillbench.selection import config_fingerprint
 
     record = {"hparams": {}, "train": {"batch_size": 24}, "data": {"sha256": "x"}}
     assert config_fingerprint(record) == config_fingerprint(record | {"distributed": {"processes": 1}})

@@ -13,7 +13,7 @@ from conftest import tiny_run_args
 from distillbench import get_task
 from distillbench.cli import main
 from distillbench.ensemble import EnsembleModel
-from distillbench.leaderboard import teacher_label
+from distillbench.labels import teacher_label
 from distillbench.losses import ensemble_logits, logit_kd
 
 
@@ -112,7 +112,8 @@ def test_an_ensemble_of_teacher_seeds_runs_end_to_end(tiny_bert, glue_dir, workd
     expected = get_task("mrpc")(None).compute_metrics(np.log(mean), labels)
     assert ensemble["metrics"] == pytest.approx(expected)
     assert teacher_label(student) == "2-teacher ensemble: tiny-bert0 (seeds 1, 2)"
-    from distillbench.leaderboard import aggregate, collect
+    from distillbench.leaderboard import aggregate
+    from distillbench.selection import collect
 
     records = collect(workdir / "results", include_dirty=True, include_bounded=True).records
     stats = aggregate(records)

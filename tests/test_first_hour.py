@@ -18,9 +18,10 @@ from conftest import tiny_run_args
 from distillbench import significance as significance_module
 from distillbench.cli import main, quiet_libraries
 from distillbench.experiments import group_experiments
-from distillbench.leaderboard import collect, significance
+from distillbench.markers import significance
 from distillbench.predictions import FOLDER, reference_to
 from distillbench.records import write_json_atomic
+from distillbench.selection import collect
 from distillbench.significance import format_p, smallest_permutation_p
 from distillbench.workspace import DEFAULT_WORKSPACE, WORKSPACE_ENV
 

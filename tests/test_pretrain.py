@@ -12,7 +12,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLan
 from conftest import tiny_run_args
 from distillbench import get_task
 from distillbench.cli import main
-from distillbench.leaderboard import student_label
+from distillbench.labels import student_label
 
 
 def pretrain_args(tiny_bert, corpus, method: str, *extra: str) -> list[str]:

@@ -17,10 +17,10 @@ from test_leaderboard import TEACHER, record
 from distillbench.cli import main
 from distillbench.efficiency import measure
 from distillbench.experiments import group_experiments
-from distillbench.leaderboard import collect
 from distillbench.plots import experiment_figure, experiment_plots, method_colours
 from distillbench.records import write_json_atomic
 from distillbench.report import read_results
+from distillbench.selection import collect
 from distillbench.site import write_site
 
 ROOT = Path(__file__).resolve().parents[1]
