@@ -53,12 +53,13 @@ from distillbench.config import RunConfig, TrainConfig, build_train_config
 from distillbench.distiller import Distiller
 from distillbench.errors import UserError
 from distillbench.harness import Runner
-from distillbench.method import Method, ModelPair, Stage, baseline_methods, get_method, list_methods
+from distillbench.method import EXAMPLE_INDEX, Method, ModelPair, Stage, baseline_methods, get_method, list_methods
 from distillbench.models import build_student, load_for_task, state_sha256
+from distillbench.output_caches import OutputCaches
 from distillbench.planning import Paths, plan_run
 from distillbench.records import RECORD_VERSION
 from distillbench.task import get_task
-from distillbench.teacher_cache import INDEX_COLUMN, OutputCaches, TeacherCache
+from distillbench.teacher_cache import TeacherCache
 from distillbench.training import RunData, Training
 
 
@@ -253,7 +254,7 @@ class Bench:
         autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=self.settings.bf16)
         start = time.perf_counter()
         for rows in self.batches:
-            batch = {k: v.to(self.device) for k, v in self.collate(rows).items() if k != INDEX_COLUMN}
+            batch = {k: v.to(self.device) for k, v in self.collate(rows).items() if k != EXAMPLE_INDEX}
             with autocast:
                 outputs = student(**batch)
                 with torch.no_grad():

@@ -22,10 +22,10 @@ from transformers import PreTrainedModel, Trainer
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from distillbench.errors import NonFiniteLoss
-from distillbench.method import Method, Outputs
+from distillbench.method import EXAMPLE_INDEX, Method, Outputs
 from distillbench.models import QKVCapture, freeze
 from distillbench.task import Task
-from distillbench.teacher_cache import INDEX_COLUMN, TeacherCache
+from distillbench.teacher_cache import TeacherCache
 
 
 class Distiller(nn.Module):
@@ -78,7 +78,7 @@ class Distiller(nn.Module):
         )
 
     def forward(self, **batch: Tensor) -> Any:
-        index = batch.pop(INDEX_COLUMN, None)
+        index = batch.pop(EXAMPLE_INDEX, None)
         if not self.training:
             return self.student(**batch)
         student = self._run(self.student, self._student_qkv, batch)

@@ -59,6 +59,22 @@ def ensemble_logits(members: list[Tensor], weights: list[float], output_type: st
 # nothing about this term; carrying it over would make the teacher outweigh the label twenty to one.
 REGRESSION_KD_ALPHA = 1.0
 
+# The TED reference scripts' per-task weight of the logit KD term: one table for every method with the
+# term. Their layer-wise scripts (LWD, TED) switch the term off on CoLA.
+REFERENCE_KL_ALPHA: dict[str, float] = {
+    "mnli": 5.0,
+    "qqp": 20.0,
+    "qnli": 20.0,
+    "sst2": 20.0,
+    "rte": 20.0,
+    "cola": 20.0,
+    "mrpc": 20.0,
+    "stsb": REGRESSION_KD_ALPHA,
+    "squad": 10.0,
+    "squad_v2": 10.0,
+}
+LAYERWISE_KL_ALPHA: dict[str, float] = REFERENCE_KL_ALPHA | {"cola": 0.0}
+
 
 def logit_kd(student: list[Tensor], teacher: list[Tensor], output_type: str, temperature: float) -> Tensor:
     """Mean over a task's distillable outputs (classification logits; QA start and end logits; MLM

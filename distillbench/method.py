@@ -38,6 +38,11 @@ STUDENT_STARTS = ("pretrained", "finetuned")
 # refused when its class is defined, not halfway through a run.
 NEEDS = frozenset({"hidden_states", "attentions", "qkv"})
 
+# The batch key under which a batch carries its rows' training-set indices, when a stage or the
+# distillation reads a frozen model's outputs from a cache instead of running it: a method's stage pops
+# it before the model sees the batch (TED's Stage I does).
+EXAMPLE_INDEX = "example_index"
+
 
 @dataclass
 class Outputs:

@@ -25,10 +25,10 @@ from distillbench.config import BEFORE_INTRODUCED, TrainConfig
 from distillbench.history import epoch_history, final_loss_terms, train_runtime
 from distillbench.method import Stage
 from distillbench.models import build_student, load_for_task, resolve_model, state_sha256, weights_sha256
+from distillbench.output_caches import OutputCaches
 from distillbench.portable import portable_path
 from distillbench.predictions import EvalCapture, save_evaluations, write_predictions
 from distillbench.records import stage_record
-from distillbench.teacher_cache import OutputCaches
 
 if TYPE_CHECKING:
     from distillbench.planning import Plan

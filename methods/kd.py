@@ -17,7 +17,7 @@ from torch import Tensor
 
 from distillbench import Method, Outputs, register_method
 from distillbench.fields import setting
-from distillbench.losses import REGRESSION_KD_ALPHA
+from distillbench.losses import REFERENCE_KL_ALPHA
 
 
 @register_method("kd")
@@ -33,12 +33,7 @@ class KD(Method):
         temperature: float = setting(2.0, gt=0, help="softmax temperature of logit KD")
 
     # reference's weight multiplies a term that is identically zero, so its own weight applies (losses.py).
-    task_defaults = {t: {"kl_alpha": 20.0} for t in ("qqp", "qnli", "sst2", "rte", "cola", "mrpc")} | {
-        "stsb": {"kl_alpha": REGRESSION_KD_ALPHA},
-        "mnli": {"kl_alpha": 5.0},
-        "squad": {"kl_alpha": 10.0},
-        "squad_v2": {"kl_alpha": 10.0},
-    }
+    task_defaults = {task: {"kl_alpha": alpha} for task, alpha in REFERENCE_KL_ALPHA.items()}
 
     @staticmethod
     def search_space(trial) -> dict:

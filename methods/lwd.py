@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from distillbench import Method, Outputs, register_method
 from distillbench.errors import UserError
 from distillbench.fields import setting
-from distillbench.losses import REGRESSION_KD_ALPHA, mse, uniform_layer_map
+from distillbench.losses import LAYERWISE_KL_ALPHA, mse, uniform_layer_map
 
 
 def parse_layer_map(spec: str, student_layers: int, teacher_layers: int) -> list[int]:
@@ -53,17 +53,21 @@ class LWD(Method):
             help="always project student states (reference), or only when widths differ",
         )
 
+    # the logit term's weights are the reference's shared table; the hidden-state weights are this method's
     task_defaults = {
-        "mnli": {"kl_alpha": 5.0, "mse_alpha": 100.0},
-        "qqp": {"kl_alpha": 20.0, "mse_alpha": 20.0},
-        "qnli": {"kl_alpha": 20.0, "mse_alpha": 10.0},
-        "sst2": {"kl_alpha": 20.0, "mse_alpha": 20.0},
-        "rte": {"kl_alpha": 20.0, "mse_alpha": 20.0},
-        "cola": {"kl_alpha": 0.0, "mse_alpha": 5.0},
-        "mrpc": {"kl_alpha": 20.0, "mse_alpha": 5.0},
-        "stsb": {"kl_alpha": REGRESSION_KD_ALPHA, "mse_alpha": 5.0},
-        "squad": {"kl_alpha": 10.0, "mse_alpha": 100.0},
-        "squad_v2": {"kl_alpha": 10.0, "mse_alpha": 100.0},
+        task: {"kl_alpha": LAYERWISE_KL_ALPHA[task], "mse_alpha": mse_alpha}
+        for task, mse_alpha in {
+            "mnli": 100.0,
+            "qqp": 20.0,
+            "qnli": 10.0,
+            "sst2": 20.0,
+            "rte": 20.0,
+            "cola": 5.0,
+            "mrpc": 5.0,
+            "stsb": 5.0,
+            "squad": 100.0,
+            "squad_v2": 100.0,
+        }.items()
     }
 
     @staticmethod

@@ -27,13 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from distillbench import Method, Outputs, Stage, Task, register_method
+from distillbench import EXAMPLE_INDEX, Method, Outputs, Stage, Task, register_method
 from distillbench.errors import UserError
 from distillbench.families import activation
 from distillbench.fields import setting
-from distillbench.losses import REGRESSION_KD_ALPHA, mse, uniform_layer_map
-from distillbench.method import STUDENT_STARTS
-from distillbench.teacher_cache import INDEX_COLUMN
+from distillbench.losses import LAYERWISE_KL_ALPHA, mse, uniform_layer_map
+from distillbench.method import EXAMPLE_INDEX, STUDENT_STARTS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -95,7 +94,7 @@ class FilterLearner(nn.Module):
         return self
 
     def forward(self, **batch: Tensor) -> dict[str, Any]:
-        index = batch.pop(INDEX_COLUMN, None)
+        index = batch.pop(EXAMPLE_INDEX, None)
         if self.features is not None and index is not None:
             hidden = self.features.lookup(index, batch["input_ids"].shape[1], index.device).hidden_states
         else:
@@ -127,17 +126,21 @@ class TED(Method):
         filter_nonlinear: bool = setting(False, help="Linear-act-Linear filters instead of one Linear")
         student_start: str = setting("finetuned", choices=STUDENT_STARTS, help=Method.HParams.START_HELP)
 
+    # the logit term's weights are the reference's shared table; the hidden-state weights are this method's
     task_defaults = {
-        "mnli": {"kl_alpha": 5.0, "mse_alpha": 7500.0},
-        "qqp": {"kl_alpha": 20.0, "mse_alpha": 1000.0},
-        "qnli": {"kl_alpha": 20.0, "mse_alpha": 100.0},
-        "sst2": {"kl_alpha": 20.0, "mse_alpha": 20.0},
-        "rte": {"kl_alpha": 20.0, "mse_alpha": 50.0},
-        "cola": {"kl_alpha": 0.0, "mse_alpha": 10.0},
-        "mrpc": {"kl_alpha": 20.0, "mse_alpha": 100.0},
-        "stsb": {"kl_alpha": REGRESSION_KD_ALPHA, "mse_alpha": 50.0},
-        "squad": {"kl_alpha": 10.0, "mse_alpha": 5000.0},
-        "squad_v2": {"kl_alpha": 10.0, "mse_alpha": 5000.0},
+        task: {"kl_alpha": LAYERWISE_KL_ALPHA[task], "mse_alpha": mse_alpha}
+        for task, mse_alpha in {
+            "mnli": 7500.0,
+            "qqp": 1000.0,
+            "qnli": 100.0,
+            "sst2": 20.0,
+            "rte": 50.0,
+            "cola": 10.0,
+            "mrpc": 100.0,
+            "stsb": 50.0,
+            "squad": 5000.0,
+            "squad_v2": 5000.0,
+        }.items()
     }
 
     @staticmethod

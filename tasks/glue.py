@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from distillbench import metrics
 from distillbench.errors import UserError
 from distillbench.families import hidden_dropout
 from distillbench.task import Task, register_task
+from distillbench.tasks import metrics
 
 if TYPE_CHECKING:  # datasets and transformers take seconds to import: `distillbench list` needs neither
     from datasets import DatasetDict

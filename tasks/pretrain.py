@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distillbench import metrics
 from distillbench.errors import UserError
 from distillbench.families import layer_norm_eps
 from distillbench.fields import setting
 from distillbench.task import Task, register_task
+from distillbench.tasks import metrics
 
 if TYPE_CHECKING:  # datasets and transformers take seconds to import: `distillbench list` needs neither
     from datasets import Dataset, DatasetDict

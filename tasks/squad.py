@@ -5,7 +5,7 @@ Preprocessing and post-processing follow the Hugging Face question-answering exa
 token positions (the CLS token when unanswerable or outside the window); predictions take the n best
 start/end pairs over every window of a question, and for v2.0 the empty answer wins when its score
 beats the best span by more than ``null_score_diff_threshold``. EM/F1 are computed exactly as the
-official scripts do (``distillbench.squad_eval``). Logit-level KD applies to start and end logits.
+official scripts do (``distillbench.tasks.squad_eval``). Logit-level KD applies to start and end logits.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from distillbench.errors import UserError
 from distillbench.fields import setting
-from distillbench.squad_eval import per_question_v1, per_question_v2, score_v1, score_v2
 from distillbench.task import Task, register_task
+from distillbench.tasks.squad_eval import per_question_v1, per_question_v2, score_v1, score_v2
 
 if TYPE_CHECKING:  # datasets and transformers take seconds to import: `distillbench list` needs neither
     from datasets import DatasetDict

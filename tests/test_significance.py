@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from distillbench import metrics
 from distillbench.significance import holm, paired_bootstrap, permutation_across_seeds
 from distillbench.task import get_task
+from distillbench.tasks import metrics
 
 MRPC = get_task("mrpc")(None)
 

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from conftest import tiny_run_args
 from distillbench import UserError, get_task
 from distillbench.cli import main
-from distillbench.squad_eval import normalize_answer, score_v1, score_v2
+from distillbench.tasks.squad_eval import normalize_answer, score_v1, score_v2
 
 SHARED_SQUAD = Path(os.environ.get("DISTILLBENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 OFFICIAL = SHARED_SQUAD / "squad"

@@ -16,8 +16,9 @@ from distillbench.config import RunConfig, TrainConfig
 from distillbench.distiller import Distiller
 from distillbench.errors import UserError
 from distillbench.harness import Paths, Runner, plan_run
+from distillbench.method import EXAMPLE_INDEX
 from distillbench.models import build_student, load_for_task
-from distillbench.teacher_cache import INDEX_COLUMN, with_index
+from distillbench.teacher_cache import with_index
 
 
 def make_runner(tiny_bert, glue_dir, tmp_path, method: str, task: str = "mrpc", options=None, **train) -> Runner:
@@ -117,14 +118,14 @@ def test_index_column_never_reaches_the_models(tiny_bert, glue_dir, tmp_path):
     runner = make_runner(tiny_bert, glue_dir, tmp_path, "kd")
     live, cached, _ = distillers(runner)
     batch = batch_of(runner, [0, 1])
-    assert INDEX_COLUMN in batch
+    assert EXAMPLE_INDEX in batch
     received = []
     for model in (live.student, live.teacher):
         model.register_forward_pre_hook(lambda _m, _a, kwargs: received.append(set(kwargs)), with_kwargs=True)
     for distiller in (live, cached):  # live: student and teacher run; cached: the student only
         assert torch.isfinite(loss_of(distiller, batch)["loss"])
     assert len(received) == 3
-    assert all(INDEX_COLUMN not in keys and "input_ids" in keys for keys in received)
+    assert all(EXAMPLE_INDEX not in keys and "input_ids" in keys for keys in received)
 
 
 def test_cache_is_built_once_and_reused_by_later_runs(tiny_bert, glue_dir, workdir, capsys):
