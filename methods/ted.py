@@ -32,7 +32,7 @@ from distillbench.errors import UserError
 from distillbench.families import activation
 from distillbench.fields import setting
 from distillbench.losses import LAYERWISE_KL_ALPHA, mse, uniform_layer_map
-from distillbench.method import EXAMPLE_INDEX, STUDENT_STARTS
+from distillbench.method import STUDENT_STARTS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

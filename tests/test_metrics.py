@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from distillbench import get_task, metrics
+from distillbench import get_task
+from distillbench.tasks import metrics
 
 
 def test_accuracy_and_binary_f1():
