@@ -95,7 +95,9 @@ def records_of(workdir) -> list[dict]:
 
 
 def test_an_ensemble_of_teacher_seeds_runs_end_to_end(tiny_bert, glue_dir, workdir):
-    assert run_ensemble(tiny_bert, glue_dir, "--teacher-seeds", "1,2", "--set", "teacher_weights=1,3") == 0
+    # a high teacher learning rate makes the two seeds' teachers disagree enough that the weights matter
+    weights = ["--set", "teacher_weights=1,3", "--set", "teacher_learning_rate=0.01"]
+    assert run_ensemble(tiny_bert, glue_dir, "--teacher-seeds", "1,2", *weights) == 0
     found = records_of(workdir)
     teachers = sorted((r for r in found if r["role"] == "teacher"), key=lambda r: r["seed"])
     (student,) = [r for r in found if r["role"] == "student"]
@@ -111,6 +113,8 @@ def test_an_ensemble_of_teacher_seeds_runs_end_to_end(tiny_bert, glue_dir, workd
     labels = arrays[0][key.replace("predictions", "labels")]
     expected = get_task("mrpc")(None).compute_metrics(np.log(mean), labels)
     assert ensemble["metrics"] == pytest.approx(expected)
+    swapped = 0.75 * softmax(arrays[0][key]) + 0.25 * softmax(arrays[1][key])
+    assert get_task("mrpc")(None).compute_metrics(np.log(swapped), labels) != pytest.approx(expected)  # it can tell
     assert teacher_label(student) == "2-teacher ensemble: tiny-bert0 (seeds 1, 2)"
     from distillbench.leaderboard import aggregate
     from distillbench.selection import collect
