@@ -84,47 +84,56 @@ def test_the_family_table_covers_every_tested_family():
     assert set(FAMILY_NAMES) <= set(FAMILIES)
 
 
-@pytest.mark.parametrize("method", BUILT_IN)
+def dry_run(zoo, data: Path, tmp_path: Path, family: str, method: str, *student: str) -> int:
+    args = tiny_run_args(zoo(family, "teacher"), data, method, "mrpc", "--cache-dir", str(tmp_path / "cache"))
+    return main([*args, "--results-dir", str(tmp_path / "results"), "--dry-run", *student])
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_every_method_runs_on_a_narrower_shallower_student_with_fewer_heads(
-    family, method, zoo, family_data, stage_cache, tmp_path, capsys
-):
-    code = run_family(zoo, family_data, stage_cache, tmp_path, family, method, "--student", str(zoo(family, "narrow")))
-    if method == "minilm":  # v1 compares attention maps head by head
-        assert code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert err == [
-            "error: minilm needs equal attention head counts (student 2, teacher 4); "
-            "use minilmv2, whose relation heads are configurable"
-        ]
-        assert not (tmp_path / "results").exists() and not (tmp_path / "out").exists()
-        return
-    assert code == 0
+def test_one_staged_run_per_family_end_to_end(family, zoo, family_data, stage_cache, tmp_path):
+    """TED, the method with the most stages (both fine-tunes, both filter stages, the distillation), runs
+    through on each family with a narrower, shallower student with fewer heads."""
+    student = str(zoo(family, "narrow"))
+    assert run_family(zoo, family_data, stage_cache, tmp_path, family, "ted", "--student", student) == 0
     record = one_record(tmp_path)
     assert record["status"] == "complete" and math.isfinite(record["metrics"]["accuracy"])
+    assert {"teacher-finetune", "ted-filters-teacher", "student-finetune", "ted-filters-student"} <= set(
+        record["stages"]
+    )
     assert record["model"]["student_architecture"] == {
         "model_type": family,
         "num_hidden_layers": 2,
         "hidden_size": 16,
         "num_attention_heads": 2,
     }
-    if get_method(method).uses_teacher:
-        assert record["model"]["teacher_architecture"]["hidden_size"] == 32
+    assert record["model"]["teacher_architecture"]["hidden_size"] == 32
+    assert all(math.isfinite(value) for value in record["loss_terms"].values())
 
 
+@pytest.mark.parametrize("method", BUILT_IN)
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_minilm_runs_with_equal_heads_and_unequal_width(family, zoo, family_data, stage_cache, tmp_path):
-    student = str(zoo(family, "narrow-equal-heads"))
-    assert run_family(zoo, family_data, stage_cache, tmp_path, family, "minilm", "--student", student) == 0
-    assert one_record(tmp_path)["status"] == "complete"
+def test_every_method_plans_a_narrower_shallower_student_with_fewer_heads(
+    family, method, zoo, family_data, tmp_path, capsys
+):
+    code = dry_run(zoo, family_data, tmp_path, family, method, "--student", str(zoo(family, "narrow")))
+    captured = capsys.readouterr()
+    if method == "minilm":  # v1 compares attention maps head by head
+        assert code == 2
+        assert captured.err.strip().splitlines() == [
+            "error: minilm needs equal attention head counts (student 2, teacher 4); "
+            "use minilmv2, whose relation heads are configurable"
+        ]
+    else:
+        assert code == 0 and f"({family}, 2 layers, width 16, 2 heads)" in captured.out
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize("method", ["kd", "minilm", "ted"])
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_layer_copying_builds_a_student_from_teacher_blocks(family, method, zoo, family_data, stage_cache, tmp_path):
-    code = run_family(zoo, family_data, stage_cache, tmp_path, family, method, "--student-layer-ids", "1,3")
-    assert code == 0
-    assert one_record(tmp_path)["model"]["student_architecture"]["num_hidden_layers"] == 2
+def test_layer_copying_plans_a_student_of_teacher_blocks(family, method, zoo, family_data, tmp_path, capsys):
+    assert dry_run(zoo, family_data, tmp_path, family, method, "--student-layer-ids", "1,3") == 0
+    out = capsys.readouterr().out
+    assert "teacher layers 1,3" in out and f"({family}, 2 layers, width 32, 4 heads)" in out
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
@@ -240,14 +249,16 @@ def naive_relation_kl(student: tuple, teacher: tuple, heads: int, mask: torch.Te
 
 
 def distiller_terms(method_name: str, family: str, zoo, student_shape: str, **hparams) -> tuple:
-    """The method's loss terms through the real Distiller (student without dropout), and the models."""
+    """The method's loss terms through the real Distiller (student without dropout), and the models. A
+    method's stages (TED's filters) are given freshly initialised states, as Stage I would hand over."""
     teacher_dir, student_dir = zoo(family, "teacher"), zoo(family, student_shape)
     task = get_task("mrpc")(None)
     teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), num_labels=2).eval()
     student = AutoModelForSequenceClassification.from_pretrained(str(student_dir), num_labels=2)
     method_cls = get_method(method_name)
     method = method_cls(method_cls.HParams(**hparams), task, ModelPair(student=student.config, teacher=teacher.config))
-    method.setup({})
+    torch.manual_seed(0)
+    method.setup({stage.name: fresh_stage_state(stage, student, teacher, task) for stage in method.stages()})
     distiller = Distiller(student, teacher, method, task)
     distiller.train()
     student.eval()  # the training branch of the Distiller, without dropout noise
@@ -255,6 +266,51 @@ def distiller_terms(method_name: str, family: str, zoo, student_shape: str, **hp
     with torch.no_grad():
         terms = distiller(**batch)["terms"]
     return terms, method, student, teacher, batch
+
+
+def fresh_stage_state(stage, student, teacher, task) -> dict[str, torch.Tensor]:
+    """What a stage hands to the method (its module's ``extra`` state, as the harness saves it), before
+    any training."""
+    return stage.build(teacher if stage.model == "teacher" else student, task).extra.state_dict()
+
+
+@pytest.mark.parametrize("method", ["finetune", "kd", "ted"])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_task_logit_and_filter_terms_equal_an_independent_computation(method, family, zoo):
+    """On one batch through the real Distiller: the task term is the student's cross-entropy, KD's term
+    is α·T²·KL(teacher/T ‖ student/T) by hand, TED's term the MSE of the filtered states by hand."""
+    # a low temperature sharpens the random models' near-equal logits, so the KD term is far from zero
+    hparams = {} if method == "finetune" else {"temperature": 0.05}
+    terms, method_obj, student, teacher, batch = distiller_terms(method, family, zoo, "narrow", **hparams)
+    assert all(torch.isfinite(value) for value in terms.values())
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        s_out = student(**inputs, output_hidden_states=True)
+        t_out = teacher(**inputs, output_hidden_states=True)
+    logits = s_out.logits.double()
+    task_loss = -torch.log_softmax(logits, -1)[torch.arange(2), batch["labels"]].mean()
+    torch.testing.assert_close(terms["task"].double(), task_loss, rtol=1e-5, atol=1e-6)
+    if method == "finetune":
+        assert set(terms) == {"task"}
+        return
+    hp = method_obj.hp
+    p_teacher = torch.softmax(t_out.logits.double() / hp.temperature, -1)
+    log_student = torch.log_softmax(logits / hp.temperature, -1)
+    kl = (p_teacher * (p_teacher.log() - log_student)).sum(-1).mean()
+    expected = hp.kl_alpha * hp.temperature**2 * kl
+    assert float(expected) > 1e-7
+    torch.testing.assert_close(terms["kd"].double(), expected, rtol=1e-3, atol=1e-9)
+    if method == "ted":
+        filters = method_obj.modules["student_filters"], method_obj.modules["teacher_filters"]
+        with torch.no_grad():
+            pairs = [
+                (s_filter(s_out.hidden_states[s + 1]), t_filter(t_out.hidden_states[t + 1]))
+                for s, t, s_filter, t_filter in zip(
+                    method_obj.student_layers, method_obj.teacher_layers, *filters, strict=True
+                )
+            ]
+        expected = hp.mse_alpha * sum(((a - b) ** 2).mean() for a, b in pairs) / len(pairs)
+        torch.testing.assert_close(terms["mse"], expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
