@@ -7,6 +7,7 @@ whole run has been validated.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -34,31 +35,19 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", required=True, help="a registered method (see `distillbench list`)")
-    parser.add_argument("--task", required=True, help="a registered task (see `distillbench list`)")
-    parser.add_argument(
-        "--teacher",
-        default="minilm-l6",
-        help="pretrained teacher: minilm-l6 (PyPI package), a local folder or a hub id; a comma list is an ensemble",
-    )
-    parser.add_argument("--teacher-finetuned", help="an already fine-tuned teacher folder: skip the teacher stage")
-    parser.add_argument(
-        "--student",
-        help="pretrained student folder/hub id, a run record (.json) whose saved student to start from, "
-        "or random:N for N random layers",
-    )
-    parser.add_argument("--student-layers", type=int, help="copy N teacher layers, uniformly spaced (default: half)")
-    parser.add_argument("--student-layer-ids", help="copy exactly these teacher layers, e.g. 1,3,5 (0-based)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--teacher-seed",
-        type=int,
-        help="seed of the teacher-side stages (default: --seed); pin it so all student seeds share one teacher",
-    )
-    parser.add_argument(
-        "--teacher-seeds",
-        help="an ensemble: the teacher fine-tuned with each seed, e.g. 1,2,3 (weights: --set teacher_weights=…)",
-    )
+    """The flags of every command that runs: RunConfig's flag fields (their help is declared there), then
+    the training shortcuts and the folders."""
+    from distillbench.config import flag_fields
+
+    for item in flag_fields():
+        if item.name == "data_dir":
+            continue  # with the folders below
+        required = item.default is dataclasses.MISSING
+        kind = int if item.type in ("int", "int | None") else str  # a tuple is a comma list, parsed in build_run
+        default = None if required else item.default
+        parser.add_argument(
+            flag_of(item.name), type=kind, default=default, required=required, help=item.metadata["help"]
+        )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -84,12 +73,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TRACKERS",
         help="log every stage's loss terms to none (default), tensorboard, wandb, mlflow (comma list) or all",
     )
-    parser.add_argument("--preset", help="a named bounded budget, e.g. demo (see README)")
-    parser.add_argument("--data-dir", help="folder with glue/, squad/, text/ (default: $DISTILLBENCH_DATA, else hub)")
+    parser.add_argument("--data-dir", help=run_config_help("data_dir"))
     parser.add_argument("--output-dir", type=Path, help="checkpoints and the trained student (default: outputs/…)")
     parser.add_argument("--results-dir", type=Path, help=WRITE_HELP)
     parser.add_argument("--cache-dir", type=Path, help="stage cache (default: $DISTILLBENCH_CACHE or ~/.cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def run_config_help(name: str) -> str:
+    from distillbench.config import flag_fields
+
+    return next(item.metadata["help"] for item in flag_fields() if item.name == name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_extra: dict | None = None):
     """RunConfig and Paths from run arguments; ``*_extra`` (tuned values) sit below explicit --set."""
-    from distillbench.config import RunConfig, build_train_config, parse_overrides
+    from distillbench.config import RunConfig, build_train_config, flag_fields, parse_overrides
     from distillbench.method import get_method
     from distillbench.planning import Paths, cache_root
     from distillbench.task import get_task
@@ -278,20 +276,10 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
 
         untuned = build_train_config(task_cls.train_defaults, args.preset, train_overrides).for_role("teacher")
         train_extra = teacher_pins(untuned) | train_extra
+    flags = {item.name: getattr(args, item.name) for item in flag_fields()}
     config = RunConfig(
-        method=args.method,
-        task=args.task,
-        teacher=args.teacher,
-        teacher_finetuned=args.teacher_finetuned,
-        student=args.student,
-        student_layers=args.student_layers,
-        student_layer_ids=args.student_layer_ids,
-        seed=args.seed,
-        teacher_seed=args.teacher_seed,
-        teacher_seeds=parse_numbers(args.teacher_seeds, int, "--teacher-seeds"),
+        **flags | {"teacher_seeds": parse_numbers(args.teacher_seeds, int, "--teacher-seeds")},
         teacher_weights=parse_numbers(run_level[-1].partition("=")[2] if run_level else None, float, "teacher_weights"),
-        data_dir=args.data_dir,
-        preset=args.preset,
         tuned_from=tuned_from,
         method_overrides=method_extra | method_overrides,
         task_options=task_options,

@@ -116,26 +116,50 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def option(default: Any = dataclasses.MISSING, *, help: str) -> Any:
+    """A :class:`RunConfig` field that is also a command-line flag, with its help (no default: required)."""
+    return field(default=default, metadata={"help": help, "flag": True})
+
+
+def flag_fields() -> list[dataclasses.Field]:
+    """The RunConfig fields a command line spells as flags, in declaration order."""
+    return [item for item in dataclasses.fields(RunConfig) if item.metadata.get("flag")]
+
+
 @dataclass
 class RunConfig:
-    """Everything one ``distillbench run`` needs; its content (minus paths) keys the run and its record."""
+    """Everything one ``distillbench run`` needs; its content (minus paths) keys the run and its record.
+    A field declared with :func:`option` is a command-line flag of every command that runs (``--teacher-seed``
+    for ``teacher_seed``), its help written once, here."""
 
-    method: str
-    task: str
-    teacher: str = "minilm-l6"
-    teacher_finetuned: str | None = None
-    student: str | None = None
-    student_layers: int | None = None
-    student_layer_ids: str | None = None
-    seed: int = 42
-    teacher_seed: int | None = None  # None: the run's seed; pinned, every student seed shares one teacher
-    teacher_seeds: tuple[int, ...] | None = None  # an ensemble of one teacher model fine-tuned with each seed
-    teacher_weights: tuple[float, ...] | None = None  # the ensemble's weights (None: equal)
-    data_dir: str | None = None  # not part of the run key: the data's sha256 is
+    method: str = option(help="a registered method (see `distillbench list`)")
+    task: str = option(help="a registered task (see `distillbench list`)")
+    teacher: str = option(
+        "minilm-l6",
+        help="pretrained teacher: minilm-l6 (PyPI package), a local folder or a hub id; a comma list is an ensemble",
+    )
+    teacher_finetuned: str | None = option(None, help="an already fine-tuned teacher folder: skip the teacher stage")
+    student: str | None = option(
+        None,
+        help="pretrained student folder/hub id, a run record (.json) whose saved student to start from, "
+        "or random:N for N random layers",
+    )
+    student_layers: int | None = option(None, help="copy N teacher layers, uniformly spaced (default: half)")
+    student_layer_ids: str | None = option(None, help="copy exactly these teacher layers, e.g. 1,3,5 (0-based)")
+    seed: int = option(42, help="the run's seed (a non-negative integer)")
+    teacher_seed: int | None = option(
+        None, help="seed of the teacher-side stages (default: --seed); pin it so all student seeds share one teacher"
+    )
+    teacher_seeds: tuple[int, ...] | None = option(
+        None, help="an ensemble: the teacher fine-tuned with each seed, e.g. 1,2,3 (weights: --set teacher_weights=…)"
+    )
+    teacher_weights: tuple[float, ...] | None = None  # the ensemble's weights (None: equal), set with --set
+    data_dir: str | None = option(None, help="folder with glue/, squad/, text/ (default: $DISTILLBENCH_DATA, else hub)")
+    # the data folder is not part of the run key: the data's sha256 is
     train: TrainConfig = field(default_factory=TrainConfig)
     method_overrides: dict[str, Any] = field(default_factory=dict)
     task_options: dict[str, Any] = field(default_factory=dict)
-    preset: str | None = None
+    preset: str | None = option(None, help="a named bounded budget, e.g. demo (see README)")
     # the study whose best parameters the run starts from (``--params best``): {study, trial, value}.
     # Not part of the run key (the parameters themselves are); it names the run's table row.
     tuned_from: dict[str, Any] | None = None

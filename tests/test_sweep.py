@@ -40,7 +40,7 @@ def test_dry_run_lists_the_cells_and_writes_nothing(tiny_bert, glue_dir, workdir
 
 def test_sweep_runs_each_cell_once_then_skips_them(tiny_bert, glue_dir, workdir, capsys):
     assert main(sweep_args(tiny_bert, glue_dir)) == 0
-    assert "sweep: 4 ran, 0 already complete, 0 failed" in capsys.readouterr().out
+    assert "sweep: 4 ran, 0 already complete, 0 running elsewhere, 0 failed" in capsys.readouterr().out
     records = student_records(workdir / "results")
     assert sorted((r["method"], r["seed"]) for r in records) == [("finetune", 1), ("finetune", 2), ("kd", 1), ("kd", 2)]
     teachers = {r["teacher"]["key"] for r in records if r["teacher"]}
@@ -49,7 +49,7 @@ def test_sweep_runs_each_cell_once_then_skips_them(tiny_bert, glue_dir, workdir,
     assert main(sweep_args(tiny_bert, glue_dir, "--dry-run")) == 0
     assert "4 cells: 4 done, 0 to run" in capsys.readouterr().out
     assert main(sweep_args(tiny_bert, glue_dir)) == 0
-    assert "sweep: 0 ran, 4 already complete, 0 failed" in capsys.readouterr().out
+    assert "sweep: 0 ran, 4 already complete, 0 running elsewhere, 0 failed" in capsys.readouterr().out
 
 
 def test_sweep_killed_mid_cell_and_rerun_ends_with_each_cell_once(tiny_bert, glue_dir, workdir):
@@ -81,7 +81,7 @@ def test_a_failing_cell_does_not_stop_the_others(tiny_bert, glue_dir, workdir, c
     args = sweep_args(tiny_bert, glue_dir, "--file", str(spec), grid=())
     assert main(args) == 1
     out = capsys.readouterr().out
-    assert "sweep: 1 ran, 0 already complete, 1 failed" in out
+    assert "sweep: 1 ran, 0 already complete, 0 running elsewhere, 1 failed" in out
     assert "failed: mrpc kd seed 1: NonFiniteLoss: loss term 'task' became nan" in out
     assert [r["method"] for r in student_records(workdir / "results")] == ["finetune"]
 
