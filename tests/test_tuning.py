@@ -156,6 +156,10 @@ def test_killed_worker_trial_is_retried_and_resumes(tiny_bert, glue_dir, tmp_pat
     records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("mrpc-kd-*.json")]
     resumed = next(r for r in records if r["tags"]["trial"] == retried.number)
     assert resumed["resumed_from"].endswith(("checkpoint-6", "checkpoint-9"))
+    assert resumed["resumed_from"].startswith("output:")  # no machine path in a record
+    # the kill did not cost the study its teacher: every trial, the retried one too, read the one stage
+    assert len({r["teacher"]["key"] for r in records}) == 1
+    assert len(list((tmp_path / "cache" / "stages").glob("mrpc-teacher-*/done.json"))) == 1
 
 
 POSTGRES = os.environ.get("DISTILLBENCH_TEST_POSTGRES")
