@@ -76,6 +76,12 @@ REFERENCE_KL_ALPHA: dict[str, float] = {
 LAYERWISE_KL_ALPHA: dict[str, float] = REFERENCE_KL_ALPHA | {"cola": 0.0}
 
 
+def layerwise_task_defaults(mse_alpha: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per-task defaults of a layer-wise method (LWD, TED): the reference's shared logit weight beside the
+    method's own hidden-state weight."""
+    return {task: {"kl_alpha": LAYERWISE_KL_ALPHA[task], "mse_alpha": alpha} for task, alpha in mse_alpha.items()}
+
+
 def logit_kd(student: list[Tensor], teacher: list[Tensor], output_type: str, temperature: float) -> Tensor:
     """Mean over a task's distillable outputs (classification logits; QA start and end logits; MLM
     logits at masked positions) of softened KL, or of the MSE between predictions for regression."""

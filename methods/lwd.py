@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from distillbench import Method, Outputs, register_method
 from distillbench.errors import UserError
 from distillbench.fields import setting
-from distillbench.losses import LAYERWISE_KL_ALPHA, mse, uniform_layer_map
+from distillbench.losses import layerwise_task_defaults, mse, uniform_layer_map
 
 
 def parse_layer_map(spec: str, student_layers: int, teacher_layers: int) -> list[int]:
@@ -53,10 +53,8 @@ class LWD(Method):
             help="always project student states (reference), or only when widths differ",
         )
 
-    # the logit term's weights are the reference's shared table; the hidden-state weights are this method's
-    task_defaults = {
-        task: {"kl_alpha": LAYERWISE_KL_ALPHA[task], "mse_alpha": mse_alpha}
-        for task, mse_alpha in {
+    task_defaults = layerwise_task_defaults(
+        {
             "mnli": 100.0,
             "qqp": 20.0,
             "qnli": 10.0,
@@ -67,8 +65,8 @@ class LWD(Method):
             "stsb": 5.0,
             "squad": 100.0,
             "squad_v2": 100.0,
-        }.items()
-    }
+        }
+    )
 
     @staticmethod
     def search_space(trial) -> dict:

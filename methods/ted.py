@@ -31,7 +31,7 @@ from distillbench import EXAMPLE_INDEX, Method, Outputs, Stage, Task, register_m
 from distillbench.errors import UserError
 from distillbench.families import activation
 from distillbench.fields import setting
-from distillbench.losses import LAYERWISE_KL_ALPHA, mse, uniform_layer_map
+from distillbench.losses import layerwise_task_defaults, mse, uniform_layer_map
 from distillbench.method import STUDENT_STARTS
 
 if TYPE_CHECKING:
@@ -126,10 +126,8 @@ class TED(Method):
         filter_nonlinear: bool = setting(False, help="Linear-act-Linear filters instead of one Linear")
         student_start: str = setting("finetuned", choices=STUDENT_STARTS, help=Method.HParams.START_HELP)
 
-    # the logit term's weights are the reference's shared table; the hidden-state weights are this method's
-    task_defaults = {
-        task: {"kl_alpha": LAYERWISE_KL_ALPHA[task], "mse_alpha": mse_alpha}
-        for task, mse_alpha in {
+    task_defaults = layerwise_task_defaults(
+        {
             "mnli": 7500.0,
             "qqp": 1000.0,
             "qnli": 100.0,
@@ -140,8 +138,8 @@ class TED(Method):
             "stsb": 50.0,
             "squad": 5000.0,
             "squad_v2": 5000.0,
-        }.items()
-    }
+        }
+    )
 
     @staticmethod
     def search_space(trial) -> dict:
