@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from distillbench import provenance
 from distillbench.atomic import write_json_atomic
+from distillbench.bench_settings import BenchSettings
 from distillbench.cached import stable_key
 from distillbench.config import RunConfig, TrainConfig, build_train_config
 from distillbench.distiller import Distiller
@@ -61,22 +62,6 @@ from distillbench.records import RECORD_VERSION
 from distillbench.task import get_task
 from distillbench.teacher_cache import TeacherCache
 from distillbench.training import RunData, Training
-
-
-@dataclass
-class BenchSettings:
-    task: str
-    teacher: str = "minilm-l6"
-    steps: int = 20
-    warmup: int = 3
-    rounds: int = 2
-    batch_size: int = 32
-    max_seq_length: int = 128
-    seed: int = 42
-    data_dir: str | None = None
-    end_to_end_epochs: float = 0.0  # 0: no end-to-end runs
-    bf16: bool = False  # every phase (the plain loop too) under bfloat16 autocast
-    teacher_seed: int | None = 1
 
 
 def run_config(settings: BenchSettings, method: str, train: TrainConfig, teacher_seed: int | None) -> RunConfig:

@@ -34,20 +34,36 @@ class OneLineParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+FLAG_TYPES = {"int": int, "int | None": int, "float": float}  # anything else is text (a comma list: parsed later)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """A flag for every :func:`config.option` field of ``cls``, its help declared there once; a boolean
+    is a switch."""
+    from distillbench.config import flag_fields
+
+    for item in flag_fields(cls):
+        if item.name in skip:
+            continue
+        if item.type == "bool":
+            parser.add_argument(flag_of(item.name), action="store_true", help=item.metadata["help"])
+            continue
+        required = item.default is dataclasses.MISSING
+        parser.add_argument(
+            flag_of(item.name),
+            type=FLAG_TYPES.get(item.type, str),
+            default=None if required else item.default,
+            required=required,
+            help=item.metadata["help"],
+        )
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of every command that runs: RunConfig's flag fields (their help is declared there), then
     the training shortcuts and the folders."""
-    from distillbench.config import flag_fields
+    from distillbench.config import RunConfig
 
-    for item in flag_fields():
-        if item.name == "data_dir":
-            continue  # with the folders below
-        required = item.default is dataclasses.MISSING
-        kind = int if item.type in ("int", "int | None") else str  # a tuple is a comma list, parsed in build_run
-        default = None if required else item.default
-        parser.add_argument(
-            flag_of(item.name), type=kind, default=default, required=required, help=item.metadata["help"]
-        )
+    add_flags(parser, RunConfig, skip=("data_dir",))  # the data folder stands with the other folders below
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -91,6 +107,8 @@ def run_config_help(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from distillbench.bench_settings import BenchSettings
+
     parser = OneLineParser(
         prog="distillbench",
         description=__doc__.splitlines()[0],
@@ -208,34 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     efficiency.add_argument("--data-dir", help="the data folder (default: $DISTILLBENCH_DATA, else hub)")
     efficiency.add_argument("--teacher", help="the teacher architecture, when the records' one is not on this machine")
     bench = commands.add_parser("bench", help="harness vs plain PyTorch, teacher cache, eval throughput, memory")
-    bench.add_argument("--task", help="a registered task (see `distillbench list`); not with --reading")
-    bench.add_argument(
-        "--reading",
-        action="store_true",
-        help="time reading instead: list/show start-up, leaderboard cold and warm, on <results-dir>'s records",
-    )
-    bench.add_argument("--teacher", default="minilm-l6")
-    bench.add_argument(
-        "--steps", type=int, default=0, help="batches per phase, the same in every phase (default 0: one epoch)"
-    )
-    bench.add_argument("--warmup", type=int, default=3, help="untimed first steps of every phase")
-    bench.add_argument("--rounds", type=int, default=2, help="alternating rounds of plain vs harness")
-    bench.add_argument("--batch-size", type=int, default=32)
-    bench.add_argument("--max-seq-length", type=int, default=128)
-    bench.add_argument("--seed", type=int, default=42)
-    bench.add_argument("--data-dir", help="folder with glue/ (default: $DISTILLBENCH_DATA, else hub)")
-    bench.add_argument("--results-dir", type=Path, help="the record goes to <dir>/bench/ (default: the workspace)")
-    bench.add_argument("--cache-dir", type=Path, help="teacher-output cache (default: $DISTILLBENCH_CACHE)")
+    add_flags(bench, BenchSettings, skip=("end_to_end_epochs",))
     bench.add_argument(
         "--end-to-end",
         dest="end_to_end_epochs",
         type=float,
         default=0.0,
         metavar="EPOCHS",
-        help="also time whole runs (student-only baseline vs the staged method) of EPOCHS on the full training set",
+        help=next(f.metadata["help"] for f in dataclasses.fields(BenchSettings) if f.name == "end_to_end_epochs"),
     )
-    bench.add_argument("--teacher-seed", type=int, default=1, help="seed of the shared teacher of the whole runs")
-    bench.add_argument("--bf16", action="store_true", help="every phase under bfloat16 autocast (GPU check)")
+    bench.add_argument(
+        "--reading",
+        action="store_true",
+        help="time reading instead: list/show start-up, leaderboard cold and warm, on <results-dir>'s records",
+    )
+    bench.add_argument("--results-dir", type=Path, help="the record goes to <dir>/bench/ (default: the workspace)")
+    bench.add_argument("--cache-dir", type=Path, help="teacher-output cache (default: $DISTILLBENCH_CACHE)")
     return parser
 
 
@@ -768,8 +774,9 @@ def command_bench(args: argparse.Namespace) -> int:
     import dataclasses
     import sys
 
-    from distillbench.bench import BenchSettings, run_bench
+    from distillbench.bench import run_bench
     from distillbench.bench_report import whole_runs_line
+    from distillbench.bench_settings import BenchSettings
     from distillbench.planning import cache_root
 
     if args.reading:

@@ -117,13 +117,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str) -> Any:
-    """A :class:`RunConfig` field that is also a command-line flag, with its help (no default: required)."""
+    """A settings field that is also a command-line flag, with its help (no default: required)."""
     return field(default=default, metadata={"help": help, "flag": True})
 
 
-def flag_fields() -> list[dataclasses.Field]:
-    """The RunConfig fields a command line spells as flags, in declaration order."""
-    return [item for item in dataclasses.fields(RunConfig) if item.metadata.get("flag")]
+def flag_fields(cls: type | None = None) -> list[dataclasses.Field]:
+    """The fields of ``cls`` (default :class:`RunConfig`) a command line spells as flags, in order."""
+    return [item for item in dataclasses.fields(cls or RunConfig) if item.metadata.get("flag")]
 
 
 @dataclass
