@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     leaderboard.add_argument("--strict", action="store_true", help=STRICT_HELP)
     leaderboard.add_argument(
+        "--include-bounded", action="store_true", help=BOUNDED_HELP + "; in the history, never a ranked table"
+    )
+    leaderboard.add_argument(
         "--screenshot", action="store_true", help="with --html: DIR/screenshot.png by headless Chromium (selenium)"
     )
     efficiency = commands.add_parser("efficiency", help="parameters, latency and FLOPs of every model in the records")
@@ -539,7 +542,7 @@ def command_table(args: argparse.Namespace) -> int:
             "TED reference (not measured here; measured best epoch - reference):\n"
             + _render_frame(reference, args.format)
         )
-    text = "\n\n".join(blocks) if blocks else "No usable records."
+    text = "\n\n".join(blocks) if blocks else f"No usable records in {args.results_dir}: {selection.report()}."
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
@@ -698,15 +701,15 @@ def command_plot(args: argparse.Namespace) -> int:
 
 
 def command_leaderboard(args: argparse.Namespace) -> int:
+    readmes = [args.results_dir / "README.md", *(args.readme or [])]
+    check_output_paths(args.html, readmes if args.write else [])  # before the slow imports: a bad path is quick
+    if args.screenshot and not args.html:
+        raise UserError("--screenshot needs --html DIR")
     from distillbench.plots import experiment_plots
     from distillbench.report import figure_paths, fill_sections, generated_sections, read_results
 
-    readmes = [args.results_dir / "README.md", *(args.readme or [])]
-    check_output_paths(args.html, readmes if args.write else [])
-    if args.screenshot and not args.html:
-        raise UserError("--screenshot needs --html DIR")
     announce(args)
-    reading = read_results(args.results_dir, progress=True)
+    reading = read_results(args.results_dir, progress=True, include_bounded=args.include_bounded)
     sections = generated_sections(args.results_dir, reading)
     if args.write:
         (args.results_dir / "leaderboard.md").write_text(f"# Leaderboard\n\n{sections['results']}")
@@ -734,7 +737,8 @@ def command_leaderboard(args: argparse.Namespace) -> int:
                     "--screenshot needs chromium and chromedriver on PATH (Debian: chromium chromium-driver)"
                 )
             print(f"screenshot {screenshot(page, args.html / 'screenshot.png', binary, driver)}", file=sys.stderr)
-    print(sections["results"])
+    # with files written, the terminal shows the headline (the page and leaderboard.md hold the rest)
+    print(sections["headline"] if args.write or args.html else sections["results"])
     return strict_exit(args.strict, sum(len(marks.skipped) for marks in reading.marks.values()))
 
 
@@ -845,9 +849,13 @@ COMMANDS = {
 
 def quiet_libraries(verbose: bool) -> None:
     """Without ``--verbose``, the libraries' own chatter stays out of the output: transformers' load report
-    of a freshly initialised task head (expected: the head is new) and datasets' per-split progress bars
-    (the run has its own). An environment that sets either variable wins."""
+    of a freshly initialised task head (expected: the head is new), datasets' per-split progress bars
+    (the run has its own) and the Trainer's log dict every few steps (the record keeps the loss terms).
+    An environment that sets any of these variables wins."""
+    from distillbench.workspace import VERBOSE_ENV
+
     if verbose:
+        os.environ[VERBOSE_ENV] = "1"
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -878,6 +886,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except RunFailed as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:  # the output went to `head` or a pager that closed: no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
 
 

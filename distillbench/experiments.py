@@ -197,9 +197,10 @@ def findings_legend(marks: Significance) -> str:
         "Δ: difference of the task's main metric (×100) over the seeds both methods ran; 95% CI and p from a "
         f"paired bootstrap over dev examples ({resamples:,} resamples) — would the gap survive another dev set? "
         f"p is Holm-corrected over the {len(marks.findings)} comparisons of this experiment; {BETTER} / {WORSE}: "
-        f"better / worse at p < {ALPHA}. p seeds: exact permutation test of the per-seed scores — would it "
-        "survive other training seeds? — with the smallest p it can reach for that many seeds in brackets: "
-        "a p at its minimum is as strong as those seeds can say." + marks.skipped_note()
+        f"better / worse at p < {ALPHA}; the CI is not corrected, so a CI that excludes 0 without a mark is a "
+        "difference that does not survive the correction. p seeds: exact permutation test of the per-seed "
+        "scores — would it survive other training seeds? — with the smallest p it can reach for that many "
+        "seeds in brackets: a p at its minimum is as strong as those seeds can say." + marks.skipped_note()
     )
 
 
@@ -256,6 +257,7 @@ def history_table(experiments: list[Experiment], score: str) -> pd.DataFrame:
                 present = [(f.iloc[0]["mean"], f.iloc[0]["std"], int(f.iloc[0]["n"])) for f in found if len(f)]
                 if not present:
                     continue
+                budget = next(f.iloc[0]["budget"] for f in found if len(f))  # a teacher's own budget
                 rows.append(
                     {
                         "task": short_label(task_name),
@@ -263,7 +265,7 @@ def history_table(experiments: list[Experiment], score: str) -> pd.DataFrame:
                         "teacher": experiment.teacher,
                         # no setting column: a student pre-trained first is named so ("kd-pretrain student")
                         "student": "-" if method == "teacher" else experiment.student,
-                        "budget": experiment.budget + (" (bounded)" if experiment.bounded else ""),
+                        "budget": budget + (" (bounded)" if experiment.bounded else ""),
                         "score": format_cell(present, task.display_scale, task.display_decimals),
                         "metrics": task.column_label.removeprefix(short_label(task_name)).strip(),
                     }

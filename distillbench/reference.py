@@ -51,4 +51,5 @@ def reference_table(stats: pd.DataFrame, tasks: list[str] | None = None) -> pd.D
                         }
                         | {"measured": measured, "delta": round(measured - value, 1)}
                     )
-    return pd.DataFrame(rows, columns=columns, dtype=object)
+    table = pd.DataFrame(rows, columns=columns, dtype=object)
+    return table.where(table.notna(), "")  # a method not run here has no measured cells: blank, not "nan"

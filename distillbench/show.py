@@ -75,7 +75,7 @@ def show_method(name: str) -> str:
         f"needs: {', '.join(sorted(cls.needs)) or 'the task outputs only'}; "
         f"teacher: {'yes' if cls.uses_teacher else 'no'}; "
         f"teacher-output cache: {'can read one' if reads_cache else 'no (live teacher)'}"
-        + ("; a significance baseline" if cls.is_baseline else ""),
+        + ("; a baseline: tables test every other method against it" if cls.is_baseline else ""),
         "",
         "hyper-parameters (--set KEY=VALUE):",
         *field_lines(list(dataclasses.fields(cls.HParams)), recorder.space),

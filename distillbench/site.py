@@ -155,7 +155,7 @@ def headline_html(reading: Reading) -> list[str]:
         table_html("headline", cells, colours=_colours(cells)),
         f'<p class="legend">Cells: difference in the main metric ×100, [95% CI]; {BETTER} / {WORSE}: better / '
         f"worse after Holm's correction over the experiment's {len(marks.findings)} comparisons (p &lt; 0.05); "
-        "no mark: not significant.</p>",
+        "no mark: not significant after it (the CI is uncorrected).</p>",
         f"<ul>{lines}</ul>",
     ]
 

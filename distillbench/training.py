@@ -10,12 +10,14 @@ predictions) every stage gains.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from distillbench.config import TrainConfig
 from distillbench.distiller import DistillTrainer
@@ -25,6 +27,7 @@ from distillbench.predictions import EvalCapture
 from distillbench.teacher_cache import with_index
 from distillbench.tracking import callbacks as tracking_callbacks
 from distillbench.tracking import parse_report_to, trainer_arguments
+from distillbench.workspace import VERBOSE_ENV
 
 if TYPE_CHECKING:
     from distillbench.planning import Plan
@@ -144,6 +147,8 @@ class Training:
         )
         if capture is not None:
             capture.attach(trainer)
+        if not os.environ.get(VERBOSE_ENV):
+            quiet_logs(trainer)
         return trainer
 
     def train(
@@ -175,6 +180,20 @@ class Training:
         if history and history[-1]["step"] == trainer.state.global_step:
             return history[-1]["metrics"]
         return flatten_metrics(trainer.evaluate(), self.task)
+
+
+class SilentLogProgress(ProgressCallback):
+    """The Trainer's progress bar without the log dict it prints under it every ``logging_steps``: the
+    loss terms go to the record, the trackers and the run's summary instead."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
+
+
+def quiet_logs(trainer: DistillTrainer) -> None:
+    """Unless ``--verbose``: no log dicts on the terminal (the bar stays when progress is shown)."""
+    if trainer.pop_callback(PrinterCallback) is None and trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(SilentLogProgress)
 
 
 def check_aligned(student: RunData, teacher: RunData) -> None:

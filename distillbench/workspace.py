@@ -17,6 +17,7 @@ from pathlib import Path
 WORKSPACE_ENV = "DISTILLBENCH_RESULTS"
 DEFAULT_WORKSPACE = Path("distillbench-runs")
 CACHE_ENV = "DISTILLBENCH_CACHE"
+VERBOSE_ENV = "DISTILLBENCH_VERBOSE"  # set by --verbose: the Trainer's log lines and the libraries' chatter
 
 
 def cache_root() -> Path:
@@ -57,7 +58,7 @@ def reading_folder(given: Path | None) -> Source:
         return Source(given, "the folder given")
     own = workspace()
     if has_records(own):
-        return Source(own, "your workspace (give --results-dir to read another folder)")
+        return Source(own, f"your workspace (the published results: --results-dir {_shown(published())})")
     return Source(published(), "the published results (your workspace has no runs yet)")
 
 

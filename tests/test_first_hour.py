@@ -51,6 +51,7 @@ def test_a_users_run_leaves_a_fresh_clones_results_and_leaderboard_untouched(tin
     run = cli(args, clone, DISTILLBENCH_CACHE=str(tmp_path / "cache"))
     assert run.returncode == 0, run.stderr[-2000:]
     assert "bounded        max_steps=5, teacher_max_steps=3" in run.stdout
+    assert "{'loss'" not in run.stdout and "LOAD REPORT" not in run.stderr  # quiet unless --verbose
     (record_path,) = (clone / DEFAULT_WORKSPACE / "runs").glob("mrpc-kd-*.json")
     assert json.loads(record_path.read_text())["train"]["max_steps"] == 5
     board = cli(["leaderboard", "--html", str(tmp_path / "page")], clone)

@@ -19,7 +19,7 @@ from distillbench.efficiency import measure
 from distillbench.experiments import group_experiments
 from distillbench.plots import experiment_figure, experiment_plots, method_colours
 from distillbench.records import write_json_atomic
-from distillbench.report import read_results
+from distillbench.report import PUBLISHED_INCLUDES_BOUNDED, read_results
 from distillbench.selection import collect
 from distillbench.site import write_site
 
@@ -72,7 +72,7 @@ def test_one_figure_per_experiment_never_pooling_settings(board):
 def test_committed_figures_are_drawn_from_the_committed_records(tmp_path):
     """A committed figure older than the records it draws fails here: regenerated, it would differ."""
     results = committed_results(tmp_path / "git")
-    reading = read_results(results)
+    reading = read_results(results, include_bounded=PUBLISHED_INCLUDES_BOUNDED)
     fresh = experiment_plots(reading.ranked, tmp_path / "fresh")
     committed = sorted(p.name for p in (results / "plots").glob("experiment-*.svg"))
     assert committed == sorted(p.name for p in fresh)
@@ -184,7 +184,7 @@ def test_the_page_sorts_and_filters_in_a_real_browser(board, tmp_path, browser):
 
 def test_the_committed_page_shows_the_committed_records(browser, tmp_path):
     results = committed_results(tmp_path / "git")
-    fresh = write_site(read_results(results), tmp_path / "fresh")
+    fresh = write_site(read_results(results, include_bounded=PUBLISHED_INCLUDES_BOUNDED), tmp_path / "fresh")
     assert committed_text("results/site/index.html") == fresh.read_text()
     browser.get(fresh.as_uri())
     assert "distillbench leaderboard" in browser.title
