@@ -181,6 +181,8 @@ class Runner:
         )
         path = plan.paths.results_dir / "runs" / f"{plan.run_name}.json"
         write_json_atomic(path, record)
+        for checkpoint in out_dir.glob("checkpoint-*"):  # resuming is done: the saved student stays
+            shutil.rmtree(checkpoint, ignore_errors=True)
         distributed.barrier()
         return dict(record) | {"_path": str(path)}
 

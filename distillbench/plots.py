@@ -81,11 +81,9 @@ def experiment_figure(experiment: Experiment, score: str = "final") -> plt.Figur
         task = get_task(task_name)
         metric, scale = main_metric_key(task), task.display_scale
         rows = scores[(scores["task"] == task_name) & (scores["metric"] == metric)].set_index("method")
+        present = [m for m in methods if m in rows.index]  # a method not run on this task has no row here
         labels = []
-        for y, method in enumerate(methods):
-            if method not in rows.index:
-                labels.append(method)
-                continue
+        for y, method in enumerate(present):
             row = rows.loc[method]
             half = _ci_half_width(row["std"], int(row["n"])) * scale
             marker = "s" if method.endswith(TUNED) else "o"
@@ -100,8 +98,9 @@ def experiment_figure(experiment: Experiment, score: str = "final") -> plt.Figur
             references.append(("majority class", majority[task_name][metric] * scale, "0.55", "-."))
         for name, value, colour, style in references:
             axis.axvline(value, color=colour, linestyle=style, linewidth=1.2, label=f"{name} {value:.1f}")
-        axis.set_yticks(range(len(methods)), labels, fontsize=8)
-        axis.set_ylim(len(methods) - 0.5, -0.5)
+        axis.set_yticks(range(len(present)), labels, fontsize=8)
+        axis.set_ylim(len(present) - 0.5, -0.5)
+        axis.margins(x=0.06)  # a reference line at the edge of the data stays off the axis frame
         axis.set_title(
             f"{short_label(task_name)}: {task.main_metric}" + (f" ×{scale:g}" if scale != 1 else ""), fontsize=9
         )

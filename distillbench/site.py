@@ -85,6 +85,7 @@ tr.reference { background: #f4f4f4; color: #555; }
 .swatch { display: inline-block; width: 0.7rem; height: 0.7rem; margin-right: 0.35rem; border-radius: 2px; }
 details { margin: 1rem 0; }
 summary { cursor: pointer; font-weight: 600; }
+figure { display: block; }
 figure svg { max-width: 100%; height: auto; }
 input.filter { margin: 0.25rem 0; padding: 0.2rem; width: 20rem; }
 figure { display: inline-block; margin: 0 1rem 1rem 0; }
@@ -200,7 +201,8 @@ def write_site(reading: Reading, out_dir: Path) -> Path:
     records = reading.selection.records
     body = [
         "<h1>distillbench leaderboard</h1>",
-        f'<p class="note">Generated from the run records: {html.escape(reading.selection.report())}. '
+        f'<p class="note">Generated from the run records under <code>{html.escape(reading.results_dir.name)}/runs/'
+        f"</code>: {html.escape(reading.selection.report())}. "
         "Hover a method for the runs behind its row; click a header to sort.</p>",
         "<h2>Headline</h2>",
         *headline_html(reading),

@@ -54,6 +54,7 @@ def test_a_users_run_leaves_a_fresh_clones_results_and_leaderboard_untouched(tin
     assert "{'loss'" not in run.stdout and "LOAD REPORT" not in run.stderr  # quiet unless --verbose
     (record_path,) = (clone / DEFAULT_WORKSPACE / "runs").glob("mrpc-kd-*.json")
     assert json.loads(record_path.read_text())["train"]["max_steps"] == 5
+    assert list(clone.glob("outputs/*/student")) and not list(clone.glob("outputs/*/checkpoint-*"))
     board = cli(["leaderboard", "--html", str(tmp_path / "page")], clone)
     assert board.returncode == 0, board.stderr[-2000:]
     assert board.stderr.splitlines()[0].startswith("reading your workspace")
