@@ -42,6 +42,20 @@ class BootstrapResult:
     pairs: int
     resamples: int
 
+    @property
+    def p_error(self) -> float:
+        """The Monte-Carlo standard error of ``p_value``: it is twice a binomial proportion estimated from
+        ``resamples`` draws, so another bootstrap seed moves it by about this much."""
+        if not self.resamples:
+            return 0.0
+        tail = self.p_value / 2
+        return 2 * math.sqrt(tail * (1 - tail) / self.resamples)
+
+    @property
+    def borderline(self) -> bool:
+        """Within twice its Monte-Carlo error of the 5 % threshold: another seed could flip the verdict."""
+        return abs(self.p_value - ALPHA) < 2 * self.p_error
+
 
 def paired_bootstrap(
     metric_on_rows,
@@ -253,7 +267,9 @@ def describe(comparison: Comparison, scale: float) -> str:
         f"{comparison.baseline} {scale * comparison.mean_b:.2f} (mean over their seeds)",
         f"  over dev examples (would the gap survive another dev set?): paired bootstrap, {b.pairs} seed pair(s) "
         f"{comparison.seeds}, {b.resamples:,} resamples: difference {scale * b.difference:+.2f}, "
-        f"95% CI [{scale * b.low:+.2f}, {scale * b.high:+.2f}], p {_p_text(b.p_value)}",
+        f"95% CI [{scale * b.low:+.2f}, {scale * b.high:+.2f}], p {_p_text(b.p_value)}"
+        + (f" ± {format_p(b.p_error)} (Monte-Carlo error)" if b.p_error else "")
+        + (f"; borderline: within twice that error of {ALPHA}, more --resamples decide it" if b.borderline else ""),
     ]
     question = "  across seeds (would it survive other training seeds?)"
     if s.name == "aso":

@@ -106,3 +106,15 @@ def test_spearman_from_draw_counts_equals_ranking_every_resample():
     everything = np.arange(80)[None, :]
     fast = metrics.spearman_resampled(predicted, labels, everything)[0]
     assert fast == pytest.approx(spearmanr(predicted, labels)[0])
+
+
+def test_a_bootstrap_p_carries_its_monte_carlo_error_and_says_when_it_is_borderline():
+    from distillbench.significance import BootstrapResult
+
+    near = BootstrapResult(0.01, 0.0, 0.02, 0.051, 3, 1000)
+    # two-sided p = 2q with q a proportion of 1,000 draws: se = 2·sqrt(q(1−q)/1000)
+    assert near.p_error == pytest.approx(2 * (0.0255 * 0.9745 / 1000) ** 0.5)
+    assert near.borderline
+    assert not BootstrapResult(0.05, 0.02, 0.08, 0.3, 3, 1000).borderline
+    assert not BootstrapResult(0.05, 0.02, 0.08, 0.0002, 3, 10_000).borderline
+    assert BootstrapResult(0.0, 0.0, 0.0, 1.0, 3, 0).p_error == 0.0  # identical predictions: no draws
