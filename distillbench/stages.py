@@ -89,6 +89,20 @@ def finetune_settings(plan: Plan, role: str, member: int = 0, student: dict[str,
     }
 
 
+def finetune_folder(plan: Plan, settings: dict[str, Any]) -> Path:
+    """Where a label fine-tune stage with these settings is cached."""
+    return plan.paths.cache_dir / "stages" / f"{plan.config.task}-{settings['role']}-finetune-{stable_key(settings)}"
+
+
+def teacher_stages_cached(plan: Plan) -> bool:
+    """Whether the fine-tuned teacher (every member of an ensemble) is already complete in the cache."""
+    if plan.config.teacher_finetuned:
+        return True
+    members = range(len(plan.teachers)) if plan.ensemble else [0]
+    folders = [finetune_folder(plan, finetune_settings(plan, "teacher", member)) for member in members]
+    return all((folder / MARKER).is_file() for folder in folders)
+
+
 def with_cached_full_teacher(plan: Plan) -> Plan:
     """A step-bounded run (``--max-steps``) bounds its teacher stage too — unless the teacher fine-tuned
     at the full budget is already in the cache: then the run reads it, as it costs nothing."""
@@ -98,13 +112,7 @@ def with_cached_full_teacher(plan: Plan) -> Plan:
     full = dataclasses.replace(
         plan, config=dataclasses.replace(plan.config, train=dataclasses.replace(train, teacher_max_steps=-1))
     )
-    members = range(len(plan.teachers)) if plan.ensemble else [0]
-    for member in members:
-        settings = finetune_settings(full, "teacher", member)
-        folder = plan.paths.cache_dir / "stages" / f"{plan.config.task}-teacher-finetune-{stable_key(settings)}"
-        if not (folder / MARKER).is_file():
-            return plan
-    return full
+    return full if teacher_stages_cached(full) else plan
 
 
 class Stages:
@@ -169,7 +177,7 @@ class Stages:
         settings = finetune_settings(self.plan, role, member, self.student_description())
         init = settings["init"]
         cfg = config.train.for_role(role)
-        folder = self.plan.paths.cache_dir / "stages" / f"{config.task}-{role}-finetune-{stable_key(settings)}"
+        folder = finetune_folder(self.plan, settings)
         name = f"teacher-{member + 1}-finetune" if role == "teacher" and self.plan.ensemble else f"{role}-finetune"
 
         def build(folder: Path) -> dict[str, Any]:

@@ -69,15 +69,19 @@ def _shape(config: Any) -> str:
 
 def plan_summary(plan: Plan) -> str:
     """What ``run --dry-run`` prints: the validated pair, stages, hyper-parameters and record path, read
-    from the configurations alone (no weights are loaded, nothing is trained or written)."""
+    from the configurations alone (no weights are loaded — a teacher's are hashed to find its cached stage —,
+    nothing is trained or written)."""
+    from distillbench.stages import teacher_stages_cached  # a dry run only: the stages import the models
+
     config, method = plan.config, plan.method
     teacher = load_config(plan.teacher_source)
     student = student_config(plan.student_spec, teacher)
     stages: list[str] = []
 
     def fine_tuned(role: str) -> None:  # a role's fine-tuning runs once, before the first stage that needs it
-        if f"{role} fine-tune" not in stages:
-            stages.append(f"{role} fine-tune")
+        if not any(s.startswith(f"{role} fine-tune") for s in stages):
+            cached = role == "teacher" and teacher_stages_cached(plan)
+            stages.append(f"{role} fine-tune" + (" (cached)" if cached else ""))
 
     if method.uses_teacher:
         fine_tuned("teacher")

@@ -209,9 +209,14 @@ def test_max_steps_bounds_the_teacher_unless_a_full_teacher_is_cached(tiny_bert,
     assert "a smoke-test bound on every stage, the teacher's too" in " ".join(capsys.readouterr().out.split())
     # a teacher fine-tuned at the full budget is in the cache: the bounded run reads it
     full = plan_from_arguments(parser.parse_args([*base, "--set", "teacher_max_steps=-1", "--max-steps", "5"]))
+    capsys.readouterr()
+    assert main([*base, "--dry-run"]) == 0
+    assert "teacher fine-tune → kd on the student" in capsys.readouterr().out
     folder = full.paths.cache_dir / "stages" / f"mrpc-teacher-finetune-{stable_key(finetune_settings(full, 'teacher'))}"
     folder.mkdir(parents=True)
     (folder / MARKER).write_text("{}")
+    assert main([*base, "--dry-run"]) == 0
+    assert "teacher fine-tune (cached) → kd on the student" in capsys.readouterr().out
     assert with_cached_full_teacher(plan).config.train.teacher_max_steps == -1
     assert plan_from_arguments(parser.parse_args([*base, "--max-steps", "5"])).config.train.teacher_max_steps == -1
 
