@@ -89,7 +89,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TRACKERS",
         help="log every stage's loss terms to none (default), tensorboard, wandb, mlflow (comma list) or all",
     )
-    parser.add_argument("--data-dir", help=run_config_help("data_dir"))
+    parser.add_argument("--data-dir", help=field_help(RunConfig, "data_dir"))
     parser.add_argument("--output-dir", type=Path, help="checkpoints and the trained student (default: outputs/…)")
     parser.add_argument("--results-dir", type=Path, help=WRITE_HELP)
     parser.add_argument("--cache-dir", type=Path, help="stage cache (default: $DISTILLBENCH_CACHE or ~/.cache)")
@@ -100,10 +100,11 @@ def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def run_config_help(name: str) -> str:
-    from distillbench.config import flag_fields
+def field_help(cls: type, name: str) -> str:
+    """The help a settings dataclass declares for one of its fields."""
+    from distillbench.fields import help_of
 
-    return next(item.metadata["help"] for item in flag_fields() if item.name == name)
+    return next(help_of(item) for item in dataclasses.fields(cls) if item.name == name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="EPOCHS",
-        help=next(f.metadata["help"] for f in dataclasses.fields(BenchSettings) if f.name == "end_to_end_epochs"),
+        help=field_help(BenchSettings, "end_to_end_epochs"),
     )
     bench.add_argument(
         "--reading",
@@ -785,8 +786,9 @@ def command_bench(args: argparse.Namespace) -> int:
 
     if args.reading:
         from distillbench.reading_bench import run_reading_bench
+        from distillbench.workspace import has_records
 
-        if not any((args.results_dir / "runs").glob("*.json")):
+        if not has_records(args.results_dir):
             raise UserError(f"bench --reading: no run records under {args.results_dir} to read")
         record = run_reading_bench(args.results_dir, echo=lambda m: print(m, file=sys.stderr))
         print(f"record {record['_path']}")

@@ -220,6 +220,21 @@ def headline(experiment: Experiment, marks: Significance) -> pd.DataFrame:
     return pd.DataFrame([{"method": m, **{label: cells[m].get(label, "") for label in labels}} for m in order])
 
 
+NOTHING_RANKED = "No experiment with several seeds and a baseline yet: nothing is ranked."
+
+
+def headline_intro(experiment: Experiment) -> str:
+    return f"{experiment.title()} — each method against fine-tuning and KD on the dev set, final epoch."
+
+
+def headline_legend(marks: Significance) -> str:
+    return (
+        f"Cells: difference in the main metric ×100, [95% CI]; {BETTER} / {WORSE}: better / worse after Holm's "
+        f"correction over the experiment's {len(marks.findings)} comparisons (p < {ALPHA}); no mark: not "
+        "significant after it (the CI is uncorrected)."
+    )
+
+
 def headline_lines(experiment: Experiment, marks: Significance) -> list[str]:
     """Per task, in words: which methods beat (or fall behind) each baseline after correction."""
     lines = []

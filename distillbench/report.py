@@ -14,14 +14,15 @@ import pandas as pd
 from distillbench.bench_report import bench_markdown, performance_summary
 from distillbench.efficiency import efficiency_table
 from distillbench.experiments import (
-    BETTER,
-    WORSE,
+    NOTHING_RANKED,
     Experiment,
     experiment_significance,
     findings_legend,
     findings_table,
     group_experiments,
     headline,
+    headline_intro,
+    headline_legend,
     headline_lines,
     history,
     history_table,
@@ -137,17 +138,15 @@ def headline_markdown(reading: Reading) -> str:
     """The per-task answer first: which methods beat fine-tuning and KD in the lead experiment."""
     lead = reading.lead
     if lead is None:
-        return "No experiment with several seeds and a baseline yet: nothing is ranked."
+        return NOTHING_RANKED
     marks = reading.marks[lead.number]
     return "\n".join(
         [
-            f"{lead.title()} — each method against fine-tuning and KD on the dev set, final epoch:",
+            headline_intro(lead),
             "",
             headline(lead, marks).to_markdown(index=False, disable_numparse=True),
             "",
-            f"Cells: difference in the main metric ×100, [95% CI], {BETTER} / {WORSE}: better / worse after "
-            f"Holm's correction over the experiment's {len(marks.findings)} comparisons (p < 0.05), no mark: "
-            "not significant after it (the CI is uncorrected). Across seeds, and every other experiment: below.",
+            f"{headline_legend(marks)} Across seeds, and every other experiment: below.",
             "",
             *headline_lines(lead, marks),
         ]

@@ -21,13 +21,14 @@ from matplotlib.colors import to_hex
 
 from distillbench.efficiency import efficiency_table, read_efficiency
 from distillbench.experiments import (
-    BETTER,
     MAJORITY,
-    WORSE,
+    NOTHING_RANKED,
     Experiment,
     findings_legend,
     findings_table,
     headline,
+    headline_intro,
+    headline_legend,
     headline_lines,
     history_table,
     score_table,
@@ -147,16 +148,14 @@ def figure_html(figure: plt.Figure, caption: str) -> str:
 def headline_html(reading: Reading) -> list[str]:
     lead = reading.lead
     if lead is None:
-        return ["<p>No experiment with several seeds and a baseline yet: nothing is ranked.</p>"]
+        return [f"<p>{NOTHING_RANKED}</p>"]
     marks = reading.marks[lead.number]
     lines = "".join(f"<li>{_inline_markdown(line.removeprefix('- '))}</li>" for line in headline_lines(lead, marks))
     cells = headline(lead, marks)
     return [
-        f"<p>{html.escape(lead.title())} — each method against fine-tuning and KD on the dev set, final epoch.</p>",
+        f"<p>{html.escape(headline_intro(lead))}</p>",
         table_html("headline", cells, colours=_colours(cells)),
-        f'<p class="legend">Cells: difference in the main metric ×100, [95% CI]; {BETTER} / {WORSE}: better / '
-        f"worse after Holm's correction over the experiment's {len(marks.findings)} comparisons (p &lt; 0.05); "
-        "no mark: not significant after it (the CI is uncorrected).</p>",
+        f'<p class="legend">{html.escape(headline_legend(marks))}</p>',
         f"<ul>{lines}</ul>",
     ]
 
