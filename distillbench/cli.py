@@ -149,6 +149,25 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="print the cells, which are done, the estimated time")
     sweep.add_argument("--results-dir", type=Path, help=WRITE_HELP + "; the sweep file's results_dir when it names one")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars (the sweep's nor the runs')")
+    study = commands.add_parser(
+        "teacher-study",
+        help="choose the teacher's settings on a held-out part of train (grid); run flags pass through",
+    )
+    study.add_argument("--task", required=True, help="a registered task")
+    study.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a teacher setting and its values, repeatable: e.g. teacher_learning_rate=2e-5,3e-5,5e-5",
+    )
+    study.add_argument("--holdout", type=float, default=0.1, help="the part of train held out and scored")
+    study.add_argument("--dry-run", action="store_true", help="print the grid points and which are cached")
+    study.add_argument(
+        "--no-dev-check", action="store_true", help="skip training the chosen and the default teacher on all of train"
+    )
+    study.add_argument("--results-dir", type=Path, help=WRITE_HELP)
+    study.add_argument("--no-progress", action="store_true", help="no progress bars")
     show = commands.add_parser("show", help="a method's or task's settings: help, defaults, ranges, search space")
     show.add_argument("name", help="a method or task name")
     show.add_argument("--data-dir", help="for a task: the data folder to describe (default: $DISTILLBENCH_DATA)")
@@ -286,11 +305,21 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
 
         untuned = build_train_config(task_cls.train_defaults, args.preset, train_overrides).for_role("teacher")
         train_extra = teacher_pins(untuned) | train_extra
+    teacher_chosen_by = None
+    if getattr(args, "teacher_settings", None):
+        from distillbench.teacher_study import load_choice
+
+        chosen, teacher_chosen_by = load_choice(args.results_dir, args.task, args.teacher_settings)
+        clash = sorted(set(chosen) & set(train_overrides))
+        if clash:
+            raise UserError(f"--teacher-settings and --set {clash[0]}: the study chose it; give one or the other")
+        train_extra = train_extra | chosen
     flags = {item.name: getattr(args, item.name) for item in flag_fields()}
     config = RunConfig(
         **flags | {"teacher_seeds": parse_numbers(args.teacher_seeds, int, "--teacher-seeds")},
         teacher_weights=parse_numbers(run_level[-1].partition("=")[2] if run_level else None, float, "teacher_weights"),
         tuned_from=tuned_from,
+        teacher_chosen_by=teacher_chosen_by,
         method_overrides=method_extra | method_overrides,
         task_options=task_options,
         train=build_train_config(task_cls.train_defaults, args.preset, train_extra | train_overrides),
@@ -442,6 +471,41 @@ def command_sweep(args: argparse.Namespace) -> int:
     outcome = run_cells(cells, lambda cell: Runner(cell.plan).run(), show_progress=not args.no_progress)
     print(outcome.summary())
     return EXIT_FAILED if outcome.failed else 0
+
+
+def command_teacher_study(args: argparse.Namespace) -> int:
+    from distillbench.harness import Runner
+    from distillbench.method import get_method, list_methods
+    from distillbench.stages import finetune_folder, finetune_settings, teacher_stages_cached
+    from distillbench.teacher_study import as_overrides, grid_points, parse_grid, run_study
+
+    grid = parse_grid(args.grid)
+    if not 0 < args.holdout < 1:
+        raise UserError(f"--holdout {args.holdout}: must be between 0 and 1")
+    # The teacher stage is the same whichever method reads it: any registered method that distils names it.
+    method = next(name for name in list_methods() if get_method(name).uses_teacher)
+    base = ["--method", method, "--task", args.task, *args.passthrough, "--results-dir", str(args.results_dir)]
+    base += ["--no-progress"] if args.no_progress else []
+    run_parser = build_parser()
+
+    def plan(argv: list[str]):
+        return plan_from_arguments(run_parser.parse_args(["run", *argv]))
+
+    if args.dry_run:
+        for settings in grid_points(grid):
+            point = plan([*base, *as_overrides(settings), "--set", f"holdout_fraction={args.holdout}"])
+            folder = finetune_folder(point, finetune_settings(point, "teacher"))
+            state = "cached" if teacher_stages_cached(point) else "to train"
+            print(f"{state:<9} {', '.join(f'{k}={v}' for k, v in settings.items())}  ({folder.name})")
+        return 0
+
+    def build(argv: list[str]):
+        point = plan(argv)
+        return point, Runner(point).stages.finetuned("teacher")[1]
+
+    print(f"records go to {args.results_dir}", file=sys.stderr)
+    run_study(args.task, base, grid, args.holdout, args.results_dir, build, dev_check=not args.no_dev_check)
+    return 0
 
 
 def command_show(args: argparse.Namespace) -> int:
@@ -811,7 +875,7 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-WRITING_COMMANDS = ("run", "tune", "bench", "efficiency")
+WRITING_COMMANDS = ("run", "tune", "teacher-study", "bench", "efficiency")
 READING_COMMANDS = ("table", "compare", "plot", "leaderboard")
 
 
@@ -838,6 +902,7 @@ COMMANDS = {
     "run": command_run,
     "tune": command_tune,
     "sweep": command_sweep,
+    "teacher-study": command_teacher_study,
     "show": command_show,
     "list": command_list,
     "table": command_table,
@@ -878,7 +943,7 @@ def main(argv: list[str] | None = None) -> int:
             load_plugin(path)
         parser = build_parser()
         args, passthrough = parser.parse_known_args(argv)
-        if passthrough and args.command != "sweep":
+        if passthrough and args.command not in ("sweep", "teacher-study"):
             parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
         args.passthrough = passthrough
         choose_results_dir(args)

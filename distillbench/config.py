@@ -50,7 +50,12 @@ class TrainConfig:
     max_train_samples: int | None = setting(None, ge=1, help="a student-side budget: the teacher sees all of train")
     save_steps: int = setting(200, ge=1, help="checkpoint every this many steps (resume after a kill)")
     logging_steps: int = setting(20, ge=1, help="log the loss terms every this many steps")
-    group_by_length: bool = setting(True, help="batches of similar lengths: less padding under dynamic padding")
+    group_by_length: bool = setting(
+        False, help="batches of similar lengths: less padding, but it changed results (measured: docs/performance.md)"
+    )
+    holdout_fraction: float = setting(
+        0.0, ge=0, lt=1, help="train on the rest of train and score on this held-out part of it, not the dev set"
+    )
     teacher_cache: str = setting("auto", choices=("on", "off", "auto"), help="read teacher outputs from a disk cache")
     teacher_cache_dtype: str = setting(
         "float32", choices=("float32", "float16", "bfloat16"), help="cache storage dtype"
@@ -86,10 +91,21 @@ EXECUTION_ONLY = frozenset(
 # (no length grouping, full precision, no accumulation): a record or stage key without one had that value.
 BEFORE_INTRODUCED: dict[str, Any] = {
     "group_by_length": False,
+    "holdout_fraction": 0.0,
     "bf16": False,
     "fp16": False,
     "gradient_accumulation_steps": 1,
 }
+
+
+# Result-changing settings added after run keys existed: a run key names them only when set, so every
+# earlier run keeps its key (a sweep still finds its cells done).
+KEYED_WHEN_SET: dict[str, Any] = {"holdout_fraction": 0.0}
+
+
+def key_settings(train: TrainConfig) -> dict[str, Any]:
+    """The training settings that enter a run key: :func:`result_settings` less later fields left unset."""
+    return {k: v for k, v in result_settings(train).items() if KEYED_WHEN_SET.get(k, object()) != v}
 
 
 def result_settings(train: TrainConfig | dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +179,11 @@ class RunConfig:
     # the study whose best parameters the run starts from (``--params best``): {study, trial, value}.
     # Not part of the run key (the parameters themselves are); it names the run's table row.
     tuned_from: dict[str, Any] | None = None
+    teacher_settings: str | None = option(
+        None, help="'study': the teacher settings `distillbench teacher-study` chose for the task (or its file)"
+    )
+    # where those settings come from ({study, metric, held_out_score}); the teacher's record names it.
+    teacher_chosen_by: dict[str, Any] | None = None
 
 
 def _coerce(text: str, annotation: Any, key: str) -> Any:

@@ -30,6 +30,9 @@ def student_label(model: dict[str, Any]) -> str:
     return model_label(spec.get("source"))
 
 
+STUDIED = "settings from its study"  # a teacher whose training settings a teacher study chose
+
+
 def teacher_label(record: dict[str, Any]) -> str:
     """The teacher's model, and its seed when pinned (``--teacher-seed``): one fine-tuned teacher shared
     by every student seed is another experiment than a teacher fine-tuned per seed."""
@@ -39,7 +42,10 @@ def teacher_label(record: dict[str, Any]) -> str:
     model = record.get("model") or {}
     label = model_label(model.get("teacher_source") or model.get("source"))
     pinned = record.get("teacher_seed")
-    return label if pinned is None else f"{label} (seed {pinned})"
+    notes = [f"seed {pinned}"] if pinned is not None else []
+    if record.get("chosen_by") or (record.get("teacher") or {}).get("chosen_by"):
+        notes.append(STUDIED)
+    return f"{label} ({', '.join(notes)})" if notes else label
 
 
 def ensemble_label(members: list[dict[str, Any]]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from distillbench import distributed
 from distillbench.cached import stable_key
-from distillbench.config import RunConfig, result_settings
+from distillbench.config import RunConfig, key_settings
 from distillbench.errors import UserError
 from distillbench.families import family_of
 from distillbench.fields import check_fields
@@ -121,6 +121,8 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             raise UserError(f"{what} folder {folder} is a file")
     check_seeds(config)
     check_fields(config.train, "--set")
+    if config.train.holdout_fraction and not task_cls.rows_scorable:
+        raise UserError(f"--set holdout_fraction: {config.task} is scored from raw examples; it cannot hold out")
     parse_report_to(config.train.report_to)
     if config.train.bf16 and config.train.fp16:
         raise UserError("--set bf16=true and fp16=true: choose one mixed precision")
@@ -171,7 +173,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
             "method": config.method,
             "task": config.task,
             "hparams": dataclasses.asdict(hp),
-            "train": result_settings(config.train),
+            "train": key_settings(config.train),
             "seed": config.seed,
             **({"teacher_seed": config.teacher_seed} if config.teacher_seed is not None else {}),
             **({"teacher_seeds": list(config.teacher_seeds)} if config.teacher_seeds else {}),

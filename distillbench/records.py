@@ -73,6 +73,7 @@ class RunRecord(TypedDict, total=False):
     wall_time_s: float
     train_runtime_s: float | None
     tags: dict[str, Any]
+    chosen_by: dict[str, Any]  # a teacher's: the teacher study that chose its settings (study, metric, held-out score)
     tuned_from: dict[str, Any]  # study, trial, value of the tuned parameters a student started from (--params best)
 
 
@@ -150,6 +151,7 @@ def base_record(
             "files": [portable_path(p, plan.roots) for p in plan.task.data_files()],
             "train_examples": len(data.train_split(train_cfg.max_train_samples)),
             "eval_examples": {s: len(data.splits[s]) for s in plan.task.eval_splits},
+            **({"held_out": data.held_out} if data.held_out else {}),
         },
         git=git,
         packages=provenance.package_versions(),
@@ -190,6 +192,8 @@ def stage_record(
         predictions=predictions,
         **trained_fields(log_history, plan),
     )
+    if info.get("chosen_by"):
+        record["chosen_by"] = info["chosen_by"]
     return record
 
 

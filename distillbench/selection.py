@@ -79,6 +79,8 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False, include_b
             selection.excluded["from a dirty tree"] += 1
         elif (record.get("tags") or {}).get("study"):
             selection.excluded["tuning trials"] += 1
+        elif (record.get("data") or {}).get("held_out"):
+            selection.excluded["scored on held-out train (a settings study), not the dev set"] += 1
         elif bounded_by(record) and not include_bounded:
             selection.excluded["bounded (preset, --max-steps; --include-bounded shows them)"] += 1
         else:

@@ -211,6 +211,8 @@ class Stages:
                 info["log_history"] = trainer.state.log_history
                 if capture.evaluations:
                     save_evaluations(folder / STAGE_PREDICTIONS, capture)
+            if role == "teacher" and config.teacher_chosen_by:  # not in the key: the settings it chose are
+                info["chosen_by"] = config.teacher_chosen_by
             if role == "teacher":
                 predictions = write_predictions(self.plan.paths.results_dir, info["key"], capture)
                 history = trainer.state.log_history

@@ -54,6 +54,9 @@ class Task:
     distill_per_example: ClassVar[bool] = False
     head_reads_first_position: ClassVar[bool] = False  # make_head's head reads states[:, 0] alone ([CLS])
     pretraining: ClassVar[bool] = False  # its students are general models: later runs start "after pre-training"
+    # Its dev split is scored from the tokenised rows alone, so a held-out part of train can stand in for it
+    # (``holdout_fraction``); False where scoring needs the raw examples (SQuAD's answer spans).
+    rows_scorable: ClassVar[bool] = False
 
     @dataclass
     class Options:

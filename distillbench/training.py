@@ -61,6 +61,7 @@ class RunData:
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source or plan.teacher_source)
         max_length = plan.config.train.max_seq_length
         self.splits: DatasetDict = self.task.preprocess(self.task.load(), self.tokenizer, max_length)
+        self.held_out = hold_out(self.splits, plan.config.train.holdout_fraction, plan.task)
 
     def train_split(self, max_train_samples: int | None, indexed: bool = False) -> Dataset:
         """The training set, or a seeded random subset of it (a student-side budget); ``indexed``
@@ -80,6 +81,22 @@ class RunData:
         if cfg.max_steps > 0:
             return cfg.max_steps * cfg.batch_size
         return cfg.epochs * len(self.train_split(cfg.max_train_samples))
+
+
+HOLDOUT_SEED = 0  # one split for every run and seed: the settings a study compares see the same rows
+
+
+def hold_out(splits: DatasetDict, fraction: float, task: Any) -> dict[str, Any] | None:
+    """With ``fraction`` > 0, carve a seeded part of train out and score on it instead of the dev split(s),
+    in place, so a study choosing settings never sees the dev set its students are scored on. Returns
+    what the record says about it (None: the dev set is scored)."""
+    if fraction <= 0:
+        return None
+    parts = splits["train"].train_test_split(test_size=fraction, seed=HOLDOUT_SEED)
+    splits["train"] = parts["train"]
+    for name in task.eval_splits:
+        splits[name] = parts["test"]
+    return {"fraction": fraction, "seed": HOLDOUT_SEED, "examples": len(parts["test"]), "scored_on": "held-out train"}
 
 
 class Training:

@@ -17,6 +17,6 @@ for task in $tasks; do
   for method in $methods; do
     distillbench run --method "$method" --task "$task" --seed 42 --data-dir "$data" --results-dir "$results" \
       --no-progress --epochs 2 --set batch_size=16 --set learning_rate=1e-4 --set teacher_learning_rate=1e-4 \
-      --set warmup_steps=50 --set eval_strategy=end
+      --set warmup_steps=50 --set eval_strategy=end --set group_by_length=true  # as its records were made
   done
 done

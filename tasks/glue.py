@@ -190,6 +190,7 @@ class GlueTask(Task):
     """One GLUE task; concrete classes are generated from :data:`SPECS` below."""
 
     distill_per_example = True
+    rows_scorable = True
 
     spec: GlueSpec
     benchmark = "GLUE"

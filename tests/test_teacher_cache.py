@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import RandomSampler
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -134,7 +135,7 @@ def test_cache_is_built_once_and_reused_by_later_runs(tiny_bert, glue_dir, workd
     assert "output cache" in capsys.readouterr().err
     meta = first["teacher_cache"]
     assert meta["examples"] == first["data"]["train_examples"] and meta["layers"] == []
-    assert first["train"]["teacher_cache"] == "on" and first["train"]["group_by_length"] is True
+    assert first["train"]["teacher_cache"] == "on" and first["train"]["group_by_length"] is False
     folder = workdir / "cache" / "teacher-outputs" / meta["key"]
     built = (folder / "meta.json").stat().st_mtime_ns
     assert main(tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-cache", "on", "--seed", "7")) == 0
@@ -156,8 +157,13 @@ def test_pretrain_refuses_a_cache_because_masks_change_every_step(tiny_bert, cor
         plan_run(config, Paths(tmp_path / "r", None, tmp_path / "c"))
 
 
-def test_training_batches_are_grouped_by_length_by_default(tiny_bert, glue_dir, tmp_path):
-    runner = make_runner(tiny_bert, glue_dir, tmp_path, "finetune", teacher_cache="auto")
+@pytest.mark.parametrize(("grouped", "sampler"), [(None, RandomSampler), (True, LengthGroupedSampler)])
+def test_training_batches_are_random_by_default_and_length_grouped_when_asked(
+    tiny_bert, glue_dir, tmp_path, grouped, sampler
+):
+    """Length grouping changed results (the MRPC teacher lost four points): an option, never the default."""
+    extra = {} if grouped is None else {"group_by_length": grouped}
+    runner = make_runner(tiny_bert, glue_dir, tmp_path, "finetune", teacher_cache="auto", **extra)
     trainer = runner.training.train(
         build_student(
             runner.plan.student_spec,
@@ -170,7 +176,7 @@ def test_training_batches_are_grouped_by_length_by_default(tiny_bert, glue_dir, 
         runner.plan.config.train,
         evaluate=False,
     )
-    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    assert type(trainer._get_train_sampler()) is sampler
 
 
 class LengthEcho(torch.nn.Module):
