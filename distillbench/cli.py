@@ -785,7 +785,10 @@ def command_leaderboard(args: argparse.Namespace) -> int:
         for readme in readmes:
             if readme.is_file():
                 readme.write_text(fill_sections(readme.read_text(), sections))
-        print(f"wrote {args.results_dir / 'leaderboard.md'}, {len(figure_paths(reading))} figure(s)", file=sys.stderr)
+        print(
+            f"wrote {args.results_dir / 'leaderboard.md'}, {sum(map(len, figure_paths(reading).values()))} figure(s)",
+            file=sys.stderr,
+        )
     if args.html:
         from distillbench.site import write_site
 

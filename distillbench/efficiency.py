@@ -29,13 +29,13 @@ from typing import Any
 import pandas as pd
 import torch
 import transformers
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoTokenizer, DataCollatorWithPadding, PretrainedConfig
 
 from distillbench import provenance
 from distillbench.atomic import write_json_atomic
+from distillbench.budget import count, forward_gflops, typical_row, with_flops
 from distillbench.errors import UserError
-from distillbench.labels import row_key, teacher_label
+from distillbench.labels import model_label, row_key, teacher_label
 from distillbench.models import StudentSpec, load_config, resolve_model, student_config
 from distillbench.portable import packaged_alias
 from distillbench.records import RECORD_VERSION
@@ -109,18 +109,9 @@ def measure(model: torch.nn.Module, rows: list[dict[str, Any]], collate: Callabl
 
             examples = sum(len(b["input_ids"]) for b in batches)
             result[f"latency_ms_batch{size}"] = 1000 * median_seconds(run) / examples
-        lengths = [len(row["input_ids"]) for row in inputs]
-        typical = sorted(range(len(lengths)), key=lengths.__getitem__)[len(lengths) // 2]
-        # FlopCounterMode does not see inside CPU SDPA kernels: count on the eager attention, whose
-        # matmuls are the same arithmetic, then restore what the latency was measured with.
-        timed_with = model.config._attn_implementation
-        model.set_attn_implementation("eager")
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(**collate([inputs[typical]]))
-        model.set_attn_implementation(timed_with)
-    result["gflops_per_example"] = counter.get_total_flops() / 1e9
-    result["typical_length"] = lengths[typical]
+    typical = typical_row(inputs)
+    result["gflops_per_example"] = forward_gflops(model, collate([inputs[typical]]))
+    result["typical_length"] = len(inputs[typical]["input_ids"])
     return result
 
 
@@ -234,3 +225,23 @@ def efficiency_table(results_dir: Path) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def fill_budgets(records: list[dict[str, Any]], results_dir: Path) -> None:
+    """Give records written before the ``budget`` field one, counted from their own fields, with FLOPs from
+    the efficiency records of their student and teacher architectures (by the labels the tables use;
+    without them, or for a method's own modules, which those records do not size, the FLOPs stay unknown
+    or leave the modules out)."""
+    costs = read_efficiency(results_dir)
+    for record in records:
+        if record.get("budget") or record.get("role") == "teacher":
+            continue
+        task = record["task"]
+        student = costs.get((task, row_key(record)[3]), {})
+        model = record.get("model") or {}
+        teacher = costs.get((task, model_label(model.get("teacher_source"))), {}) if record.get("teacher") else {}
+        gflops = {"student": student.get("gflops_per_example"), "teacher": teacher.get("gflops_per_example")}
+        estimate = {"gflops_per_example": {k: v for k, v in gflops.items() if v is not None}, "extra_params": 0}
+        record["budget"] = with_flops(
+            count(record) | estimate | {"derived": "read from the record; method modules not sized"}
+        )

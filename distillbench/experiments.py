@@ -19,7 +19,7 @@ import pandas as pd
 
 from distillbench.labels import EXPERIMENT, row_key
 from distillbench.leaderboard import Table, aggregate, build_table, format_cell
-from distillbench.markers import Significance, marked_baselines, significance
+from distillbench.markers import REFINED_RESAMPLES, Significance, marked_baselines, significance
 from distillbench.selection import bounded_by
 from distillbench.significance import ALPHA, DEFAULT_RESAMPLES, format_p, smallest_permutation_p
 from distillbench.task import get_task, list_tasks, short_label
@@ -128,10 +128,10 @@ def history(experiments: list[Experiment], include_bounded: bool = False) -> lis
 
 
 def experiment_significance(
-    experiment: Experiment, score: str, resamples: int = DEFAULT_RESAMPLES, progress: bool = False
+    experiment: Experiment, score: str, resamples: int = DEFAULT_RESAMPLES, progress: bool = False, seed: int = 0
 ) -> Significance:
     """Every method against the baselines on each task of the experiment, Holm-corrected over them."""
-    return significance(experiment.students, score, resamples, progress)
+    return significance(experiment.students, score, resamples, progress, seed)
 
 
 def score_table(experiment: Experiment, score: str, marks: Significance | None = None) -> Table:
@@ -153,7 +153,59 @@ def score_table(experiment: Experiment, score: str, marks: Significance | None =
         best = {(i + (i >= position), column) for i, column in table.best}
     else:
         best = table.best
+    costs = budget_cells(experiment)
+    if any(costs.values()):
+        cells[BUDGET_COLUMN] = [costs.get(method, "") for method in cells["method"]]
     return Table(cells, best, table.title)
+
+
+BUDGET_COLUMN = "labels · train FLOPs"
+BUDGET_LEGEND = (
+    f"{BUDGET_COLUMN}: the labelled epochs the student saw over all its stages (a fine-tuned start and a "
+    "method's own labelled stages count) and the estimated training FLOPs per task (forward + backward of the "
+    "student, teacher forwards — one pass when read from a cache — at the median dev length; docs/records.md)."
+)
+
+
+def budget_cells(experiment: Experiment) -> dict[str, str]:
+    """Per method row: the labelled epochs its student saw (labelled examples ÷ training set, all its
+    stages) and the estimated training FLOPs per task in column order, mean over seeds — ``9 ep · 47 / 36 TF``.
+    A method's cost beside its score: TED's lead comes with three times the labelled epochs of KD."""
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in experiment.students:
+        by_method[row_key(record)[1]].append(record)
+    cells = {}
+    for method, records in by_method.items():
+        budgets = [(r, r.get("budget") or {}) for r in records]
+        epochs = {
+            round(b["student_labelled_examples"] / r["data"]["train_examples"], 1)
+            for r, b in budgets
+            if b and (r.get("data") or {}).get("train_examples")
+        }
+        means = []
+        for task in experiment.tasks:
+            values = [b.get("training_flops") for r, b in budgets if r["task"] == task and b]
+            known = [v for v in values if v is not None]
+            means.append(sum(known) / len(known) if known and len(known) == len(values) else None)
+        if epochs:
+            label = "/".join(f"{e:g}" for e in sorted(epochs)) + " ep"
+            cells[method] = f"{label} · {flops_text(means)}" if any(means) else label
+    return cells
+
+
+def has_costs(experiment: Experiment) -> bool:
+    """Whether any student record of the experiment estimates its training FLOPs (a cost figure to draw)."""
+    return any((r.get("budget") or {}).get("training_flops") for r in experiment.students)
+
+
+FLOP_UNITS = ((1e15, "PF"), (1e12, "TF"), (1e9, "GF"))
+
+
+def flops_text(values: list[float | None]) -> str:
+    """``18.3 / 13.9 TF``: one unit for the cell, from its largest value; ``–`` where a task has none."""
+    largest = max(v for v in values if v is not None)
+    scale, unit = next(((s, u) for s, u in FLOP_UNITS if largest >= s), FLOP_UNITS[-1])
+    return " / ".join("–" if v is None else f"{v / scale:.3g}" for v in values) + f" {unit}"
 
 
 def findings_table(marks: Significance) -> pd.DataFrame:
@@ -162,21 +214,14 @@ def findings_table(marks: Significance) -> pd.DataFrame:
     rows = []
     for finding in marks.findings:
         comparison = finding.comparison
-        seeds = comparison.across_seeds
-        if seeds.p_value is not None:
-            across = f"{format_p(seeds.p_value)} (min {format_p(smallest_permutation_p(*comparison.seed_counts))})"
-        elif seeds.name == "aso":
-            across = f"ASO ε {seeds.statistic:.2f}"
-        else:
-            across = "—"
         rows.append(
             {
                 "task": short_label(finding.key[0]),
                 "method": finding.key[1],
                 "vs": comparison.baseline,
                 "Δ [95% CI]": difference_text(finding),
-                "p examples (Holm)": format_p(finding.adjusted_p),
-                "p seeds (min)": across,
+                "p examples (Holm)": format_p(finding.adjusted_p) + (" (borderline)" if finding.unsettled else ""),
+                "p seeds (min)": seeds_text(finding),
             }
         )
     return pd.DataFrame(rows)
@@ -192,46 +237,63 @@ def difference_text(finding) -> str:
 def findings_legend(marks: Significance) -> str:
     if not marks.findings:
         return marks.legend()
-    resamples = marks.findings[0].comparison.bootstrap.resamples
+    resamples = min(f.comparison.bootstrap.resamples for f in marks.findings)
     return (
         "Δ: difference of the task's main metric (×100) over the seeds both methods ran; 95% CI and p from a "
-        f"paired bootstrap over dev examples ({resamples:,} resamples) — would the gap survive another dev set? "
+        f"paired bootstrap over dev examples ({resamples:,} resamples, {REFINED_RESAMPLES}× for a p near the "
+        "threshold) — would the gap survive another dev set? "
         f"p is Holm-corrected over the {len(marks.findings)} comparisons of this experiment; {BETTER} / {WORSE}: "
-        f"better / worse at p < {ALPHA}; the CI is not corrected, so a CI that excludes 0 without a mark is a "
-        "difference that does not survive the correction. p seeds: exact permutation test of the per-seed "
-        "scores — would it survive other training seeds? — with the smallest p it can reach for that many "
-        "seeds in brackets: a p at its minimum is as strong as those seeds can say." + marks.skipped_note()
+        f"better / worse at p < {ALPHA}; borderline: still within twice its Monte-Carlo error of {ALPHA}, so "
+        "another bootstrap seed could move it across: no mark. The CI is not corrected, so a CI that excludes 0 "
+        "without a mark is a difference that does not survive the correction. p seeds: exact permutation test "
+        "of the per-seed scores — would it survive other training seeds? — with the smallest p it can reach for "
+        "that many seeds in brackets: a p at its minimum is as strong as those seeds can say." + marks.skipped_note()
     )
 
 
 def headline(experiment: Experiment, marks: Significance) -> pd.DataFrame:
-    """Method × (task vs baseline): the difference, its CI and the corrected verdict, for the methods
-    compared in ``experiment``."""
-    baselines = marked_baselines()
-    columns = [(t, b) for t in experiment.tasks for b in baselines]
-    cells: dict[str, dict[str, str]] = defaultdict(dict)
+    """The findings table that opens a reading: task × method, each method against fine-tuning — the
+    difference, its 95 % CI and the Holm-corrected verdict over dev examples, beside the test across
+    seeds (its p and, in brackets, the smallest p that many seeds can give)."""
+    baseline = marked_baselines()[0]
+    rows = []
     for finding in marks.findings:
-        task, method = finding.key[0], finding.key[1]
-        label = f"{short_label(task)} vs {finding.comparison.baseline}"
-        cells[method][label] = difference_text(finding)
-    labels = [f"{short_label(t)} vs {b}" for t, b in columns]
-    labels = [label for label in labels if any(label in row for row in cells.values())]
-    order = sorted(cells, key=lambda m: (m not in baselines, m))
-    return pd.DataFrame([{"method": m, **{label: cells[m].get(label, "") for label in labels}} for m in order])
+        if finding.comparison.baseline != baseline:
+            continue
+        rows.append(
+            {
+                "task": short_label(finding.key[0]),
+                "method": finding.key[1],
+                f"Δ vs {baseline} [95% CI]": difference_text(finding),
+                "p examples (Holm)": format_p(finding.adjusted_p) + (" (borderline)" if finding.unsettled else ""),
+                "p seeds (min)": seeds_text(finding),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def seeds_text(finding) -> str:
+    """``0.008 (min 0.008)``: the across-seed p and the smallest p its seeds allow, or ASO's ε."""
+    comparison = finding.comparison
+    seeds = comparison.across_seeds
+    if seeds.p_value is not None:
+        return f"{format_p(seeds.p_value)} (min {format_p(smallest_permutation_p(*comparison.seed_counts))})"
+    return f"ASO ε {seeds.statistic:.2f}" if seeds.name == "aso" else "—"
 
 
 NOTHING_RANKED = "No experiment with several seeds and a baseline yet: nothing is ranked."
 
 
 def headline_intro(experiment: Experiment) -> str:
-    return f"{experiment.title()} — each method against fine-tuning and KD on the dev set, final epoch."
+    return f"{experiment.title()} — each method against fine-tuning on the dev set, final epoch."
 
 
 def headline_legend(marks: Significance) -> str:
     return (
-        f"Cells: difference in the main metric ×100, [95% CI]; {BETTER} / {WORSE}: better / worse after Holm's "
-        f"correction over the experiment's {len(marks.findings)} comparisons (p < {ALPHA}); no mark: not "
-        "significant after it (the CI is uncorrected)."
+        f"Δ: difference in the main metric ×100, [95% CI] over dev examples; {BETTER} / {WORSE}: better / worse "
+        f"after Holm's correction over the experiment's {len(marks.findings)} comparisons (p < {ALPHA}); no "
+        "mark: not significant after it (the CI is uncorrected). p seeds: exact permutation test of the "
+        "per-seed scores, with the smallest p those seeds can give."
     )
 
 

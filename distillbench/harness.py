@@ -18,6 +18,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerC
 
 from distillbench import distributed, provenance
 from distillbench.atomic import write_json_atomic
+from distillbench.budget import INPUT_KEYS, count, forward_gflops, typical_row, with_flops
 from distillbench.cached import exclusive
 from distillbench.distiller import Distiller
 from distillbench.ensemble import ensemble_record, score_ensemble
@@ -109,10 +110,12 @@ class Runner:
         student.save_pretrained(out_dir / "student")
         self.data.tokenizer.save_pretrained(out_dir / "student")
         teacher_config = teachers[0].config if teachers else None
+        extra_params = sum(p.numel() for p in method.modules.parameters())
         return self._write_record(
             out_dir,
             started,
             trainer.state.log_history,
+            costs=self._costs(student, teachers[0] if teachers else None, extra_params),
             metrics=metrics,
             teacher=teacher_info,
             teacher_cache=None if live else cache_entry(caches),
@@ -133,10 +136,12 @@ class Runner:
             return {"metrics": info["metrics"], "_path": None}
         shutil.copytree(folder, out_dir / "student", dirs_exist_ok=True)
         initial_sha = info["settings"]["init"].get("initial_state_sha256")
+        student = load_for_task(str(folder), self.task.model_class, self.task.model_kwargs(), False)
         return self._write_record(
             out_dir,
             started,
             info["log_history"],
+            costs=self._costs(student, None, 0),
             metrics=info["metrics"],
             teacher=None,
             teacher_cache=None,
@@ -155,6 +160,8 @@ class Runner:
         return {
             "student": self.stages.student_description(),
             "student_start": plan.method.student_start,
+            # a start other than the method's own is a control of it ("kd (from fine-tuned)")
+            "student_start_default": type(plan.method).hparams_for(plan.config.task, {}).student_start,
             "student_architecture": architecture(student),
             **({"teacher_architecture": architecture(teacher)} if teacher is not None else {}),
             "initial_state_sha256": initial_sha,
@@ -164,8 +171,30 @@ class Runner:
             "output_dir": portable_path((out_dir / "student").absolute(), plan.roots),
         }
 
-    def _write_record(self, out_dir: Path, started: float, history: list[dict], **fields: Any) -> dict[str, Any]:
-        """The student's record (rank 0), after the student and its predictions are written."""
+    def _costs(self, student: PreTrainedModel, teacher: PreTrainedModel | None, extra_params: int) -> dict[str, Any]:
+        """Forward GFLOPs of the student and the teacher on the median-length dev example (each on its
+        own tokenisation), and the parameters of the method's own modules: what the budget's FLOPs need."""
+
+        def gflops(model: PreTrainedModel, data: RunData) -> tuple[float, int]:
+            rows = data.splits[self.task.eval_splits[0]]
+            row = {k: v for k, v in rows[typical_row(rows)].items() if k in INPUT_KEYS}
+            return forward_gflops(model, self.task.collator(data.tokenizer)([row])), len(row["input_ids"])
+
+        student_gflops, length = gflops(student, self.data)
+        return {
+            "gflops_per_example": {
+                "student": student_gflops,
+                **({"teacher": gflops(teacher, self.teacher_data)[0]} if teacher is not None else {}),
+            },
+            "typical_length": length,
+            "extra_params": extra_params,
+        }
+
+    def _write_record(
+        self, out_dir: Path, started: float, history: list[dict], costs: dict[str, Any], **fields: Any
+    ) -> dict[str, Any]:
+        """The student's record (rank 0), after the student and its predictions are written; its budget
+        counted from the record's own fields (budget.py) with the ``costs`` measured in this run."""
         plan = self.plan
         record = student_record(
             plan,
@@ -179,6 +208,7 @@ class Runner:
             tags=self.tags,
             **fields,
         )
+        record["budget"] = with_flops(count(record) | costs)
         path = plan.paths.results_dir / "runs" / f"{plan.run_name}.json"
         write_json_atomic(path, record)
         for checkpoint in out_dir.glob("checkpoint-*"):  # resuming is done: the saved student stays

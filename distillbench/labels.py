@@ -59,15 +59,17 @@ def ensemble_label(members: list[dict[str, Any]]) -> str:
 
 
 def budget_label(record: dict[str, Any]) -> str:
-    """The training budget of a record's (student or teacher) stage: steps when capped, else epochs."""
+    """The training budget of a record's (student or teacher) stage: steps when capped, else epochs; and
+    ", length-grouped" when its batches were (an option that changed results, so another experiment)."""
     train = record.get("train") or {}
     if record.get("role") == "teacher":
         steps, epochs = train.get("teacher_max_steps", -1), train.get("teacher_epochs") or train.get("epochs")
     else:
         steps, epochs = train.get("max_steps", -1), train.get("epochs")
+    grouped = ", length-grouped" if train.get("group_by_length") else ""
     if steps and steps > 0:
-        return f"{steps} steps"
-    return f"{epochs:g} ep" if epochs is not None else "?"
+        return f"{steps} steps{grouped}"
+    return f"{epochs:g} ep{grouped}" if epochs is not None else "?"
 
 
 EXPERIMENT = ("teacher", "student", "setting", "budget")
@@ -76,13 +78,26 @@ EXPERIMENT = ("teacher", "student", "setting", "budget")
 TUNED = " (tuned)"
 
 
+def base_method(label: str) -> str:
+    """The registered method of a row label: ``kd`` of "kd (tuned)" and of "kd (from fine-tuned)"."""
+    return label.split(" (", 1)[0]
+
+
 def method_label(record: dict[str, Any]) -> str:
-    """A record's row name: the teacher, its method, or "<method> (tuned)" for a student started from a
+    """A record's row name: the teacher, its method, "<method> (tuned)" for a student started from a
     study's best parameters (``run --params best``), another configuration in a row of its own that the
-    significance markers compare with the reference row of the same method."""
+    significance markers compare with the reference row of the same method, or "<method> (from fine-tuned)"
+    for a control started where the method does not (KD from TED's fine-tuned student)."""
     if record.get("role") == "teacher":
         return "teacher"
-    return record["method"] + (TUNED if record.get("tuned_from") else "")
+    model = record.get("model") or {}
+    start = model.get("student_start")
+    control = (
+        f" (from {start.replace('finetuned', 'fine-tuned')})"
+        if start != model.get("student_start_default", start)
+        else ""
+    )
+    return record["method"] + control + (TUNED if record.get("tuned_from") else "")
 
 
 def row_key(record: dict[str, Any]) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import pandas as pd
 from distillbench.errors import UserError
 from distillbench.labels import (
     EXPERIMENT,
-    TUNED,
+    base_method,
     row_key,
     score_of,
 )
@@ -72,10 +72,10 @@ def format_cell(stats: list[tuple[float, float, int]], scale: float, decimals: i
 
 def method_order(label: str) -> tuple[int, str]:
     """The teacher row first, then methods by the ``table_order`` they declare (unknown ones last), a
-    tuned row right after its method's reference row."""
+    variant row (tuned, a control) right after its method's reference row."""
     if label == "teacher":
         return (-1, label)
-    method = label.removesuffix(TUNED)
+    method = base_method(label)
     return (get_method(method).table_order if method in method_registry else 10**6, label)
 
 

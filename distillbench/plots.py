@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import textwrap
+from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -20,9 +21,9 @@ import seaborn as sns
 from scipy import stats
 
 from distillbench.errors import UserError
-from distillbench.experiments import Experiment
+from distillbench.experiments import Experiment, has_costs
 from distillbench.history import main_metric_key
-from distillbench.labels import TUNED
+from distillbench.labels import TUNED, base_method, row_key
 from distillbench.leaderboard import aggregate, method_order
 from distillbench.task import get_task, short_label
 
@@ -52,13 +53,13 @@ def svg_text(figure: plt.Figure) -> str:
 
 def method_colours(labels: list[str]) -> dict[str, tuple[float, float, float]]:
     """One colour per method, the same in every figure and on the page: the registry's order (by each
-    method's ``table_order``) into seaborn's palette; a tuned row takes its method's colour."""
+    method's ``table_order``) into seaborn's palette; a variant row (tuned, a control) takes its method's colour."""
     from distillbench.method import get_method, list_methods
 
     order = sorted(list_methods(), key=lambda m: (get_method(m).table_order, m))
     palette = sns.color_palette("tab10", n_colors=10)
     colours = {method: palette[(index + 1) % len(palette)] for index, method in enumerate(order)}
-    return {label: colours.get(label.removesuffix(TUNED), palette[0]) for label in labels}
+    return {label: colours.get(base_method(label), palette[0]) for label in labels}
 
 
 def _ci_half_width(std: float, n: int) -> float:
@@ -86,7 +87,7 @@ def experiment_figure(experiment: Experiment, score: str = "final") -> plt.Figur
         for y, method in enumerate(present):
             row = rows.loc[method]
             half = _ci_half_width(row["std"], int(row["n"])) * scale
-            marker = "s" if method.endswith(TUNED) else "o"
+            marker = "o" if method == base_method(method) else ("s" if method.endswith(TUNED) else "D")
             axis.errorbar(row["mean"] * scale, y, xerr=half or None, fmt=marker, color=colours[method], capsize=3)
             labels.append(f"{method} (n={int(row['n'])})")
         references = []
@@ -116,14 +117,68 @@ def experiment_figure(experiment: Experiment, score: str = "final") -> plt.Figur
     return figure
 
 
+def cost_figure(experiment: Experiment, score: str = "final") -> plt.Figure | None:
+    """A panel per task: each method's mean score (95 % CI over seeds) against its estimated training
+    FLOPs (mean over seeds, log axis), in the method's colour — what a method's lead cost. None when no
+    record of the experiment has a FLOP estimate."""
+    if not has_costs(experiment):
+        return None
+    flops: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for record in experiment.students:
+        value = (record.get("budget") or {}).get("training_flops")
+        if value:
+            flops[(record["task"], row_key(record)[1])].append(value)
+    scores = aggregate(experiment.records, score)
+    tasks = [t for t in experiment.tasks if any(task == t for task, _ in flops)]
+    methods = sorted({m for _, m in flops}, key=method_order)
+    colours = method_colours(methods)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.8 * len(tasks), 3.8), squeeze=False)
+    for axis, task_name in zip(axes[0], tasks, strict=True):
+        task = get_task(task_name)
+        metric, scale = main_metric_key(task), task.display_scale
+        rows = scores[(scores["task"] == task_name) & (scores["metric"] == metric)].set_index("method")
+        for method in methods:
+            spent = flops.get((task_name, method))
+            if not spent or method not in rows.index:
+                continue
+            row = rows.loc[method]
+            half = _ci_half_width(row["std"], int(row["n"])) * scale
+            marker = "o" if method == base_method(method) else ("s" if method.endswith(TUNED) else "D")
+            axis.errorbar(
+                float(np.mean(spent)),
+                row["mean"] * scale,
+                yerr=half or None,
+                fmt=marker,
+                color=colours[method],
+                capsize=3,
+                label=f"{method} (n={int(row['n'])})",
+            )
+        if "teacher" in rows.index:
+            teacher = rows.loc["teacher", "mean"] * scale
+            axis.axhline(teacher, color="0.15", linestyle="--", linewidth=1, label=f"teacher {teacher:.1f}")
+        axis.set_xscale("log")
+        axis.set_xlabel("estimated training FLOPs (student side, mean over seeds)", fontsize=8)
+        axis.set_ylabel(f"{task.main_metric}" + (f" ×{scale:g}" if scale != 1 else "") + ", 95% CI", fontsize=8)
+        if not task.greater_is_better:
+            axis.invert_yaxis()
+        axis.set_title(f"{short_label(task_name)}: score vs training cost", fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    figure.suptitle(textwrap.fill(experiment.title(), 100, break_on_hyphens=False), fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
 def experiment_plots(experiments: list[Experiment], out_dir: Path, score: str = "final") -> list[Path]:
-    """Every experiment's figure as SVG under ``out_dir`` (``experiment-<number>.svg``)."""
+    """Every experiment's figures as SVG under ``out_dir``: scores (``experiment-<number>.svg``) and
+    score against training cost (``experiment-<number>-cost.svg``, when its records have FLOP estimates)."""
     paths = []
     for experiment in experiments:
         suffix = "" if score == "final" else f"-{score}"
-        paths += _save(
-            experiment_figure(experiment, score), out_dir, f"experiment-{experiment.number}{suffix}", ("svg",)
-        )
+        name = f"experiment-{experiment.number}{suffix}"
+        paths += _save(experiment_figure(experiment, score), out_dir, name, ("svg",))
+        if has_costs(experiment):
+            paths += _save(cost_figure(experiment, score), out_dir, f"{name}-cost", ("svg",))
     return paths
 
 

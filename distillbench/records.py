@@ -73,6 +73,7 @@ class RunRecord(TypedDict, total=False):
     wall_time_s: float
     train_runtime_s: float | None
     tags: dict[str, Any]
+    budget: dict[str, Any]  # the student's labelled examples, optimizer steps, teacher forwards, FLOPs (budget.py)
     chosen_by: dict[str, Any]  # a teacher's: the teacher study that chose its settings (study, metric, held-out score)
     tuned_from: dict[str, Any]  # study, trial, value of the tuned parameters a student started from (--params best)
 

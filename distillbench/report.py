@@ -12,14 +12,16 @@ from pathlib import Path
 import pandas as pd
 
 from distillbench.bench_report import bench_markdown, performance_summary
-from distillbench.efficiency import efficiency_table
+from distillbench.efficiency import efficiency_table, fill_budgets
 from distillbench.experiments import (
+    BUDGET_LEGEND,
     NOTHING_RANKED,
     Experiment,
     experiment_significance,
     findings_legend,
     findings_table,
     group_experiments,
+    has_costs,
     headline,
     headline_intro,
     headline_legend,
@@ -129,6 +131,7 @@ def read_results(results_dir: Path, progress: bool = False, include_bounded: boo
     (bootstraps cached, a bar while they compute). Bounded runs are left out unless asked; asked, they
     join the history, never a ranked table."""
     selection = collect(results_dir, include_bounded=include_bounded)
+    fill_budgets(selection.records, results_dir)
     experiments = group_experiments(selection.records)
     marks = {e.number: experiment_significance(e, "final", progress=progress) for e in ranked(experiments)}
     return Reading(results_dir, selection, experiments, marks)
@@ -153,24 +156,25 @@ def headline_markdown(reading: Reading) -> str:
     )
 
 
-def experiment_markdown(experiment: Experiment, marks: Significance, figure: str | None) -> list[str]:
+def experiment_markdown(experiment: Experiment, marks: Significance, figures: list[str]) -> list[str]:
     parts = [
         f"### {experiment.title()}",
         "",
         render(score_table(experiment, "final", marks), "md"),
         f"Final epoch, dev set. Cells: mean ± std over seeds, ×100; n: seeds; **bold**: best student per column. "
-        f"{marks.legend()}",
+        f"{marks.legend()} {BUDGET_LEGEND}",
         "",
     ]
-    if figure:
-        parts += [f"![{experiment.title()}]({figure})", ""]
+    for figure in figures:
+        what = "score against training cost" if figure.endswith("-cost.svg") else "scores"
+        parts += [f"![{experiment.title()}: {what}]({figure})", ""]
     findings = findings_table(marks)
     if len(findings):
         parts += [findings.to_markdown(index=False, disable_numparse=True), "", findings_legend(marks), ""]
     return parts
 
 
-def leaderboard_markdown(reading: Reading, figures: dict[int, str] | None = None) -> str:
+def leaderboard_markdown(reading: Reading, figures: dict[int, list[str]] | None = None) -> str:
     """The leaderboard: the headline, each ranked experiment (scores, findings, its figure), the history
     of single runs, efficiency, runs, studies and the TED reference. ``figures``: experiment number →
     the path of its figure relative to the results folder."""
@@ -181,7 +185,7 @@ def leaderboard_markdown(reading: Reading, figures: dict[int, str] | None = None
     parts += ["### Headline", "", headline_markdown(reading), ""]
     for experiment in reading.ranked:
         parts += experiment_markdown(
-            experiment, reading.marks[experiment.number], (figures or {}).get(experiment.number)
+            experiment, reading.marks[experiment.number], (figures or {}).get(experiment.number, [])
         )
     if reading.history:
         parts += [
@@ -228,9 +232,14 @@ def replace_section(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
-def figure_paths(reading: Reading) -> dict[int, str]:
-    """Where ``leaderboard --write`` puts each ranked experiment's figure, relative to the results folder."""
-    return {e.number: f"plots/experiment-{e.number}.svg" for e in reading.ranked}
+def figure_paths(reading: Reading) -> dict[int, list[str]]:
+    """Where ``leaderboard --write`` puts each ranked experiment's figures, relative to the results folder:
+    its scores, and its scores against training cost when its records estimate FLOPs."""
+    return {
+        e.number: [f"plots/experiment-{e.number}.svg"]
+        + ([f"plots/experiment-{e.number}-cost.svg"] if has_costs(e) else [])
+        for e in reading.ranked
+    }
 
 
 def generated_sections(results_dir: Path, reading: Reading | None = None) -> dict[str, str]:

@@ -21,11 +21,13 @@ from matplotlib.colors import to_hex
 
 from distillbench.efficiency import efficiency_table, read_efficiency
 from distillbench.experiments import (
+    BUDGET_LEGEND,
     MAJORITY,
     NOTHING_RANKED,
     Experiment,
     findings_legend,
     findings_table,
+    has_costs,
     headline,
     headline_intro,
     headline_legend,
@@ -36,7 +38,7 @@ from distillbench.experiments import (
 from distillbench.labels import row_key
 from distillbench.leaderboard import aggregate
 from distillbench.markers import Significance
-from distillbench.plots import experiment_figure, method_colours, speed_quality_figures, svg_text
+from distillbench.plots import cost_figure, experiment_figure, method_colours, speed_quality_figures, svg_text
 from distillbench.reference import reference_table
 from distillbench.report import Reading
 
@@ -166,6 +168,11 @@ def experiment_html(experiment: Experiment, marks: Significance) -> list[str]:
     parts = [
         f'<h2 id="section-{experiment.number}">{html.escape(experiment.title())}</h2>',
         figure_html(experiment_figure(experiment), f"experiment {experiment.number}: 95% CI over seeds"),
+        *(
+            [figure_html(cost_figure(experiment), f"experiment {experiment.number}: score against training cost")]
+            if has_costs(experiment)
+            else []
+        ),
         table_html(
             f"experiment-{experiment.number}",
             table.cells,
@@ -174,7 +181,7 @@ def experiment_html(experiment: Experiment, marks: Significance) -> list[str]:
             _colours(table.cells),
         ),
         f'<p class="legend">Final epoch, dev set. Cells: mean ± std over seeds, ×100; n: seeds; <b>bold</b>: best '
-        f"student per column. {html.escape(marks.legend())}</p>",
+        f"student per column. {html.escape(marks.legend())} {html.escape(BUDGET_LEGEND)}</p>",
     ]
     if len(findings):
         parts += [

@@ -95,8 +95,9 @@ def records_of(workdir) -> list[dict]:
 
 
 def test_an_ensemble_of_teacher_seeds_runs_end_to_end(tiny_bert, glue_dir, workdir):
-    # a high teacher learning rate makes the two seeds' teachers disagree enough that the weights matter
-    weights = ["--set", "teacher_weights=1,3", "--set", "teacher_learning_rate=0.01"]
+    # a high teacher learning rate (and length-grouped batches) make the two seeds' tiny teachers disagree
+    # enough that the weights matter
+    weights = ["--set", "teacher_weights=1,3", "--set", "teacher_learning_rate=0.01", "--set", "group_by_length=true"]
     assert run_ensemble(tiny_bert, glue_dir, "--teacher-seeds", "1,2", *weights) == 0
     found = records_of(workdir)
     teachers = sorted((r for r in found if r["role"] == "teacher"), key=lambda r: r["seed"])

@@ -118,3 +118,22 @@ def test_a_bootstrap_p_carries_its_monte_carlo_error_and_says_when_it_is_borderl
     assert not BootstrapResult(0.05, 0.02, 0.08, 0.3, 3, 1000).borderline
     assert not BootstrapResult(0.05, 0.02, 0.08, 0.0002, 3, 10_000).borderline
     assert BootstrapResult(0.0, 0.0, 0.0, 1.0, 3, 0).p_error == 0.0  # identical predictions: no draws
+
+
+def test_a_marker_needs_its_holm_p_below_005_by_more_than_its_monte_carlo_error():
+    """Holm multiplies a p (here by 12), and with it the p's Monte-Carlo error: 0.0035 × 12 = 0.042 from
+    10,000 draws is unsettled; the same p from a million draws, or a p far from the threshold, is not."""
+    from types import SimpleNamespace
+
+    from distillbench.markers import Finding
+    from distillbench.significance import BootstrapResult
+
+    def finding(p: float, adjusted: float, resamples: int) -> Finding:
+        comparison = SimpleNamespace(bootstrap=BootstrapResult(0.01, 0.0, 0.02, p, 3, resamples))
+        return Finding(("stsb", "kd"), comparison, 0, adjusted)
+
+    near = finding(0.0035, 0.042, 10_000)  # error 2·sqrt(0.00175·0.99825/10⁴)·12 ≈ 0.010: 0.042 is 0.8 errors off
+    assert near.unsettled and not near.significant
+    settled = finding(0.0035, 0.042, 1_000_000)  # error ≈ 0.0010: 8 errors off
+    assert not settled.unsettled and settled.significant
+    assert finding(0.0001, 0.0012, 10_000).significant and not finding(0.2, 1.0, 10_000).unsettled

@@ -1,0 +1,120 @@
+"""Budget accounting: the student's labelled examples, optimizer steps, teacher forwards and FLOPs,
+checked against counts done by hand for the shapes of the campaign's records and a real tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tiny_run_args
+from distillbench.budget import count, training_flops, with_flops
+from distillbench.cli import main
+
+N, BATCH = 3668, 32  # MRPC's training set and batch: 115 steps per epoch
+
+
+def ted_record() -> dict:
+    """The shape of a TED record of the campaign: a cached fine-tuned student, two filter stages (the
+    teacher's read a feature cache), then 3 epochs of distillation from the teacher-output cache."""
+    filters = {"epochs": 3.0, "batch_size": BATCH, "max_steps": -1}
+    return {
+        "role": "student",
+        "train": {"batch_size": BATCH, "epochs": 3.0, "max_steps": -1},
+        "data": {"train_examples": N},
+        "loss_terms": {"loss": 1.0, "loss/task": 0.5, "loss/kd": 0.2, "loss/mse": 0.3},
+        "teacher": {"key": "mrpc-teacher-finetune-x"},
+        "teacher_cache": {"examples": N},
+        "stages": {
+            "student-finetune": {"settings": {"epochs": 3.0, "max_steps": -1, "train": {"batch_size": BATCH}}},
+            "teacher-finetune": {"settings": {"epochs": 3.0}},
+            "ted-filters-student": {
+                "settings": {**filters, "base": "mrpc-student-finetune-a"},
+                "loss_terms": {"loss/filter_task": 0.5},
+                "read_cache": "mrpc-b",
+            },
+            "ted-filters-teacher": {
+                "settings": {**filters, "base": "mrpc-teacher-finetune-x"},
+                "loss_terms": {"loss/filter_task": 0.5},
+                "read_cache": "mrpc-c",
+            },
+        },
+    }
+
+
+def test_ted_counts_its_fine_tuned_start_and_its_filter_stages():
+    budget = count(ted_record())
+    # labels: fine-tune 3 ep + student filters 3 ep + distillation 3 ep; the teacher's filters are not the student's
+    assert budget["student_labelled_examples"] == 9 * N
+    assert (
+        budget["student_optimizer_steps"] == 345 + 345
+    )  # fine-tune and distillation (the filter stage trains filters)
+    assert budget["teacher_forwards"] == N + N  # the teacher's filter stage and the distillation: one cached pass each
+    assert [s["stage"] for s in budget["stages"]] == [
+        "student-finetune",
+        "ted-filters-student",
+        "ted-filters-teacher",
+        "distillation",
+    ]
+
+
+def test_kd_live_teacher_forwards_every_epoch_and_an_ensemble_each_member():
+    record = ted_record() | {"stages": {}, "teacher_cache": None}
+    assert count(record)["teacher_forwards"] == 3 * N
+    assert count(record)["student_labelled_examples"] == 3 * N and count(record)["student_optimizer_steps"] == 345
+    ensemble = record | {"teacher": {"members": [{}, {}, {}]}}
+    assert count(ensemble)["teacher_forwards"] == 9 * N
+    assert count(record | {"teacher": None})["teacher_forwards"] == 0
+    bounded = record | {"train": {"batch_size": BATCH, "epochs": 3.0, "max_steps": 10}}
+    assert count(bounded)["student_optimizer_steps"] == 10 and count(bounded)["student_labelled_examples"] == 320
+
+
+def test_training_flops_by_hand():
+    budget = count(ted_record() | {"stages": {}, "teacher_cache": None})
+    assert training_flops(budget, 0.5, 1.0) == pytest.approx((3 * 0.5 * 3 * N + 1.0 * 3 * N) * 1e9)
+    assert training_flops(budget, 0.5, None) is None  # a teacher's cost unknown: no estimate rather than a low one
+    ted = count(ted_record())
+    s, t, extra, length = 0.5, 1.0, 1000, 50
+    per_extra = 2 * extra * length / 1e9
+    expected = (
+        3 * (s + per_extra) * 3 * N  # fine-tune
+        + s * N
+        + 3 * per_extra * 3 * N  # student filters: one cached forward pass, filters trained 3 epochs
+        + t * N
+        + 3 * per_extra * 3 * N  # teacher filters
+        + 3 * (s + per_extra) * 3 * N
+        + t * N  # distillation, teacher from its cache
+    )
+    assert training_flops(ted, s, t, extra, length) == pytest.approx(expected * 1e9)
+    assert count({"role": "teacher"}) == {}
+
+
+def test_a_run_records_its_budget(tiny_bert, glue_dir, workdir):
+    assert main(tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-cache", "off")) == 0
+    record = json.loads(next((workdir / "results" / "runs").glob("mrpc-kd-*.json")).read_text())
+    budget = record["budget"]
+    assert budget["student_optimizer_steps"] == 3 and budget["student_labelled_examples"] == 3 * 8
+    assert budget["teacher_forwards"] == 3 * 8
+    costs = budget["gflops_per_example"]
+    assert 0 < costs["student"] < costs["teacher"]  # the student is half the teacher's layers
+    assert budget["training_flops"] == pytest.approx(with_flops(budget)["training_flops"])
+    assert budget["training_flops"] == pytest.approx((3 * costs["student"] * 24 + costs["teacher"] * 24) * 1e9)
+
+
+def test_controls_start_where_ted_does_are_labelled_and_count_the_head_start(tiny_bert, glue_dir, workdir):
+    """KD, LWD or fine-tuning from TED's fine-tuned student: a row of its own, its budget with the head start."""
+    from distillbench.labels import method_label
+
+    flags = ["--teacher", str(tiny_bert), "--data-dir", str(glue_dir), "--no-progress", "--epochs", "1"]
+    flags += ["--set", "batch_size=8", "--set", "eval_batch_size=16", "--set", "logging_steps=1", "--teacher-seed", "1"]
+    for method, extra in (("finetune", ["--set", "student_start=finetuned"]), ("ted", [])):
+        assert main(["run", "--method", method, "--task", "mrpc", *flags, *extra]) == 0
+    runs = (workdir / "results" / "runs").glob("mrpc-*.json")
+    records = {r["method"]: r for r in (json.loads(p.read_text()) for p in runs) if r["role"] == "student"}
+    control, ted = records["finetune"], records["ted"]
+    assert method_label(control) == "finetune (from fine-tuned)" and method_label(ted) == "ted"
+    # the cached fine-tune stage (1 epoch, 6 steps) then 1 epoch more: TED's labelled budget without a teacher
+    assert control["budget"]["student_labelled_examples"] == 2 * 48
+    assert control["budget"]["student_optimizer_steps"] == 12 and control["budget"]["teacher_forwards"] == 0
+    assert control["stages"]["student-finetune"]["key"] == ted["stages"]["student-finetune"]["key"]
+    assert ted["budget"]["student_labelled_examples"] == 3 * 48  # fine-tune, student filters, distillation
