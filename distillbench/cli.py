@@ -477,9 +477,12 @@ def command_teacher_study(args: argparse.Namespace) -> int:
     from distillbench.harness import Runner
     from distillbench.method import get_method, list_methods
     from distillbench.stages import finetune_folder, finetune_settings, teacher_stages_cached
+    from distillbench.task import get_task
     from distillbench.teacher_study import as_overrides, grid_points, parse_grid, run_study
 
     grid = parse_grid(args.grid)
+    if not get_task(args.task).rows_scorable:
+        raise UserError(f"teacher-study: {args.task} is scored from raw examples; it cannot hold out part of train")
     if not 0 < args.holdout < 1:
         raise UserError(f"--holdout {args.holdout}: must be between 0 and 1")
     # The teacher stage is the same whichever method reads it: any registered method that distils names it.

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from distillbench.atomic import write_json_atomic
-from distillbench.config import TrainConfig, _coerce
+from distillbench.config import EXECUTION_ONLY, TrainConfig, _coerce
 from distillbench.errors import UserError
 from distillbench.history import main_metric_key
 
@@ -31,7 +31,7 @@ TEACHER_SIDE = "teacher_"  # a study chooses the teacher stage's settings alone:
 
 def parse_grid(pairs: list[str]) -> dict[str, list[Any]]:
     """``teacher_learning_rate=2e-5,3e-5`` (repeatable) → {field: typed values}, teacher settings only."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in EXECUTION_ONLY}
     grid: dict[str, list[Any]] = {}
     for pair in pairs:
         key, sep, values = pair.partition("=")

@@ -106,6 +106,7 @@ def test_study_dry_run_lists_the_points_and_trains_nothing(tiny_bert, glue_dir, 
     ("argv", "message"),
     [
         (["--grid", "learning_rate=1e-4"], "not a teacher setting"),
+        (["--grid", "teacher_cache=on"], "not a teacher setting"),  # how fast, not what it computes
         (["--grid", "teacher_learning_rate"], "expects KEY=V1,V2"),
         (["--grid", "teacher_learning_rate=fast"], "expected a value of type float"),
     ],
@@ -130,3 +131,5 @@ def test_run_errors_name_the_missing_study_and_a_clash(tiny_bert, glue_dir, work
     assert "the study chose it" in capsys.readouterr().err
     assert main(["run", "--method", "kd", "--task", "squad", "--set", "holdout_fraction=0.1", "--dry-run"]) == 2
     assert "cannot hold out" in capsys.readouterr().err
+    assert main(["teacher-study", "--task", "squad", "--grid", "teacher_learning_rate=1e-4"]) == 2
+    assert "squad is scored from raw examples" in capsys.readouterr().err
