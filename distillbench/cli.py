@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--student", help="only A's rows whose student label contains this")
     compare.add_argument("--baseline-teacher", help="only B's rows whose teacher label contains this")
     compare.add_argument("--baseline-student", help="only B's rows whose student label contains this")
+    compare.add_argument("--budget", help="only A's rows of exactly this budget (e.g. '3 ep, length-grouped')")
+    compare.add_argument("--baseline-budget", help="only B's rows of exactly this budget")
     compare.add_argument("--score", default="final", help="final or best epoch")
     compare.add_argument("--setting", default="task-specific", help="e.g. 'after kd pre-training'")
     compare.add_argument("--resamples", type=int, default=10_000)
@@ -670,9 +672,12 @@ def command_compare(args: argparse.Namespace) -> int:
                 f"no {args.task} records of method {name!r} in {args.results_dir}{hint} "
                 f"(methods with {args.task} records there: {', '.join(labels) or 'none'})"
             )
-    sides = [(args.method, args.teacher, args.student), (args.baseline, args.baseline_teacher, args.baseline_student)]
+    sides = [
+        (args.method, args.teacher, args.student, args.budget),
+        (args.baseline, args.baseline_teacher, args.baseline_student, args.baseline_budget),
+    ]
     chosen = []
-    for method, teacher, student in sides:
+    for method, teacher, student, budget in sides:
         mine = [
             r
             for r in records
@@ -680,9 +685,11 @@ def command_compare(args: argparse.Namespace) -> int:
             and r.get("setting") == args.setting
             and (teacher is None or teacher in row_key(r)[2])
             and (student is None or student in row_key(r)[3])
+            and (budget is None or budget == row_key(r)[5])
         ]
         if not mine:
             wanted = "".join(f", {k} containing {v!r}" for k, v in (("teacher", teacher), ("student", student)) if v)
+            wanted += f", budget {budget!r}" if budget else ""
             raise UserError(f"no usable {args.task} records of method {method!r} (setting {args.setting!r}{wanted})")
         chosen.append(mine)
     announce(args)
@@ -697,7 +704,7 @@ def command_compare(args: argparse.Namespace) -> int:
             experiments = sorted({row_key(r)[2:] for r in chosen[side]})
             if len(experiments) > 1:
                 names = "; ".join(", ".join(map(str, e)) for e in experiments)
-                raise UserError(f"{method}: several experiments match ({names}); narrow --teacher/--student")
+                raise UserError(f"{method}: several experiments match ({names}); narrow --teacher/--student/--budget")
             picked.append(experiments[0])
         a, b = of(0, picked[0]), of(1, picked[1])
         for name, experiment in zip("AB", picked, strict=True):

@@ -198,3 +198,18 @@ def test_compare_picks_rows_by_teacher_label(tiny_bert, glue_dir, workdir, capsy
     assert "over dev examples (would the gap survive another dev set?): paired bootstrap, 1 seed pair(s) [42]" in out
     assert main([*common, "--teacher", "nothing-like-this"]) == 2
     assert "teacher containing 'nothing-like-this'" in capsys.readouterr().err
+
+
+def test_compare_picks_rows_by_exact_budget(tiny_bert, glue_dir, workdir, capsys):
+    """``--budget "3 steps, length-grouped" --baseline-budget "3 steps"``: one method, batches grouped or not."""
+    assert run_ensemble(tiny_bert, glue_dir, "--teacher-seed", "1") == 0
+    assert run_ensemble(tiny_bert, glue_dir, "--teacher-seed", "1", "--set", "group_by_length=true") == 0
+    capsys.readouterr()
+    common = ["compare", "kd", "kd", "--task", "mrpc", "--include-dirty", "--include-bounded", "--resamples", "1000"]
+    assert main([*common, "--budget", "3 steps, length-grouped", "--baseline-budget", "3 steps"]) == 0
+    out = capsys.readouterr().out
+    assert "A: teacher tiny-bert0 (seed 1), student" in out and "budget 3 steps, length-grouped" in out
+    assert main([*common, "--budget", "3 steps"]) == 2  # the baseline side still matches both
+    assert "several experiments match" in capsys.readouterr().err
+    assert main([*common, "--budget", "3 ep"]) == 2
+    assert "budget '3 ep'" in capsys.readouterr().err
