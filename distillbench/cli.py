@@ -509,7 +509,7 @@ def command_teacher_study(args: argparse.Namespace) -> int:
         return point, Runner(point).stages.finetuned("teacher")[1]
 
     print(f"records go to {args.results_dir}", file=sys.stderr)
-    run_study(args.task, base, grid, args.holdout, args.results_dir, build, dev_check=not args.no_dev_check)
+    run_study(args.task, base, grid, args.holdout, args.results_dir, build, not args.no_dev_check, args.passthrough)
     return 0
 
 

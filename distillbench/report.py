@@ -39,6 +39,7 @@ from distillbench.records import read_records
 from distillbench.reference import reference_table
 from distillbench.selection import Selection, collect
 from distillbench.task import get_task
+from distillbench.teacher_study import read_studies, studies_markdown
 
 
 def runs_table(records: list[dict]) -> str:
@@ -203,6 +204,13 @@ def leaderboard_markdown(reading: Reading, figures: dict[int, list[str]] | None 
             "",
         ]
     parts += ["#### Runs", "", runs_table(records), ""]
+    teacher_studies = read_studies(reading.results_dir)
+    if teacher_studies:
+        parts += [
+            "#### Teacher studies (`distillbench teacher-study`: the teacher's settings, chosen on held-out train)",
+            "",
+            studies_markdown(teacher_studies),
+        ]
     studies = studies_table(read_records(reading.results_dir))
     if studies:
         parts += ["#### Tuning studies (`distillbench tune`; trials are left out of the tables above)", "", studies, ""]

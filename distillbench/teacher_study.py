@@ -97,10 +97,12 @@ def run_study(
     results_dir: Path,
     build: Callable[[list[str]], tuple[Any, dict[str, Any]]],
     dev_check: bool = True,
+    arguments: list[str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune every grid point on held-out train, choose, then score the chosen and the default
     teacher on the dev set. ``build(argv)`` builds (or reads from the cache) the teacher stage of a run
-    with those arguments and returns (plan, stage info)."""
+    with those arguments and returns (plan, stage info); ``arguments``: the run flags the user gave, for
+    the study file (default: ``base_argv``)."""
     held_out = ["--set", f"holdout_fraction={holdout}"]
     points = [Point(s, [*base_argv, *as_overrides(s), *held_out]) for s in grid_points(grid)]
     trials, plan = [], None
@@ -119,7 +121,7 @@ def run_study(
         "metric": plan_metric(plan),
         "greater_is_better": plan.task.greater_is_better,
         "held_out": {"fraction": holdout, "note": "a seeded part of train; the dev set is never read"},
-        "arguments": base_argv,
+        "arguments": base_argv if arguments is None else arguments,
         "grid": grid,
         "trials": trials,
         "chosen": chosen["settings"],
@@ -135,8 +137,10 @@ def run_study(
             ("defaults", base_argv),
         ):
             print(f"dev check: the {name} teacher on the whole training set", file=sys.stderr, flush=True)
-            _, info = build(argv)
-            study["dev"][name] = {"stage": info["key"], "metrics": info["metrics"]}
+            point, info = build(argv)
+            teacher = point.config.train.for_role("teacher")
+            settings = {key: getattr(teacher, key.removeprefix(TEACHER_SIDE)) for key in grid}
+            study["dev"][name] = {"stage": info["key"], "settings": settings, "metrics": info["metrics"]}
         write_json_atomic(path, study)
         metric = study["metric"]
         print(
@@ -148,3 +152,55 @@ def run_study(
 
 def plan_metric(plan: Any) -> str:
     return main_metric_key(plan.task)
+
+
+def read_studies(results_dir: Path) -> list[dict[str, Any]]:
+    """Every teacher study file under ``<results>/studies/``, by task."""
+    found = []
+    for path in sorted((results_dir / "studies").glob(f"{STUDY_PREFIX}*.json")):
+        try:
+            study = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(study, dict) and study.get("kind") == "teacher-study":
+            found.append(study)
+    return found
+
+
+def studies_markdown(studies: list[dict[str, Any]]) -> str:
+    """Per study: its grid with each point's held-out score (the chosen one marked), then the dev score of
+    the chosen settings and of the task's defaults, each fine-tuned on the whole training set."""
+    import pandas as pd
+
+    parts = []
+    for study in studies:
+        metric = study["metric"]
+        rows = [
+            {
+                **{key.removeprefix(TEACHER_SIDE): value for key, value in trial["settings"].items()},
+                f"held-out {metric} ×100": f"{100 * trial['held_out_score']:.1f}"
+                + (" (chosen)" if trial["settings"] == study["chosen"] else ""),
+            }
+            for trial in study["trials"]
+        ]
+        held = study["held_out"]["fraction"]
+        parts += [
+            f"**{study['task']}** ({len(rows)} points, {held:.0%} of train held out and scored; "
+            f"run flags `{' '.join(study['arguments']) or 'none'}`):",
+            "",
+            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+        dev = study.get("dev") or {}
+        if dev:
+            checks = [
+                f"{name} ({settings_text(entry.get('settings', {}))}) {100 * entry['metrics'][metric]:.1f}"
+                for name, entry in dev.items()
+            ]
+            parts += [f"Dev {metric} ×100 after fine-tuning on all of train: " + "; ".join(checks) + ".", ""]
+    return "\n".join(parts)
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """``learning_rate 5e-05, warmup_steps 0``: teacher settings named as the grid names them."""
+    return ", ".join(f"{key.removeprefix(TEACHER_SIDE)} {value}" for key, value in settings.items())

@@ -13,7 +13,7 @@ from distillbench.cli import main
 from distillbench.labels import STUDIED, teacher_label
 from distillbench.records import read_records
 from distillbench.selection import select
-from distillbench.teacher_study import best_point, parse_grid
+from distillbench.teacher_study import best_point, parse_grid, read_studies, studies_markdown
 from distillbench.training import hold_out
 
 
@@ -73,6 +73,10 @@ def test_study_chooses_on_held_out_train_and_a_run_reads_its_choice(tiny_bert, g
     scores = [t["held_out_score"] for t in study["trials"]]
     assert study["chosen_held_out_score"] == max(scores) and "chose" in out
     assert set(study["dev"]) == {"chosen", "defaults"}
+    assert study["dev"]["defaults"]["settings"] == {"teacher_learning_rate": 3e-5}  # MRPC's default
+    assert study["dev"]["chosen"]["settings"] == study["chosen"] and "--teacher-seed" in study["arguments"]
+    text = studies_markdown(read_studies(workdir / "results"))
+    assert "(chosen)" in text and f"chosen (learning_rate {study['chosen']['teacher_learning_rate']})" in text
     records = read_records(workdir / "results")
     held = [r for r in records if (r["data"].get("held_out") or {}).get("examples") == 12]
     assert len(held) == 2 and all(r["data"]["train_examples"] == 36 for r in held)
