@@ -194,7 +194,7 @@ def studies_markdown(studies: list[dict[str, Any]]) -> str:
         dev = study.get("dev") or {}
         if dev:
             checks = [
-                f"{name} ({settings_text(entry.get('settings', {}))}) {100 * entry['metrics'][metric]:.1f}"
+                f"{name}{settings_text(entry.get('settings', {}))} {100 * entry['metrics'][metric]:.1f}"
                 for name, entry in dev.items()
             ]
             parts += [f"Dev {metric} ×100 after fine-tuning on all of train: " + "; ".join(checks) + ".", ""]
@@ -202,5 +202,6 @@ def studies_markdown(studies: list[dict[str, Any]]) -> str:
 
 
 def settings_text(settings: dict[str, Any]) -> str:
-    """``learning_rate 5e-05, warmup_steps 0``: teacher settings named as the grid names them."""
-    return ", ".join(f"{key.removeprefix(TEACHER_SIDE)} {value}" for key, value in settings.items())
+    """`` (learning_rate 5e-05, warmup_steps 0)``: teacher settings named as the grid names them ("" if none)."""
+    text = ", ".join(f"{key.removeprefix(TEACHER_SIDE)} {value}" for key, value in settings.items())
+    return f" ({text})" if text else ""
