@@ -47,8 +47,13 @@ def count(record: dict[str, Any]) -> dict[str, Any]:
     n = (record.get("data") or {}).get("train_examples") or 0
     batch = (record.get("distributed") or {}).get("global_batch_size") or train.get("batch_size") or 1
     stages: list[dict[str, Any]] = []
+    # The fine-tuned student is a stage before the run only for a run that starts from it (TED, a
+    # control); a fine-tune run from the pretrained student *is* that stage (read from the cache).
+    starts_finetuned = (record.get("model") or {}).get("student_start") == "finetuned"
     for name, stage in (record.get("stages") or {}).items():
         settings = stage.get("settings") or {}
+        if name == STUDENT_FINETUNE and not starts_finetuned:
+            continue
         if name == STUDENT_FINETUNE:
             examples, steps = stage_steps(
                 n, settings["train"]["batch_size"], settings["epochs"], settings.get("max_steps")

@@ -228,13 +228,17 @@ def efficiency_table(results_dir: Path) -> pd.DataFrame:
 
 
 def fill_budgets(records: list[dict[str, Any]], results_dir: Path) -> None:
-    """Give records written before the ``budget`` field one, counted from their own fields, with FLOPs from
-    the efficiency records of their student and teacher architectures (by the labels the tables use;
-    without them, or for a method's own modules, which those records do not size, the FLOPs stay unknown
-    or leave the modules out)."""
+    """Every student record's budget counted afresh from its own fields (so a counting fix reaches records
+    already written), with the per-example costs its run measured; a record written before the ``budget``
+    field takes FLOPs from the efficiency records of its student and teacher architectures (by the labels
+    the tables use; without them the FLOPs stay unknown; a method's own modules are not sized there)."""
     costs = read_efficiency(results_dir)
     for record in records:
-        if record.get("budget") or record.get("role") == "teacher":
+        if record.get("role") == "teacher":
+            continue
+        if record.get("budget", {}).get("gflops_per_example"):
+            measured = {k: record["budget"][k] for k in ("gflops_per_example", "typical_length", "extra_params")}
+            record["budget"] = with_flops(count(record) | measured)
             continue
         task = record["task"]
         student = costs.get((task, row_key(record)[3]), {})

@@ -25,6 +25,7 @@ def ted_record() -> dict:
         "loss_terms": {"loss": 1.0, "loss/task": 0.5, "loss/kd": 0.2, "loss/mse": 0.3},
         "teacher": {"key": "mrpc-teacher-finetune-x"},
         "teacher_cache": {"examples": N},
+        "model": {"student_start": "finetuned"},
         "stages": {
             "student-finetune": {"settings": {"epochs": 3.0, "max_steps": -1, "train": {"batch_size": BATCH}}},
             "teacher-finetune": {"settings": {"epochs": 3.0}},
@@ -107,14 +108,30 @@ def test_controls_start_where_ted_does_are_labelled_and_count_the_head_start(tin
 
     flags = ["--teacher", str(tiny_bert), "--data-dir", str(glue_dir), "--no-progress", "--epochs", "1"]
     flags += ["--set", "batch_size=8", "--set", "eval_batch_size=16", "--set", "logging_steps=1", "--teacher-seed", "1"]
-    for method, extra in (("finetune", ["--set", "student_start=finetuned"]), ("ted", [])):
+    for method, extra in (("finetune", ["--set", "student_start=finetuned"]), ("ted", []), ("finetune", [])):
         assert main(["run", "--method", method, "--task", "mrpc", *flags, *extra]) == 0
     runs = (workdir / "results" / "runs").glob("mrpc-*.json")
-    records = {r["method"]: r for r in (json.loads(p.read_text()) for p in runs) if r["role"] == "student"}
-    control, ted = records["finetune"], records["ted"]
+    students = [json.loads(p.read_text()) for p in runs]
+    records = {method_label(r): r for r in students if r["role"] == "student"}
+    control, ted, plain = records["finetune (from fine-tuned)"], records["ted"], records["finetune"]
+    # the plain fine-tune run is the cached stage TED started from, read back: its epoch counts once
+    assert "student-finetune" in plain["stages"] and plain["budget"]["student_labelled_examples"] == 48
     assert method_label(control) == "finetune (from fine-tuned)" and method_label(ted) == "ted"
     # the cached fine-tune stage (1 epoch, 6 steps) then 1 epoch more: TED's labelled budget without a teacher
     assert control["budget"]["student_labelled_examples"] == 2 * 48
     assert control["budget"]["student_optimizer_steps"] == 12 and control["budget"]["teacher_forwards"] == 0
     assert control["stages"]["student-finetune"]["key"] == ted["stages"]["student-finetune"]["key"]
     assert ted["budget"]["student_labelled_examples"] == 3 * 48  # fine-tune, student filters, distillation
+
+
+def test_reading_recounts_a_stored_budget_and_keeps_its_measured_costs(tmp_path):
+    """A counting fix reaches records already written: the counts come from the record's fields again."""
+    from distillbench.efficiency import fill_budgets
+
+    record = ted_record() | {"stages": {"student-finetune": ted_record()["stages"]["student-finetune"]}}
+    record |= {"teacher": None, "teacher_cache": None, "model": {"student_start": "pretrained"}}
+    stored = {"student_labelled_examples": 6 * N, "gflops_per_example": {"student": 0.5}, "typical_length": 50}
+    record["budget"] = stored | {"extra_params": 0, "stages": [], "training_flops": 1.0}
+    fill_budgets([record], tmp_path)
+    assert record["budget"]["student_labelled_examples"] == 3 * N  # the run is its fine-tune stage
+    assert record["budget"]["training_flops"] == pytest.approx(3 * 0.5 * 3 * N * 1e9)
