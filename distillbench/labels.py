@@ -43,7 +43,8 @@ def teacher_label(record: dict[str, Any]) -> str:
     label = model_label(model.get("teacher_source") or model.get("source"))
     pinned = record.get("teacher_seed")
     notes = [f"seed {pinned}"] if pinned is not None else []
-    if record.get("chosen_by") or (record.get("teacher") or {}).get("chosen_by"):
+    teacher = record.get("teacher") or {}
+    if record.get("chosen_by") or record.get("teacher_chosen_by") or teacher.get("chosen_by"):
         notes.append(STUDIED)
     return f"{label} ({', '.join(notes)})" if notes else label
 

@@ -74,6 +74,7 @@ class RunRecord(TypedDict, total=False):
     train_runtime_s: float | None
     tags: dict[str, Any]
     budget: dict[str, Any]  # the student's labelled examples, optimizer steps, teacher forwards, FLOPs (budget.py)
+    teacher_chosen_by: dict[str, Any]  # a student's run given --teacher-settings: the study (as chosen_by)
     chosen_by: dict[str, Any]  # a teacher's: the teacher study that chose its settings (study, metric, held-out score)
     tuned_from: dict[str, Any]  # study, trial, value of the tuned parameters a student started from (--params best)
 
@@ -213,4 +214,6 @@ def student_record(
     )
     if plan.config.tuned_from:
         record["tuned_from"] = plan.config.tuned_from
+    if plan.config.teacher_chosen_by:  # a run without a teacher (fine-tuning) belongs to that teacher's experiment too
+        record["teacher_chosen_by"] = plan.config.teacher_chosen_by
     return record

@@ -10,7 +10,7 @@ from datasets import Dataset, DatasetDict
 
 from conftest import tiny_run_args
 from distillbench.cli import main
-from distillbench.labels import STUDIED, teacher_label
+from distillbench.labels import STUDIED, row_key, teacher_label
 from distillbench.records import read_records
 from distillbench.selection import select
 from distillbench.teacher_study import best_point, parse_grid, read_studies, studies_markdown
@@ -97,6 +97,11 @@ def test_study_chooses_on_held_out_train_and_a_run_reads_its_choice(tiny_bert, g
     assert student["teacher"]["key"] == chosen["run_id"]  # the study's dev-checked teacher, read from the cache
     assert student["teacher"]["chosen_by"]["study"] == "studies/teacher-mrpc.json"
     assert STUDIED in teacher_label(student) and STUDIED in teacher_label(chosen)
+    # fine-tuning reads no teacher, yet it is the baseline of that teacher's experiment: same row key
+    run[2] = "finetune"
+    assert main([*run, *one_epoch(tiny_bert, glue_dir)]) == 0
+    baseline = next(r for r in read_records(workdir / "results") if r["method"] == "finetune")
+    assert row_key(baseline)[2:] == row_key(student)[2:]
 
 
 def test_study_dry_run_lists_the_points_and_trains_nothing(tiny_bert, glue_dir, workdir, capsys):
