@@ -220,7 +220,7 @@ def findings_table(marks: Significance) -> pd.DataFrame:
                 "method": finding.key[1],
                 "vs": comparison.baseline,
                 "Δ [95% CI]": difference_text(finding),
-                "p examples (Holm)": format_p(finding.adjusted_p) + (" (borderline)" if finding.unsettled else ""),
+                "p examples (Holm)": holm_text(finding),
                 "p seeds (min)": seeds_text(finding),
             }
         )
@@ -265,11 +265,16 @@ def headline(experiment: Experiment, marks: Significance) -> pd.DataFrame:
                 "task": short_label(finding.key[0]),
                 "method": finding.key[1],
                 f"Δ vs {baseline} [95% CI]": difference_text(finding),
-                "p examples (Holm)": format_p(finding.adjusted_p) + (" (borderline)" if finding.unsettled else ""),
+                "p examples (Holm)": holm_text(finding),
                 "p seeds (min)": seeds_text(finding),
             }
         )
     return pd.DataFrame(rows)
+
+
+def holm_text(finding) -> str:
+    """``0.05 (borderline)``: the Holm-corrected p over dev examples, flagged when it is unsettled."""
+    return format_p(finding.adjusted_p) + (" (borderline)" if finding.unsettled else "")
 
 
 def seeds_text(finding) -> str:

@@ -62,6 +62,13 @@ def method_colours(labels: list[str]) -> dict[str, tuple[float, float, float]]:
     return {label: colours.get(base_method(label), palette[0]) for label in labels}
 
 
+def marker_of(label: str) -> str:
+    """A method's own row as a circle, its tuned row as a square, a control (another start) as a diamond."""
+    if label == base_method(label):
+        return "o"
+    return "s" if label.endswith(TUNED) else "D"
+
+
 def _ci_half_width(std: float, n: int) -> float:
     """Half the 95 % t-interval of a mean over n seeds (0 for one seed: no interval to draw)."""
     return float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else 0.0
@@ -87,7 +94,7 @@ def experiment_figure(experiment: Experiment, score: str = "final") -> plt.Figur
         for y, method in enumerate(present):
             row = rows.loc[method]
             half = _ci_half_width(row["std"], int(row["n"])) * scale
-            marker = "o" if method == base_method(method) else ("s" if method.endswith(TUNED) else "D")
+            marker = marker_of(method)
             axis.errorbar(row["mean"] * scale, y, xerr=half or None, fmt=marker, color=colours[method], capsize=3)
             labels.append(f"{method} (n={int(row['n'])})")
         references = []
@@ -143,7 +150,7 @@ def cost_figure(experiment: Experiment, score: str = "final") -> plt.Figure | No
                 continue
             row = rows.loc[method]
             half = _ci_half_width(row["std"], int(row["n"])) * scale
-            marker = "o" if method == base_method(method) else ("s" if method.endswith(TUNED) else "D")
+            marker = marker_of(method)
             axis.errorbar(
                 float(np.mean(spent)),
                 row["mean"] * scale,
