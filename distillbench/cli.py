@@ -570,7 +570,7 @@ def command_table(args: argparse.Namespace) -> int:
     methods = _names(args.methods, list_methods(), "method")
     announce(args)
     selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
-    print(selection.report(), file=sys.stderr)
+    print(_wrap(selection.report()), file=sys.stderr)
     records = [
         r
         for r in selection.records
@@ -600,9 +600,14 @@ def command_table(args: argparse.Namespace) -> int:
                 block += "\n" + _render_frame(findings, args.format) + f"\n{_wrap(findings_legend(marks))}\n"
         blocks.append(block)
     if past and (args.history or not shown):
+        # one small table per experiment under its title: a teacher and student column each would pass 120
+        tables = [
+            f"{_wrap(e.title())}\n\n"
+            + _render_frame(history_table([e], args.score).drop(columns=["teacher", "student"]), args.format)
+            for e in past
+        ]
         blocks.append(
-            "Single runs and history (one seed or a bounded budget: no error bar, no test)\n\n"
-            + _render_frame(history_table(past, args.score), args.format)
+            "Single runs and history (one seed or a bounded budget: no error bar, no test)\n\n" + "\n\n".join(tables)
         )
     elif past:
         blocks.append(f"{len(past)} single-seed or bounded experiment(s) not shown: add --history to see them.")
