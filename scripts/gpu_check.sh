@@ -6,7 +6,7 @@
 set -euo pipefail
 data=${1:-../shared/data}
 results=${2:-results}
-python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "no CUDA device: this check is for a GPU")'
+python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "no CUDA device: this check is for a GPU")'
 export DISTILLBENCH_DATA=$data
 distillbench bench --task mrpc --steps 60 --rounds 2 --bf16 --end-to-end 1 --results-dir "$results"
 for method in kd ted; do
