@@ -147,7 +147,8 @@ INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 def forward_gflops(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
     """Forward GFLOPs of ``model`` on ``batch``, counted by ``FlopCounterMode`` on the eager attention
     (it cannot see inside SDPA kernels; the matmuls are the same arithmetic), the model's own restored."""
-    inputs = {k: v for k, v in batch.items() if k in INPUT_KEYS}
+    device = next(model.parameters()).device  # the collator builds the batch on the CPU
+    inputs = {k: v.to(device) for k, v in batch.items() if k in INPUT_KEYS}
     config = getattr(model, "config", None)
     restore = getattr(config, "_attn_implementation", None)
     if restore is not None:
