@@ -1,4 +1,4 @@
-"""The performance figures shown in the READMEs, rendered from the newest bench record.
+"""The performance figures shown in the READMEs, rendered from the newest bench record of each device.
 
 Speed figures go stale with every change of code or machine, so none is typed by hand: ``distillbench
 leaderboard`` renders them from ``results/bench/*.json`` into the generated sections, and a test checks
@@ -28,16 +28,17 @@ RATIOS = {
 }
 
 
-def newest_bench(results_dir: Path) -> tuple[str, dict[str, Any]] | None:
-    """(file name, record) of the most recently finished bench record, or None."""
-    records = []
+def newest_benches(results_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(file name, record) of the most recently finished bench record of each device, CPU first: a GPU's
+    figures differ from the CPU's in kind (launch overhead against arithmetic), so one never hides the other."""
+    newest: dict[str, tuple[str, str, dict[str, Any]]] = {}
     for path in sorted((results_dir / "bench").glob("*.json")):
         record = json.loads(path.read_text())
-        records.append((record.get("finished_at", ""), path.name, record))
-    if not records:
-        return None
-    _, name, record = max(records)
-    return name, record
+        candidate = (record.get("finished_at", ""), path.name, record)
+        device = record.get("device", "cpu")
+        if device not in newest or candidate[:2] > newest[device][:2]:
+            newest[device] = candidate
+    return [(name, record) for _, name, record in (newest[d] for d in sorted(newest))]
 
 
 def _setup(name: str, record: dict[str, Any]) -> str:
@@ -58,6 +59,13 @@ def whole_runs_line(record: dict[str, Any]) -> str:
     (base, _), (staged, staged_run) = runs.items()
     parts = [f"{name} {run['wall_seconds'] / 60:.1f} min" for name, run in runs.items()]
     epochs = next(iter(runs.values()))["epochs"]
+    found = {name: run["seed_stages_found_cached"] for name, run in runs.items() if run.get("seed_stages_found_cached")}
+    if found:  # an earlier run on that machine paid for them: the times say nothing of what a new seed costs
+        cached = "; ".join(f"{name} ({', '.join(stages)})" for name, stages in found.items())
+        return (
+            f"Whole {epochs:g}-epoch runs not comparable: stages of the bench's seed were found cached from an "
+            f"earlier run in {cached}."
+        )
     text = f"Whole {epochs:g}-epoch runs, teacher stage cached: {', '.join(parts)}; ratio {whole['ratio']:.2f}"
     if "ratio_standalone" in whole:
         shared = ", ".join(staged_run["shared_with_baseline"])
@@ -69,11 +77,14 @@ def whole_runs_line(record: dict[str, Any]) -> str:
 
 
 def bench_markdown(results_dir: Path) -> str:
-    """The full table of the newest bench record (results/README.md)."""
-    newest = newest_bench(results_dir)
-    if newest is None:
+    """The full table of the newest bench record of each device (results/README.md)."""
+    newest = newest_benches(results_dir)
+    if not newest:
         return "No bench record yet (`distillbench bench --task TASK`)."
-    name, record = newest
+    return "\n\n".join(_bench_table(name, record) for name, record in newest)
+
+
+def _bench_table(name: str, record: dict[str, Any]) -> str:
     lines = [_setup(name, record), "", "| phase | s/step | peak RSS (MiB) |", "|---|---|---|"]
     for key, label in PHASES.items():
         if key in record["phases"]:
@@ -86,11 +97,14 @@ def bench_markdown(results_dir: Path) -> str:
 
 
 def performance_summary(results_dir: Path) -> str:
-    """A few lines for the project README."""
-    newest = newest_bench(results_dir)
-    if newest is None:
+    """A few lines per device for the project README."""
+    newest = newest_benches(results_dir)
+    if not newest:
         return "No bench record yet."
-    name, record = newest
+    return "\n\n".join(_summary(name, record) for name, record in newest)
+
+
+def _summary(name: str, record: dict[str, Any]) -> str:
     ratios = record["ratios"]
     shown = [f"{RATIOS[k].split(' (')[0]}: {ratios[k]:.2f}" for k in RATIOS if k in ratios]
     whole = whole_runs_line(record)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
 
 from conftest import tiny_run_args
-from distillbench.budget import count, training_flops, with_flops
+from distillbench.budget import count, forward_gflops, training_flops, with_flops
 from distillbench.cli import main
 
 N, BATCH = 3668, 32  # MRPC's training set and batch: 115 steps per epoch
@@ -135,3 +137,33 @@ def test_reading_recounts_a_stored_budget_and_keeps_its_measured_costs(tmp_path)
     fill_budgets([record], tmp_path)
     assert record["budget"]["student_labelled_examples"] == 3 * N  # the run is its fine-tune stage
     assert record["budget"]["training_flops"] == pytest.approx(3 * 0.5 * 3 * N * 1e9)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_gflops_counts_every_matmul_of_a_tiny_bert(device):
+    """Against a hand count: per layer Q, K, V, output (4 · 2Lh²), scores and weighted values (2 · 2L²h),
+    the feed-forward pair (2 · 2Lhi); then the pooler and the classifier on one token. The batch comes
+    from the collator on the CPU: on a GPU the count must move it (the GPU check once failed there)."""
+    length, hidden, inner, labels = 16, 32, 64, 3
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=inner,
+        max_position_embeddings=64,
+        num_labels=labels,
+    )
+    model = BertForSequenceClassification(config).to(device)
+    batch = {
+        "input_ids": torch.randint(0, 100, (1, length)),
+        "attention_mask": torch.ones(1, length, dtype=torch.long),
+        "labels": torch.tensor([0]),
+    }
+    layer = 4 * 2 * length * hidden**2 + 2 * 2 * length**2 * hidden + 2 * 2 * length * hidden * inner
+    hand = 2 * layer + 2 * hidden**2 + 2 * hidden * labels
+    assert forward_gflops(model, batch) * 1e9 == hand
+    assert model.training and all(p.requires_grad for p in model.parameters())  # restored as found
