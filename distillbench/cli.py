@@ -107,6 +107,43 @@ def field_help(cls: type, name: str) -> str:
     return next(help_of(item) for item in dataclasses.fields(cls) if item.name == name)
 
 
+def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """Where the work runs (``executors.py``); Slurm's resources as sbatch names them."""
+    parser.add_argument("--executor", default="inline", help=f"where to run {what}")
+    parser.add_argument("--workers", type=int, default=1, help="parallel workers (local processes or Slurm jobs)")
+    parser.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs, with a progress bar")
+    parser.add_argument("--slurm-partition", help="sbatch --partition (default: the cluster's default)")
+    parser.add_argument("--slurm-time", default="60", help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS")
+    parser.add_argument("--slurm-gpus-per-task", type=int, default=0, help="GPUs per job")
+    parser.add_argument("--slurm-cpus-per-task", type=int, default=1, help="CPUs per job")
+    parser.add_argument("--slurm-mem", help="memory per job, as sbatch --mem takes it (e.g. 16G)")
+    parser.add_argument(
+        "--slurm-option", action="append", default=[], help="any other sbatch option as NAME=VALUE (repeatable)"
+    )
+
+
+def executor_of(args: argparse.Namespace, kinds: tuple[str, ...]):
+    """The chosen executor, checked (with Slurm's options parsed) before anything runs or is submitted."""
+    from distillbench.executors import SlurmOptions, check_slurm, check_writable
+
+    if args.executor not in kinds:
+        raise UserError(f"--executor {args.executor!r}: choose one of {', '.join(kinds)}")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: at least 1")
+    check_writable(args.results_dir)
+    if args.executor != "slurm":
+        return None
+    check_slurm(args.slurm_partition)
+    return SlurmOptions.parse(
+        args.slurm_partition,
+        args.slurm_time,
+        args.slurm_gpus_per_task,
+        args.slurm_cpus_per_task,
+        args.slurm_mem,
+        args.slurm_option,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from distillbench.bench_settings import BenchSettings
 
@@ -138,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--heartbeat", type=int, default=30, help="trial heartbeat interval (s)")
     tune.add_argument("--grace", type=int, default=90, help="a trial without heartbeat this long is retried")
     tune.add_argument("--report", action="store_true", help="print best value/params/importances, save plots")
+    add_executor_arguments(tune, "the workers: inline (this process) or slurm (--workers jobs on --storage)")
     sweep = commands.add_parser(
         "sweep",
         help="a resumable grid of runs (methods × tasks × seeds); other run flags pass through to every cell",
@@ -149,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="print the cells, which are done, the estimated time")
     sweep.add_argument("--results-dir", type=Path, help=WRITE_HELP + "; the sweep file's results_dir when it names one")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars (the sweep's nor the runs')")
+    sweep.add_argument(
+        "--status", action="store_true", help="per cell: done, running (where, since when), failed (why, log), to do"
+    )
+    add_executor_arguments(sweep, "the cells: inline (this process), local (--workers processes) or slurm")
     study = commands.add_parser(
         "teacher-study",
         help="choose the teacher's settings on a held-out part of train (grid); run flags pass through",
@@ -390,11 +432,16 @@ def command_tune(args: argparse.Namespace) -> int:
         raise UserError(f"unknown pruner {args.pruner!r}; choose one of {', '.join(tuning.PRUNERS)}")
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
+    slurm = executor_of(args, ("inline", "slurm"))
+    if args.executor == "inline" and args.workers > 1:
+        raise UserError("--workers needs --executor slurm (or start more tune commands on the same --storage)")
     common = () if args.common == "none" else tuple(n for n in args.common.split(",") if n)
     tuning.check_common(common)
     base, _ = build_run(args)  # validates the run arguments before the storage is touched
     # Trials vary the student's settings only: the teacher keeps the base settings (one cached teacher).
     pinned = tuning.teacher_pins(base.train.for_role("teacher"))
+    if slurm is not None:
+        return submit_tune_jobs(args, slurm, storage, name)
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     metric = main_metric_key(task_cls(None))
@@ -428,6 +475,23 @@ def command_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def submit_tune_jobs(args: argparse.Namespace, slurm, storage: str, name: str) -> int:
+    """``--workers`` Slurm jobs, each this tune command on the shared storage (a server: SQLite's file
+    locking across jobs and machines is what Optuna warns against)."""
+    from distillbench.executors import submit_tune, wait_for, without_executor_options
+
+    if storage.startswith("sqlite"):
+        raise UserError("--executor slurm needs an RDB server the jobs share: --storage postgresql://…")
+    jobs = submit_tune(without_executor_options(args.argv), args.results_dir, slurm, args.workers)
+    print(f"submitted {len(jobs)} Optuna worker job(s) for study {name}: {', '.join(j.job_id for j in jobs)}")
+    if not args.wait:
+        return 0
+    failed = wait_for([(f"worker {j.job_id}", j) for j in jobs], show_progress=not args.no_progress)
+    for label, reason in failed:
+        print(f"  failed: {label}: {reason}")
+    return EXIT_FAILED if failed else 0
+
+
 def sweep_spec(args: argparse.Namespace):
     from distillbench.sweep import SweepSpec, names_of, parse_list, seeds_of
 
@@ -455,8 +519,10 @@ def sweep_spec(args: argparse.Namespace):
 
 
 def command_sweep(args: argparse.Namespace) -> int:
+    from distillbench.claims import read_failure
+    from distillbench.executors import EXECUTORS, run_local_workers, submit_sweep, wait_for, without_executor_options
     from distillbench.harness import Runner
-    from distillbench.sweep import dry_run_text, plan_cells, run_cells
+    from distillbench.sweep import dry_run_text, plan_cells, run_cells, status_text
 
     spec = sweep_spec(args)
     common = ["--results-dir", str(spec.results_dir), *(["--no-progress"] if args.no_progress else [])]
@@ -470,7 +536,38 @@ def command_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run_text(cells))
         return 0
-    outcome = run_cells(cells, lambda cell: Runner(cell.plan).run(), show_progress=not args.no_progress)
+    if args.status:
+        print(status_text(cells, spec.results_dir))
+        return 0
+    args.results_dir = spec.results_dir
+    slurm = executor_of(args, EXECUTORS)
+    if args.executor == "inline" and args.workers > 1:
+        raise UserError("--workers needs --executor local (processes on this machine)")
+    todo = [cell for cell in cells if not cell.done]
+    if args.executor == "local":
+        logs = run_local_workers(
+            args.workers,
+            without_executor_options(args.argv),
+            spec.results_dir,
+            [c.plan.run_name for c in cells],
+            show_progress=not args.no_progress,
+        )
+        print(status_text(cells, spec.results_dir))
+        print(f"worker logs: {', '.join(map(str, logs))}")
+        return EXIT_FAILED if any(read_failure(spec.results_dir, c.plan.run_name) for c in todo) else 0
+    if slurm is not None:
+        jobs = submit_sweep(todo, spec.results_dir, slurm)
+        print(
+            f"submitted {len(jobs)} Slurm job(s) for {len(todo)} cell(s); follow: the same sweep command with --status"
+        )
+        if not args.wait:
+            return 0
+        failed = wait_for(jobs, show_progress=not args.no_progress)
+        print(status_text(cells, spec.results_dir))
+        for label, reason in failed:
+            print(f"  failed: {label}: {reason}")
+        return EXIT_FAILED if failed else 0
+    outcome = run_cells(cells, lambda cell: Runner(cell.plan).run(), not args.no_progress, spec.results_dir)
     print(outcome.summary())
     return EXIT_FAILED if outcome.failed else 0
 
@@ -956,6 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries(verbose="--verbose" in argv)
     argv = [a for a in argv if a != "--verbose"]
     try:
+        command_line = list(argv)  # what a local worker or a Slurm job runs again (plug-ins included)
         plugins, argv = take_plugin_arguments(argv)
         for path in plugins:
             load_plugin(path)
@@ -964,6 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
         if passthrough and args.command not in ("sweep", "teacher-study"):
             parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
         args.passthrough = passthrough
+        args.argv = command_line
         choose_results_dir(args)
         return COMMANDS[args.command](args)
     except UserError as error:

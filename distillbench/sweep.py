@@ -223,9 +223,14 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def run_cells(cells: list[Cell], execute: Callable[[Cell], None], show_progress: bool) -> SweepOutcome:
-    """Run every cell not yet done; a failing cell is reported and the others still run."""
+def run_cells(
+    cells: list[Cell], execute: Callable[[Cell], None], show_progress: bool, results_dir: Path
+) -> SweepOutcome:
+    """Run every cell not yet done, each under its claim (``claims.py``): a cell another worker holds or
+    has finished meanwhile is passed over, a failing cell is reported and the others still run."""
     from tqdm.auto import tqdm
+
+    from distillbench.executors import record_complete, run_claimed
 
     outcome = SweepOutcome(skipped=[c.label for c in cells if c.done])
     todo = [c for c in cells if not c.done]
@@ -236,15 +241,47 @@ def run_cells(cells: list[Cell], execute: Callable[[Cell], None], show_progress:
             bar.set_postfix_str(f"{cell.label}; est. left {format_minutes(sum(remaining) if remaining else None)}")
             started = time.time()
             try:
-                execute(cell)
+                if record_complete(results_dir, cell.plan.run_name):  # another worker finished it meanwhile
+                    outcome.skipped.append(cell.label)
+                elif run_claimed(results_dir, cell.plan.run_name, lambda cell=cell: execute(cell)):
+                    outcome.ran.append(cell.label)
+                else:
+                    outcome.elsewhere.append(cell.label)
             except KeyboardInterrupt:
                 raise
             except HeldElsewhere:
                 outcome.elsewhere.append(cell.label)
             except Exception as error:
                 outcome.failed.append((cell.label, one_line(error)))
-            else:
-                outcome.ran.append(cell.label)
             cell.estimate_s = time.time() - started
             bar.update(1)
     return outcome
+
+
+def status_text(cells: list[Cell], results_dir: Path) -> str:
+    """Per cell: done, running (where, since when), failed (why, log), to do — read while a campaign runs,
+    from the records and the claims alone."""
+    from distillbench.claims import claims_dir, owner_dead, read_claim, read_failure
+    from distillbench.executors import record_complete
+
+    lines, counts = [], {"done": 0, "running": 0, "failed": 0, "to do": 0}
+    for cell in cells:
+        name = cell.plan.run_name
+        claim = read_claim(claims_dir(results_dir) / f"{name}.json")
+        failure = read_failure(results_dir, name)
+        if cell.done or record_complete(results_dir, name):
+            state, detail = "done", ""
+        elif claim is not None and not owner_dead(claim):
+            job = f", job {claim['job']}" if claim.get("job") else ""
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(claim["since"]))
+            state, detail = "running", f"on {claim['host']} (pid {claim['pid']}{job}) since {since}"
+        elif failure is not None:
+            state, detail = "failed", failure["reason"] + (f"; log {failure['log']}" if failure.get("log") else "")
+        else:
+            state = "to do"
+            detail = "" if claim is None else f"claim of a dead worker on {claim['host']} (taken over when run)"
+        counts[state] += 1
+        lines.append(f"{cell.task:<10} {cell.method:<10} {cell.seed:>4}  {state:<7}  {detail}".rstrip())
+    header = f"{'task':<10} {'method':<10} {'seed':>4}  state"
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items())
+    return "\n".join([header, *lines, f"{len(cells)} cells: {summary}"])
