@@ -282,20 +282,42 @@ def submit_tune(argv: list[str], results_dir: Path, options: SlurmOptions, worke
     return [executor.submit(run_cli, argv) for _ in range(workers)]
 
 
+def queued(job_ids: list[str]) -> set[str]:
+    """The jobs Slurm still holds (pending, running, requeued). Asked of ``squeue`` rather than through
+    submitit's ``sacct``, which a cluster without accounting storage cannot answer."""
+    listed = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=False).stdout.split()
+    return {job_id.split("_")[0] for job_id in listed} & set(job_ids)
+
+
+def outcome_of(job: Any) -> str | None:
+    """None for a job that returned; else why not, with its log."""
+    from distillbench.sweep import one_line
+
+    if not job.paths.result_pickle.exists():
+        return f"ended without a result (cancelled, killed or out of time); log {job.paths.stderr}"
+    error = job.exception()
+    return None if error is None else f"{one_line(error)}; log {job.paths.stderr}"
+
+
 def wait_for(jobs: list[tuple[str, Any]], show_progress: bool) -> list[tuple[str, str]]:
-    """Block until every job ends; (label, "state; log path") of those that did not complete."""
+    """Block until every job has left the queue; (label, reason with log path) of those that failed."""
+    import logging
+
     from tqdm.auto import tqdm
 
+    logging.getLogger("submitit").setLevel(logging.ERROR)  # its sacct fallbacks are not the user's concern
     pending = dict(jobs)
     failed = []
     with tqdm(total=len(jobs), unit="job", desc="slurm", disable=not show_progress) as bar:
         while pending:
+            still = queued([job.job_id for job in pending.values()])
             for label, job in list(pending.items()):
-                if job.done():
+                if job.job_id not in still:
                     del pending[label]
                     bar.update(1)
-                    state = job.state
-                    if state not in ("COMPLETED", "FINISHED"):
-                        failed.append((label, f"{state}; log {job.paths.stderr}"))
-            time.sleep(2.0)
+                    reason = outcome_of(job)
+                    if reason is not None:
+                        failed.append((label, reason))
+            if pending:
+                time.sleep(2.0)
     return failed
