@@ -20,10 +20,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from distillbench.errors import HeldElsewhere, one_line
 
 CLAIMS = ".claims"
 HEARTBEAT_S = 10.0
@@ -176,3 +178,29 @@ def read_failure(results_dir: Path, run_name: str) -> dict[str, Any] | None:
         return json.loads(failure_path(results_dir, run_name).read_text())
     except (OSError, ValueError):
         return None
+
+
+def record_complete(results_dir: Path, run_name: str) -> bool:
+    """Whether a complete record of the run exists (written by any worker, here or elsewhere)."""
+    try:
+        return json.loads((results_dir / "runs" / f"{run_name}.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+def run_claimed(results_dir: Path, run_name: str, execute: Callable[[], Any], log: str | None = None) -> bool:
+    """Run one cell under its claim; False when another live worker holds it. A failure is recorded
+    (reason, log) for ``sweep --status`` and raised on; a later success clears it."""
+    claim = try_claim(results_dir, run_name)
+    if claim is None:
+        return False
+    with heartbeat(claim):
+        try:
+            execute()
+        except HeldElsewhere:  # the run's own lock: not a failure of the cell
+            raise
+        except Exception as error:
+            record_failure(results_dir, run_name, one_line(error), log)
+            raise
+    clear_failure(results_dir, run_name)
+    return True

@@ -20,3 +20,9 @@ class RunFailed(Exception):
 
 class NonFiniteLoss(RunFailed):
     """A loss term became NaN or infinite; training stops at that step."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line, its type first: what a sweep's summary and a failed cell's claim show."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -14,13 +14,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillbench.claims import claims_dir, clear_failure, heartbeat, record_failure, try_claim
-from distillbench.errors import HeldElsewhere, UserError
+from distillbench.claims import claims_dir, record_complete, run_claimed
+from distillbench.errors import UserError, one_line
 
 EXECUTORS = ("inline", "local", "slurm")
 # sweep options that choose the executor: a local worker or Slurm job runs the rest of the command line
@@ -60,36 +59,6 @@ def check_writable(results_dir: Path) -> None:
         raise UserError(f"results folder {results_dir} is not writable: {error.strerror}") from None
     if not os.access(claims_dir(results_dir), os.W_OK):
         raise UserError(f"results folder {results_dir} is not writable")
-
-
-def record_complete(results_dir: Path, run_name: str) -> bool:
-    """Whether a complete record of the run exists (written by any worker, here or elsewhere)."""
-    import json
-
-    try:
-        return json.loads((results_dir / "runs" / f"{run_name}.json").read_text()).get("status") == "complete"
-    except (OSError, ValueError):
-        return False
-
-
-def run_claimed(results_dir: Path, run_name: str, execute: Callable[[], Any], log: str | None = None) -> bool:
-    """Run one cell under its claim; False when another live worker holds it. A failure is recorded
-    (reason, log) for ``sweep --status`` and raised on; a later success clears it."""
-    claim = try_claim(results_dir, run_name)
-    if claim is None:
-        return False
-    with heartbeat(claim):
-        try:
-            execute()
-        except HeldElsewhere:  # the run's own lock: not a failure of the cell
-            raise
-        except Exception as error:
-            from distillbench.sweep import one_line
-
-            record_failure(results_dir, run_name, one_line(error), log)
-            raise
-    clear_failure(results_dir, run_name)
-    return True
 
 
 def cuda_devices() -> int:
@@ -291,8 +260,6 @@ def queued(job_ids: list[str]) -> set[str]:
 
 def outcome_of(job: Any) -> str | None:
     """None for a job that returned; else why not, with its log."""
-    from distillbench.sweep import one_line
-
     if not job.paths.result_pickle.exists():
         return f"ended without a result (cancelled, killed or out of time); log {job.paths.stderr}"
     error = job.exception()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillbench.errors import HeldElsewhere, UserError
+from distillbench.errors import HeldElsewhere, UserError, one_line
 
 SPEC_KEYS = {"methods", "tasks", "seeds", "args", "task_args", "method_args", "estimate", "results_dir"}
 
@@ -218,11 +218,6 @@ class SweepOutcome:
         return "\n".join(lines)
 
 
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def run_cells(
     cells: list[Cell], execute: Callable[[Cell], None], show_progress: bool, results_dir: Path
 ) -> SweepOutcome:
@@ -230,7 +225,7 @@ def run_cells(
     has finished meanwhile is passed over, a failing cell is reported and the others still run."""
     from tqdm.auto import tqdm
 
-    from distillbench.executors import record_complete, run_claimed
+    from distillbench.claims import record_complete, run_claimed
 
     outcome = SweepOutcome(skipped=[c.label for c in cells if c.done])
     todo = [c for c in cells if not c.done]
@@ -261,8 +256,7 @@ def run_cells(
 def status_text(cells: list[Cell], results_dir: Path) -> str:
     """Per cell: done, running (where, since when), failed (why, log), to do — read while a campaign runs,
     from the records and the claims alone."""
-    from distillbench.claims import claims_dir, owner_dead, read_claim, read_failure
-    from distillbench.executors import record_complete
+    from distillbench.claims import claims_dir, owner_dead, read_claim, read_failure, record_complete
 
     lines, counts = [], {"done": 0, "running": 0, "failed": 0, "to do": 0}
     for cell in cells:
