@@ -475,6 +475,14 @@ def command_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_teacher_stage(run_argv: list[str]) -> str:
+    """The teacher stage of a run's arguments, built (or found) in the cache: a Slurm sweep's first job."""
+    from distillbench.harness import Runner
+
+    plan = plan_from_arguments(build_parser().parse_args(["run", *run_argv]))
+    return str(Runner(plan).stages.finetuned("teacher")[0])
+
+
 def submit_tune_jobs(args: argparse.Namespace, slurm, storage: str, name: str) -> int:
     """``--workers`` Slurm jobs, each this tune command on the shared storage (a server: SQLite's file
     locking across jobs and machines is what Optuna warns against)."""
@@ -482,7 +490,7 @@ def submit_tune_jobs(args: argparse.Namespace, slurm, storage: str, name: str) -
 
     if storage.startswith("sqlite"):
         raise UserError("--executor slurm needs an RDB server the jobs share: --storage postgresql://…")
-    jobs = submit_tune(without_executor_options(args.argv), args.results_dir, slurm, args.workers)
+    jobs = submit_tune(main, without_executor_options(args.argv), args.results_dir, slurm, args.workers)
     print(f"submitted {len(jobs)} Optuna worker job(s) for study {name}: {', '.join(j.job_id for j in jobs)}")
     if not args.wait:
         return 0
@@ -556,7 +564,7 @@ def command_sweep(args: argparse.Namespace) -> int:
         print(f"worker logs: {', '.join(map(str, logs))}")
         return EXIT_FAILED if any(read_failure(spec.results_dir, c.plan.run_name) for c in todo) else 0
     if slurm is not None:
-        jobs = submit_sweep(todo, spec.results_dir, slurm)
+        jobs = submit_sweep(todo, spec.results_dir, slurm, main, build_teacher_stage)
         print(
             f"submitted {len(jobs)} Slurm job(s) for {len(todo)} cell(s); follow: the same sweep command with --status"
         )

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,11 +174,10 @@ def slurm_executor(folder: Path, options: SlurmOptions, name: str):
     return executor
 
 
-def run_cli(argv: list[str]) -> None:
-    """A ``distillbench`` command inside a job; a non-zero exit is the job's failure."""
-    from distillbench.cli import main
-
-    code = main(argv)
+def run_cli(command: Callable[[list[str]], int], argv: list[str]) -> None:
+    """A ``distillbench`` command line inside a job (``command`` is the CLI's ``main``, passed in so this
+    module sits below the CLI); a non-zero exit is the job's failure."""
+    code = command(argv)
     if code:
         raise RuntimeError(f"distillbench {' '.join(argv)} exited with {code}")
 
@@ -197,32 +197,33 @@ class CellJob:
     """One sweep cell as a Slurm job: claim, run, release. Requeued on timeout or preemption (submitit's
     ``checkpoint``), it takes over its own claim and the run resumes from its last checkpoint."""
 
-    def __init__(self, run_argv: list[str], results_dir: Path, run_name: str) -> None:
-        self.run_argv, self.results_dir, self.run_name = run_argv, results_dir, run_name
+    def __init__(
+        self, command: Callable[[list[str]], int], run_argv: list[str], results_dir: Path, run_name: str
+    ) -> None:
+        self.command, self.run_argv, self.results_dir, self.run_name = command, run_argv, results_dir, run_name
 
     def __call__(self) -> str:
         if record_complete(self.results_dir, self.run_name):
             return "already complete"
-        ran = run_claimed(self.results_dir, self.run_name, lambda: run_cli(["run", *self.run_argv]), job_log())
+        run = ["run", *self.run_argv]
+        ran = run_claimed(self.results_dir, self.run_name, lambda: run_cli(self.command, run), job_log())
         return "ran" if ran else "held by another worker"
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(CellJob(self.run_argv, self.results_dir, self.run_name))
+        return submitit.helpers.DelayedSubmission(CellJob(self.command, self.run_argv, self.results_dir, self.run_name))
 
 
-def build_teacher(run_argv: list[str]) -> str:
-    """The teacher stage a task's cells share, built once before they start."""
-    from distillbench.cli import build_parser, plan_from_arguments
-    from distillbench.harness import Runner
-
-    plan = plan_from_arguments(build_parser().parse_args(["run", *run_argv]))
-    return str(Runner(plan).stages.finetuned("teacher")[0])
-
-
-def submit_sweep(cells: list[Any], results_dir: Path, options: SlurmOptions) -> list[tuple[str, Any]]:
-    """Submit the teacher jobs, then one job per cell to do (after its teacher's job); (label, job) pairs."""
+def submit_sweep(
+    cells: list[Any],
+    results_dir: Path,
+    options: SlurmOptions,
+    command: Callable[[list[str]], int],
+    build_teacher: Callable[[list[str]], str],
+) -> list[tuple[str, Any]]:
+    """Submit the teacher jobs (``build_teacher`` of a cell's run arguments), then one job per cell to do,
+    after its teacher's job; (label, job) pairs."""
     from distillbench.stages import finetune_folder, finetune_settings, teacher_stages_cached
 
     executor = slurm_executor(claims_dir(results_dir) / "slurm", options, "distillbench")
@@ -241,14 +242,16 @@ def submit_sweep(cells: list[Any], results_dir: Path, options: SlurmOptions) -> 
         if folder is not None:
             extra["dependency"] = f"afterok:{teachers[folder].job_id}"
         executor.update_parameters(slurm_additional_parameters=extra)
-        jobs.append((cell.label, executor.submit(CellJob(cell.argv, results_dir, plan.run_name))))
+        jobs.append((cell.label, executor.submit(CellJob(command, cell.argv, results_dir, plan.run_name))))
     return jobs
 
 
-def submit_tune(argv: list[str], results_dir: Path, options: SlurmOptions, workers: int) -> list[Any]:
+def submit_tune(
+    command: Callable[[list[str]], int], argv: list[str], results_dir: Path, options: SlurmOptions, workers: int
+) -> list[Any]:
     """``workers`` Optuna workers as Slurm jobs, each this ``tune`` command on the shared storage."""
     executor = slurm_executor(claims_dir(results_dir) / "slurm", options, "distillbench-tune")
-    return [executor.submit(run_cli, argv) for _ in range(workers)]
+    return [executor.submit(run_cli, command, argv) for _ in range(workers)]
 
 
 def queued(job_ids: list[str]) -> set[str]:

@@ -169,6 +169,13 @@ def test_slurm_unknown_partition_is_one_line(tiny_bert, glue_dir, workdir, capsy
     assert "error: --slurm-partition 'nowhere': Slurm knows" in capsys.readouterr().err
 
 
+def wait_for_empty_queue(limit_s: float) -> None:
+    deadline = time.time() + limit_s
+    while subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, "Slurm jobs still queued"
+        time.sleep(1)
+
+
 def metrics_by_cell(results: Path) -> dict[tuple[str, int], dict]:
     return {(r["method"], r["seed"]): r["metrics"] for r in student_records(results)}
 
@@ -198,13 +205,43 @@ def test_a_cancelled_slurm_cell_is_resumed_by_running_the_sweep_again(tiny_bert,
         time.sleep(0.5)
     assert victim is not None and victim["job"]  # claimed by a Slurm job, which names itself
     subprocess.run(["scancel", victim["job"]], check=True)
-    while subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip():
-        time.sleep(1)
+    wait_for_empty_queue(300)
     assert len(student_records(workdir / "results")) < 4
     capsys.readouterr()
     assert main([*args, "--wait"]) == 0
     assert "4 cells: 4 done" in capsys.readouterr().out
     assert cells_of(workdir / "results") == CELLS
+
+
+@slurm
+def test_a_preempted_slurm_cell_is_requeued_and_resumes_from_its_checkpoint(tiny_bert, glue_dir, workdir, capsys):
+    """Preemption as submitit's own tests simulate it (``Job._interrupt``): SIGTERM, then its USR2 signal;
+    the job checkpoints, Slurm requeues it under the same id, and the run resumes from its last save."""
+    args = sweep_args(tiny_bert, glue_dir, "--methods", "kd", "--seeds", "1", "--executor", "slurm")
+    args += ["--slurm-time", "10", "--max-steps", "200", "--set", "save_steps=5"]
+    assert main(args) == 0
+    claims_folder = workdir / "results" / claims.CLAIMS
+    output = None
+    deadline = time.time() + 300
+    while time.time() < deadline and output is None:  # the cell has saved a checkpoint
+        held = [claims.read_claim(p) for p in claims_folder.glob("*.json")]
+        saved = list((workdir / "outputs").glob("*/checkpoint-*")) if (workdir / "outputs").is_dir() else []
+        if held and held[0] and saved:
+            output = held[0]
+        time.sleep(0.5)
+    assert output is not None, "the cell never saved a checkpoint"
+    job = output["job"]
+    subprocess.run(["scancel", job, "--signal", "SIGTERM"], check=True)
+    subprocess.run(["scancel", job, "--signal", "USR2"], check=True)
+    deadline = time.time() + 400
+    while (
+        time.time() < deadline
+        and subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip()
+    ):
+        time.sleep(1)
+    records = student_records(workdir / "results")
+    assert [(r["method"], r["seed"]) for r in records] == [("kd", 1)]
+    assert records[0]["resumed_from"], "the requeued job started over instead of resuming"
 
 
 @slurm
