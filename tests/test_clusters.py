@@ -169,9 +169,12 @@ def test_slurm_unknown_partition_is_one_line(tiny_bert, glue_dir, workdir, capsy
     assert "error: --slurm-partition 'nowhere': Slurm knows" in capsys.readouterr().err
 
 
-def wait_for_empty_queue(limit_s: float) -> None:
+def wait_for_own_jobs(results: Path, limit_s: float) -> None:
+    """Until this test's jobs (submitit's folder per job id under the results) have left the queue; other
+    users' jobs on the same Slurm are not waited for."""
+    own = {folder.name for folder in (results / claims.CLAIMS / "slurm").iterdir()}
     deadline = time.time() + limit_s
-    while subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip():
+    while own & set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()):
         assert time.time() < deadline, "Slurm jobs still queued"
         time.sleep(1)
 
@@ -205,7 +208,7 @@ def test_a_cancelled_slurm_cell_is_resumed_by_running_the_sweep_again(tiny_bert,
         time.sleep(0.5)
     assert victim is not None and victim["job"]  # claimed by a Slurm job, which names itself
     subprocess.run(["scancel", victim["job"]], check=True)
-    wait_for_empty_queue(300)
+    wait_for_own_jobs(workdir / "results", 300)
     assert len(student_records(workdir / "results")) < 4
     capsys.readouterr()
     assert main([*args, "--wait"]) == 0
@@ -233,12 +236,7 @@ def test_a_preempted_slurm_cell_is_requeued_and_resumes_from_its_checkpoint(tiny
     job = output["job"]
     subprocess.run(["scancel", job, "--signal", "SIGTERM"], check=True)
     subprocess.run(["scancel", job, "--signal", "USR2"], check=True)
-    deadline = time.time() + 400
-    while (
-        time.time() < deadline
-        and subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.strip()
-    ):
-        time.sleep(1)
+    wait_for_own_jobs(workdir / "results", 600)  # requeued under the same id, then finished
     records = student_records(workdir / "results")
     assert [(r["method"], r["seed"]) for r in records] == [("kd", 1)]
     assert records[0]["resumed_from"], "the requeued job started over instead of resuming"
