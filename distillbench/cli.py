@@ -110,7 +110,9 @@ def field_help(cls: type, name: str) -> str:
 def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """Where the work runs (``executors.py``); Slurm's resources as sbatch names them."""
     parser.add_argument("--executor", default="inline", help=f"where to run {what}")
-    parser.add_argument("--workers", type=int, default=1, help="parallel workers (local processes or Slurm jobs)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="parallel workers: sweep --executor local processes, tune Slurm jobs"
+    )
     parser.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs, with a progress bar")
     parser.add_argument("--slurm-partition", help="sbatch --partition (default: the cluster's default)")
     parser.add_argument("--slurm-time", default="60", help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS")
@@ -122,14 +124,19 @@ def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def executor_of(args: argparse.Namespace, kinds: tuple[str, ...]):
-    """The chosen executor, checked (with Slurm's options parsed) before anything runs or is submitted."""
+def executor_of(args: argparse.Namespace, kinds: tuple[str, ...], workers_with: str):
+    """The chosen executor, checked (with Slurm's options parsed) before anything runs or is submitted;
+    ``workers_with``: the one executor whose parallelism ``--workers`` sets."""
     from distillbench.executors import SlurmOptions, check_slurm, check_writable
 
     if args.executor not in kinds:
         raise UserError(f"--executor {args.executor!r}: choose one of {', '.join(kinds)}")
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: at least 1")
+    if args.workers > 1 and args.executor != workers_with:
+        raise UserError(f"--workers sets the parallelism of --executor {workers_with}, not of {args.executor}")
+    if args.wait and args.executor != "slurm":
+        raise UserError("--wait is for --executor slurm (the other executors return when the work is done)")
     check_writable(args.results_dir)
     if args.executor != "slurm":
         return None
@@ -432,9 +439,7 @@ def command_tune(args: argparse.Namespace) -> int:
         raise UserError(f"unknown pruner {args.pruner!r}; choose one of {', '.join(tuning.PRUNERS)}")
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
-    slurm = executor_of(args, ("inline", "slurm"))
-    if args.executor == "inline" and args.workers > 1:
-        raise UserError("--workers needs --executor slurm (or start more tune commands on the same --storage)")
+    slurm = executor_of(args, ("inline", "slurm"), workers_with="slurm")
     common = () if args.common == "none" else tuple(n for n in args.common.split(",") if n)
     tuning.check_common(common)
     base, _ = build_run(args)  # validates the run arguments before the storage is touched
@@ -540,6 +545,8 @@ def command_sweep(args: argparse.Namespace) -> int:
         return plan_from_arguments(run_parser.parse_args(["run", *argv]))
 
     cells = plan_cells(spec, [*args.passthrough, *common], plan, spec.results_dir)
+    args.results_dir = spec.results_dir
+    slurm = None if args.dry_run or args.status else executor_of(args, EXECUTORS, workers_with="local")
     print(f"records go to {spec.results_dir}", file=sys.stderr)
     if args.dry_run:
         print(dry_run_text(cells))
@@ -547,10 +554,6 @@ def command_sweep(args: argparse.Namespace) -> int:
     if args.status:
         print(status_text(cells, spec.results_dir))
         return 0
-    args.results_dir = spec.results_dir
-    slurm = executor_of(args, EXECUTORS)
-    if args.executor == "inline" and args.workers > 1:
-        raise UserError("--workers needs --executor local (processes on this machine)")
     todo = [cell for cell in cells if not cell.done]
     if args.executor == "local":
         logs = run_local_workers(
@@ -565,10 +568,10 @@ def command_sweep(args: argparse.Namespace) -> int:
         return EXIT_FAILED if any(read_failure(spec.results_dir, c.plan.run_name) for c in todo) else 0
     if slurm is not None:
         jobs = submit_sweep(todo, spec.results_dir, slurm, main, build_teacher_stage)
-        print(
-            f"submitted {len(jobs)} Slurm job(s) for {len(todo)} cell(s); follow: the same sweep command with --status"
-        )
+        ids = ", ".join(job.job_id for _, job in jobs)
+        print(f"submitted {len(jobs)} Slurm job(s) for {len(todo)} cell(s): {ids or 'none'}")
         if not args.wait:
+            print("follow them with this sweep command and --status (or wait: --wait)")
             return 0
         failed = wait_for(jobs, show_progress=not args.no_progress)
         print(status_text(cells, spec.results_dir))

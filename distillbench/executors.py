@@ -149,7 +149,9 @@ def check_slurm(partition: str | None) -> None:
     if partition:
         known = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, check=False).stdout.split()
         if partition not in known:
-            raise UserError(f"--slurm-partition {partition!r}: Slurm knows {', '.join(known) or 'no partition'}")
+            raise UserError(
+                f"--slurm-partition {partition!r}: not a partition here (Slurm has: {', '.join(known) or 'none'})"
+            )
 
 
 def slurm_executor(folder: Path, options: SlurmOptions, name: str):

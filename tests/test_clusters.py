@@ -129,7 +129,8 @@ def test_status_shows_running_failed_and_to_do_cells(tiny_bert, glue_dir, workdi
     [
         (("--executor", "cloud"), "--executor 'cloud': choose one of inline, local, slurm"),
         (("--executor", "local", "--workers", "0"), "--workers 0: at least 1"),
-        (("--workers", "2"), "--workers needs --executor local"),
+        (("--workers", "2"), "--workers sets the parallelism of --executor local, not of inline"),
+        (("--wait",), "--wait is for --executor slurm"),
         (("--executor", "slurm", "--slurm-time", "soon"), "--slurm-time 'soon'"),
         (("--executor", "slurm", "--slurm-option", "exclusive"), "--slurm-option 'exclusive': expected NAME=VALUE"),
         (("--results-dir", "a-file/results"), "is not writable"),
@@ -140,7 +141,7 @@ def test_bad_executor_input_is_one_line_and_nothing_runs(tiny_bert, glue_dir, wo
     assert main(sweep_args(tiny_bert, glue_dir, *extra)) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and (message is None or message in lines[0])
+    assert err.strip().splitlines() == lines and len(lines) == 1 and message in lines[0]  # the one line
     assert not (workdir / "results" / "runs").exists()
 
 
@@ -166,7 +167,7 @@ def test_slurm_without_sbatch_is_one_line(tiny_bert, glue_dir, workdir, capsys, 
 @slurm
 def test_slurm_unknown_partition_is_one_line(tiny_bert, glue_dir, workdir, capsys):
     assert main(sweep_args(tiny_bert, glue_dir, "--executor", "slurm", "--slurm-partition", "nowhere")) == 2
-    assert "error: --slurm-partition 'nowhere': Slurm knows" in capsys.readouterr().err
+    assert "error: --slurm-partition 'nowhere': not a partition here (Slurm has:" in capsys.readouterr().err
 
 
 def wait_for_own_jobs(results: Path, limit_s: float) -> None:
