@@ -196,6 +196,8 @@ def dry_run_text(cells: list[Cell]) -> str:
     total = f"≈{format_minutes(sum(known))}" + (
         f" + {len(todo) - len(known)} cells without an estimate" if len(known) < len(todo) else ""
     )
+    if todo and not known:
+        total = "no estimate yet"
     lines.append(f"{len(cells)} cells: {len(cells) - len(todo)} done, {len(todo)} to run, estimated {total}")
     lines.append("estimates: mean wall time of earlier records of the same task and method")
     return "\n".join(lines)
