@@ -3,6 +3,8 @@
 # six methods (sweeps/cpu-glue-5seeds.toml) and the three controls (sweeps/cpu-glue-controls.toml), so that
 # an interrupted campaign leaves whole seeds. Every step skips what is already recorded or cached.
 #   DISTILLBENCH_DATA=../shared/data nohup bash scripts/campaign_5seeds.sh > campaign.log 2>&1 &
+# Run it with distillbench installed editable from a git checkout (`pip install -e .`): records made by a
+# copied install carry no git commit, and the leaderboard leaves such records out.
 set -euo pipefail
 declare -A warmup=([mrpc]=35 [stsb]=108)  # 10 % of a full-train teacher's steps (3 epochs)
 for task in ${TASKS:-mrpc stsb}; do
