@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from distillbench.errors import HeldElsewhere, one_line
+from distillbench.periodic import repeating
 
 CLAIMS = ".claims"
 HEARTBEAT_S = 10.0
@@ -143,19 +143,10 @@ def try_claim(results_dir: Path, run_name: str) -> Claim | None:
 @contextlib.contextmanager
 def heartbeat(claim: Claim) -> Iterator[None]:
     """Renew the claim in the background while the cell runs; release it afterwards."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            claim.renew()
-
-    thread = threading.Thread(target=beat, name="claim-heartbeat", daemon=True)
-    thread.start()
     try:
-        yield
+        with repeating(claim.renew, HEARTBEAT_S, "claim-heartbeat"):
+            yield
     finally:
-        stop.set()
-        thread.join()
         claim.release()
 
 

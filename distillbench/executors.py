@@ -63,12 +63,9 @@ def check_writable(results_dir: Path) -> None:
 
 
 def cuda_devices() -> int:
-    try:
-        import torch
+    import torch
 
-        return torch.cuda.device_count()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return 0
+    return torch.cuda.device_count()
 
 
 def run_local_workers(

@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import threading
 import time
 import warnings
 from collections import Counter
@@ -33,6 +32,7 @@ from transformers import TrainerCallback
 from distillbench.atomic import write_json_atomic
 from distillbench.config import TrainConfig
 from distillbench.errors import UserError
+from distillbench.periodic import repeating
 
 # Heartbeats and stale-trial retries are Optuna's "experimental" features, used on purpose: their
 # warning would be printed on every command, before any real message.
@@ -129,21 +129,9 @@ def storage_lock(url: str, name: str) -> Iterator[None]:
 @contextlib.contextmanager
 def heartbeat(storage: RDBStorage, trial: optuna.Trial, interval: int) -> Iterator[None]:
     """Record the trial's heartbeat while it runs, so a killed worker's trial is detected as stale."""
-    stop = threading.Event()
     trial_id = trial._trial_id  # Optuna exposes no public id for ask()-ed trials
-
-    def beat() -> None:
-        while not stop.is_set():
-            storage.record_heartbeat(trial_id)
-            stop.wait(interval)
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
+    with repeating(lambda: storage.record_heartbeat(trial_id), interval, "trial-heartbeat"):
         yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 class PruningCallback(TrainerCallback):
