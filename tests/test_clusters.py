@@ -198,19 +198,24 @@ def test_a_slurm_sweep_runs_each_cell_once_with_the_in_process_metrics(tiny_bert
 
 @slurm
 def test_a_cancelled_slurm_cell_is_resumed_by_running_the_sweep_again(tiny_bert, glue_dir, workdir, capsys):
-    args = sweep_args(tiny_bert, glue_dir, "--executor", "slurm", "--slurm-time", "10", "--max-steps", "100")
+    """The victim is a cell caught early in its training (a quarter of its steps at most), so that it
+    cannot finish between being chosen and being cancelled."""
+    args = sweep_args(tiny_bert, glue_dir, "--executor", "slurm", "--slurm-time", "10", "--max-steps", "400")
+    args += ["--set", "save_steps=5"]
     assert main(args) == 0
     deadline = time.time() + 300
-    victim = None
-    while time.time() < deadline and victim is None:  # a cell that has started training
-        running = list((workdir / "results" / claims.CLAIMS).glob("*.json"))
-        if running:
-            victim = claims.read_claim(running[0])
-        time.sleep(0.5)
+    victim, victim_run = None, None
+    while time.time() < deadline and victim is None:
+        for claim_path in (workdir / "results" / claims.CLAIMS).glob("*.json"):
+            checkpoints = list((workdir / "outputs" / claim_path.stem).rglob("checkpoint-*"))
+            if checkpoints and max(int(c.name.split("-")[1]) for c in checkpoints) <= 100:  # of 400 steps
+                victim, victim_run = claims.read_claim(claim_path), claim_path.stem
+                break
+        time.sleep(0.2)
     assert victim is not None and victim["job"]  # claimed by a Slurm job, which names itself
     subprocess.run(["scancel", victim["job"]], check=True)
     wait_for_own_jobs(workdir / "results", 300)
-    assert len(student_records(workdir / "results")) < 4
+    assert not claims.record_complete(workdir / "results", victim_run)
     capsys.readouterr()
     assert main([*args, "--wait"]) == 0
     assert "4 cells: 4 done" in capsys.readouterr().out
