@@ -139,6 +139,23 @@ class DistillTrainer(Trainer):
         os.makedirs(folder, exist_ok=True)
         save_model(self.model, os.path.join(folder, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
 
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Resuming a Distiller or stage module: a tied weight (a decoder's LM head sharing the word
+        embeddings) was saved once under its first name (:meth:`_save`), and is loaded through it, so its
+        other name is "missing" by design; any other missing weight means a wrong checkpoint."""
+        if isinstance(self.model, PreTrainedModel):
+            return super()._issue_warnings_after_load(load_result)
+        names_of: dict[int, list[str]] = defaultdict(list)
+        for name, tensor in self.model.state_dict(keep_vars=True).items():
+            names_of[id(tensor)].append(name)
+        aliases = {name for names in names_of.values() if len(names) > 1 for name in names}
+        missing = set(load_result.missing_keys) - aliases
+        if missing or load_result.unexpected_keys:
+            raise RuntimeError(
+                f"checkpoint does not match the module: missing {sorted(missing)}, "
+                f"unexpected {sorted(load_result.unexpected_keys)}"
+            )
+
     def _get_eval_sampler(self, eval_dataset: Any) -> Sampler | None:
         """Dev batches in dataset order. ``transformers`` also length-groups evaluation when training is
         length-grouped; SQuAD maps predictions back to questions by position, so that would score the

@@ -8,6 +8,7 @@ can come out negative.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,52 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     t = at_least_float32(teacher_logits).reshape(-1, teacher_logits.shape[-1]) / temperature
     kl = F.kl_div(F.log_softmax(s, dim=-1), F.softmax(t, dim=-1), reduction="batchmean")
     return kl * temperature**2
+
+
+# Positions of a vocabulary KL handled at once: the float32 temporaries of one chunk (a few × rows ×
+# vocabulary) stay near 64 MB whatever the batch, block size and vocabulary.
+VOCABULARY_CHUNK_ELEMENTS = 1 << 24
+
+
+class _ChunkedSoftKL(torch.autograd.Function):
+    """:func:`soft_kl` over many rows of a large vocabulary, one chunk of rows at a time.
+
+    Autograd would keep each chunk's softmaxes for the backward pass (a few × rows × vocabulary floats
+    in all); here each chunk's gradient, T/N · (softmax(s/T) − softmax(t/T)), is written into one buffer
+    the size of the student's logits during the forward pass, and the backward pass only scales it. The
+    teacher is a constant (no gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, student: Tensor, teacher: Tensor, temperature: float, chunk_rows: int) -> Tensor:
+        rows = student.shape[0]
+        gradient = torch.empty_like(student)
+        total = torch.zeros((), dtype=at_least_float32(student[:0]).dtype, device=student.device)
+        for start in range(0, rows, chunk_rows):
+            part = slice(start, start + chunk_rows)
+            log_q = F.log_softmax(at_least_float32(student[part]) / temperature, dim=-1)
+            log_p = F.log_softmax(at_least_float32(teacher[part]) / temperature, dim=-1)
+            p = log_p.exp()
+            total += (p * (log_p - log_q)).sum()
+            gradient[part] = log_q.exp_().sub_(p)
+        ctx.save_for_backward(gradient)
+        ctx.factor = temperature / rows
+        return total * temperature**2 / rows
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        (gradient,) = ctx.saved_tensors
+        return gradient * (grad_output * ctx.factor).to(gradient.dtype), None, None, None
+
+
+def vocabulary_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """:func:`soft_kl` for next-token distributions ([..., vocabulary] at every position), computed in
+    chunks of positions so that no more than one chunk × vocabulary of temporaries exists at once (as
+    TRL's chunked JSD does): token-level forward KL, averaged over positions, times T²."""
+    vocabulary = student_logits.shape[-1]
+    student = student_logits.reshape(-1, vocabulary)
+    teacher = teacher_logits.detach().reshape(-1, vocabulary)
+    chunk_rows = max(1, VOCABULARY_CHUNK_ELEMENTS // vocabulary)
+    return _ChunkedSoftKL.apply(student, teacher, temperature, chunk_rows)
 
 
 def ensemble_logits(members: list[Tensor], weights: list[float], output_type: str, temperature: float) -> Tensor:
@@ -84,11 +131,11 @@ def layerwise_task_defaults(mse_alpha: dict[str, float]) -> dict[str, dict[str, 
 
 def logit_kd(student: list[Tensor], teacher: list[Tensor], output_type: str, temperature: float) -> Tensor:
     """Mean over a task's distillable outputs (classification logits; QA start and end logits; MLM
-    logits at masked positions) of softened KL, or of the MSE between predictions for regression."""
+    logits at masked positions; a causal LM's next-token logits, chunked) of softened KL, or of the MSE
+    between predictions for regression."""
+    kl = vocabulary_kl if output_type == "vocabulary" else soft_kl
     terms = [
-        F.mse_loss(at_least_float32(s), at_least_float32(t))
-        if output_type == "regression"
-        else soft_kl(s, t, temperature)
+        F.mse_loss(at_least_float32(s), at_least_float32(t)) if output_type == "regression" else kl(s, t, temperature)
         for s, t in zip(student, teacher, strict=True)
     ]
     return sum(terms) / len(terms)
@@ -129,26 +176,35 @@ def split_heads(states: Tensor, heads: int) -> Tensor:
     return states.view(batch, length, heads, width // heads).transpose(1, 2)
 
 
-def relation_log_probs(left: Tensor, right: Tensor, heads: int, attention_mask: Tensor) -> Tensor:
-    """log softmax(A Bᵀ / √d) per head, padding keys masked: [B, heads, L, L].
+def relation_log_probs(left: Tensor, right: Tensor, heads: int, attention_mask: Tensor, causal: bool = False) -> Tensor:
+    """log softmax(A Bᵀ / √d) per head, padding keys masked (and, in a causal decoder, later keys):
+    [B, heads, L, L].
 
     With A = Q, B = K this is the attention distribution itself; with A = B = X (Q, K or V) it is
-    MiniLM's self-relation.
+    MiniLM's self-relation. A decoder's position attends to itself and earlier positions only, so its
+    relations are taken over those keys, as its attention is.
     """
     a, b = split_heads(at_least_float32(left), heads), split_heads(at_least_float32(right), heads)
     scores = a @ b.transpose(-1, -2) / math.sqrt(a.shape[-1])
     key_mask = attention_mask[:, None, None, :].bool()
+    if causal:
+        length = scores.shape[-1]
+        key_mask = key_mask & torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
     scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
     return F.log_softmax(scores, dim=-1)
 
 
 def relation_kl(
-    student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], heads: int, attention_mask: Tensor
+    student: tuple[Tensor, Tensor],
+    teacher: tuple[Tensor, Tensor],
+    heads: int,
+    attention_mask: Tensor,
+    causal: bool = False,
 ) -> Tensor:
     """KL(teacher relation ‖ student relation) of (left, right) pairs, averaged over batch, heads and
     real query positions (MiniLM's attention and self-relation transfer)."""
-    teacher_log = relation_log_probs(*teacher, heads, attention_mask)
-    student_log = relation_log_probs(*student, heads, attention_mask)
+    teacher_log = relation_log_probs(*teacher, heads, attention_mask, causal)
+    student_log = relation_log_probs(*student, heads, attention_mask, causal)
     return kl_between_log_distributions(teacher_log, student_log, attention_mask)
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from distillbench.errors import UserError
-from distillbench.families import keep_blocks, qkv_projections
+from distillbench.families import keep_blocks, qkv_projections, split_qkv
 from distillbench.losses import uniform_layer_map
 from distillbench.portable import PACKAGED_MODELS
 
@@ -181,15 +181,18 @@ def build_student(
 
 
 class QKVCapture:
-    """Forward hooks that keep each layer's query/key/value projections (no forked model code)."""
+    """Forward hooks that keep each layer's query/key/value projections (no forked model code); a fused
+    projection is split, and grouped K/V heads repeated per query head (``families.split_qkv``)."""
 
     def __init__(self, model: nn.Module) -> None:
+        self._config = model.config
         self._captured: dict[tuple[int, int], Tensor] = {}
-        self._handles = [
-            module.register_forward_hook(self._hook((layer, part)))
-            for layer, projections in enumerate(qkv_projections(model))
-            for part, module in enumerate(projections)
-        ]
+        self._parts = 0
+        self._handles = []
+        for layer, projections in enumerate(qkv_projections(model)):
+            self._parts = len(projections)
+            for part, module in enumerate(projections):
+                self._handles.append(module.register_forward_hook(self._hook((layer, part))))
 
     def _hook(self, key: tuple[int, int]):
         def keep(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
@@ -200,9 +203,9 @@ class QKVCapture:
     def collect(self) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per layer (query, key, value) of the last forward pass; clears the buffer."""
         layers = sorted({layer for layer, _ in self._captured})
-        result = [tuple(self._captured[(layer, part)] for part in range(3)) for layer in layers]
+        outputs = [tuple(self._captured[(layer, part)] for part in range(self._parts)) for layer in layers]
         self._captured = {}
-        return result  # type: ignore[return-value]
+        return [split_qkv(self._config, parts) for parts in outputs]
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillbench import distributed
 from distillbench.cached import stable_key
 from distillbench.config import RunConfig, key_settings
 from distillbench.errors import UserError
-from distillbench.families import family_of
+from distillbench.families import family_of, kind
 from distillbench.fields import check_fields
 from distillbench.hub import require_hub_for_data
 from distillbench.method import Method, ModelPair, get_method
@@ -27,6 +27,9 @@ from distillbench.task import Task, get_task, resolve_data_dir, task_registry
 from distillbench.teacher_cache import check_teacher_cache
 from distillbench.tracking import parse_report_to
 from distillbench.workspace import CACHE_ENV, cache_root
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 __all__ = ["CACHE_ENV", "Paths", "Plan", "cache_root", "plan_run"]
 
@@ -150,6 +153,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
                 f"the teachers {teachers[0].spec} and {member.spec} tokenise differently; an ensemble shares one"
             )
     cross = student_spec.kind == "pretrained" and not same_tokenizer(student_spec.source, teacher_source)
+    check_model_kinds(config, task, teacher_config, s_config)
     if student_spec.kind == "layers":
         family_of(teacher_config, "a student of copied teacher layers (--student-layers/--student-layer-ids)")
     if "qkv" in method_cls.needs:
@@ -199,6 +203,27 @@ def check_seeds(config: RunConfig) -> None:
     for flag, seed in given:
         if seed is not None and seed < 0:
             raise UserError(f"{flag} {seed}: seeds are non-negative integers")
+
+
+def check_model_kinds(config: RunConfig, task: Task, teacher: PretrainedConfig, student: PretrainedConfig) -> None:
+    """Encoders and causal decoders do not mix: a task's head and data suit one kind (``clm`` decoders,
+    GLUE/SQuAD/``pretrain`` encoders), and teacher and student must be of the same kind."""
+    kinds = {"teacher": kind(teacher), "student": kind(student)}
+    if kinds["teacher"] != kinds["student"]:
+        raise UserError(
+            f"the teacher ({teacher.model_type}) is {an(kinds['teacher'])} and the student ({student.model_type}) "
+            f"{an(kinds['student'])}; distil within one kind"
+        )
+    if kinds["teacher"] != task.model_kind:
+        other = "clm" if task.model_kind == "encoder" else "a GLUE, SQuAD or pretrain task"
+        raise UserError(
+            f"task {config.task} needs {an(task.model_kind)} model, and {config.teacher} ({teacher.model_type}) is "
+            f"{an(kinds['teacher'])}; use {other}"
+        )
+
+
+def an(model_kind: str) -> str:
+    return {"encoder": "an encoder", "decoder": "a causal decoder"}[model_kind]
 
 
 def teacher_identity(config: RunConfig) -> dict[str, Any]:

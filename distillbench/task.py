@@ -34,7 +34,10 @@ class Task:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     model_class: ClassVar[str] = "AutoModelForSequenceClassification"
-    output_type: ClassVar[str] = "categorical"  # or "regression": how logit-level KD compares outputs
+    # How logit-level KD compares outputs: "categorical", "regression", or "vocabulary" (a next-token
+    # distribution at every position: a chunked KL).
+    output_type: ClassVar[str] = "categorical"
+    model_kind: ClassVar[str] = "encoder"  # or "decoder": the models its head and data suit (families.kind)
     main_metric: ClassVar[str]
     greater_is_better: ClassVar[bool] = True
     eval_splits: ClassVar[tuple[str, ...]] = ("validation",)
@@ -49,6 +52,7 @@ class Task:
     display_decimals: ClassVar[int] = 1
     deterministic_inputs: ClassVar[bool] = True  # False when the collator randomises inputs (MLM masking)
     per_token_distill: ClassVar[bool] = False  # True when distill_targets has a sequence axis (QA logits)
+    vocabulary_distill: ClassVar[bool] = False  # its distilled outputs are vocabulary logits at every position
     # One distilled output per example (sentence classification/regression), so teacher and student may
     # tokenise the text differently: their outputs line up by example, not by token.
     distill_per_example: ClassVar[bool] = False

@@ -224,6 +224,8 @@ def cache_refusal(config: RunConfig, method: Method, task: Task) -> str | None:
         return f"method {config.method} needs live teacher outputs"
     if not task.deterministic_inputs:
         return f"task {config.task} randomises its training inputs"
+    if task.vocabulary_distill:
+        return f"task {config.task} distils a vocabulary of logits at every position, too large for the cache"
     return None
 
 

@@ -15,6 +15,11 @@ Both are task-agnostic in their papers; here they run in the harness's task-spec
 the task loss (and optionally logit KD) is added. Q/K/V come from forward hooks on the models' own
 projections, and the attention distribution is recomputed from them (Hugging Face's returned eager
 ``attentions`` are taken after dropout in training mode, so they are not distributions there).
+
+On a causal decoder every relation is taken over the keys a position attends to (itself and earlier
+positions); with grouped-query attention each K/V head is repeated for the query heads of its group, as
+the model does; on rotary models (Llama, Qwen, GPT-NeoX) Q and K are compared before the rotation
+(distillbench/families.py). Widths below are the attention width, heads × head width.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import Tensor
 
 from distillbench import Method, Outputs, register_method
 from distillbench.errors import UserError
+from distillbench.families import attention_width, is_causal
 from distillbench.fields import setting
 from distillbench.losses import relation_kl
 
@@ -43,6 +49,11 @@ class _RelationMethod(Method):
 
     def relation_loss(self, student: Outputs, teacher: Outputs, mask: Tensor) -> Tensor:
         raise NotImplementedError
+
+    @property
+    def causal(self) -> bool:
+        """Relations over earlier keys only: the pair is a causal decoder (planning refuses a mixed pair)."""
+        return is_causal(self.pair.teacher)
 
     def loss(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         assert teacher is not None
@@ -76,8 +87,8 @@ class MiniLM(_RelationMethod):
     def relation_loss(self, student: Outputs, teacher: Outputs, mask: Tensor) -> Tensor:
         heads = self.pair.student.num_attention_heads
         (s_q, s_k, s_v), (t_q, t_k, t_v) = student.qkv[-1], teacher.qkv[-1]
-        attention = relation_kl((s_q, s_k), (t_q, t_k), heads, mask)
-        value = relation_kl((s_v, s_v), (t_v, t_v), heads, mask)
+        attention = relation_kl((s_q, s_k), (t_q, t_k), heads, mask, self.causal)
+        value = relation_kl((s_v, s_v), (t_v, t_v), heads, mask, self.causal)
         return attention + value
 
 
@@ -99,9 +110,10 @@ class MiniLMv2(_RelationMethod):
         student, teacher = self.pair.student, self.pair.teacher
         self.heads = self.hp.relation_heads or teacher.num_attention_heads
         for name, config in (("student", student), ("teacher", teacher)):
-            if config.hidden_size % self.heads:
+            width = attention_width(config)
+            if width % self.heads:
                 raise UserError(
-                    f"minilmv2: {name} width {config.hidden_size} is not divisible by {self.heads} relation heads"
+                    f"minilmv2: {name} attention width {width} is not divisible by {self.heads} relation heads"
                 )
         if not -teacher.num_hidden_layers <= self.hp.teacher_layer < teacher.num_hidden_layers:
             raise UserError(
@@ -111,4 +123,6 @@ class MiniLMv2(_RelationMethod):
 
     def relation_loss(self, student: Outputs, teacher: Outputs, mask: Tensor) -> Tensor:
         s_qkv, t_qkv = student.qkv[-1], teacher.qkv[self.hp.teacher_layer]
-        return sum(relation_kl((s, s), (t, t), self.heads, mask) for s, t in zip(s_qkv, t_qkv, strict=True))
+        return sum(
+            relation_kl((s, s), (t, t), self.heads, mask, self.causal) for s, t in zip(s_qkv, t_qkv, strict=True)
+        )

@@ -260,6 +260,58 @@ def make_tiny_model(folder: Path, family: str, layers: int = 4, hidden: int = 32
     return folder
 
 
+DECODER_CONFIGS = {
+    # model type → (config class, config fields beyond the shared shape)
+    "gpt2": ("GPT2Config", {}),
+    "llama": ("LlamaConfig", {"num_key_value_heads": 2}),  # grouped-query attention: 2 K/V heads for 4 query heads
+    "qwen2": ("Qwen2Config", {"num_key_value_heads": 2}),
+    "qwen3": ("Qwen3Config", {"num_key_value_heads": 2, "head_dim": 16}),  # heads × head width ≠ hidden size
+    "gpt_neox": ("GPTNeoXConfig", {}),
+}
+
+
+def byte_level_tokenizer(folder: Path, size: int = 300):
+    """A byte-level BPE tokenizer (GPT-2's kind) trained with ``tokenizers`` on the fixture words."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator([sentence(rng) for _ in range(300)], vocab_size=size, special_tokens=["<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=trainer._tokenizer, eos_token="<|endoftext|>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def make_tiny_decoder(folder: Path, family: str = "gpt2", layers: int = 4, hidden: int = 32, heads: int = 4) -> Path:
+    """A random causal LM of one decoder family, with its LM head and a byte-level BPE tokenizer."""
+    import torch
+    import transformers
+
+    config_name, extra = DECODER_CONFIGS[family]
+    tokenizer = byte_level_tokenizer(folder)
+    shape = {"vocab_size": len(tokenizer), "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": None}
+    if family == "gpt2":
+        shape |= {"n_embd": hidden, "n_layer": layers, "n_head": heads, "n_positions": 128}
+    else:
+        shape |= {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads}
+        shape |= {"intermediate_size": 2 * hidden, "max_position_embeddings": 128}
+    config = getattr(transformers, config_name)(**shape, **extra)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def make_text(root: Path, seed: int = 0) -> Path:
+    """A data folder with raw training text and held-out text (the ``clm`` task's layout)."""
+    rng = random.Random(seed)
+    for name, lines in (("text/train.txt", 300), ("text/heldout.txt", 60)):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(sentence(rng, rng.randint(5, 20)) for _ in range(lines)) + "\n")
+    return root
+
+
 def make_tiny_bert_with_letters(folder: Path) -> Path:
     """A random 2-layer BERT whose tokenizer knows letters only (WordPiece splits every word into
     characters): a student that tokenises the same text differently from the word-level teacher."""
@@ -290,6 +342,22 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n".join(sentence(rng, rng.randint(5, 20)) for _ in range(400)) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_decoder(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_text(tmp_path_factory.mktemp("text-data"))
+
+
+def clm_run_args(teacher: Path, text_dir: Path, method: str, *extra: str) -> list[str]:
+    """CLI arguments of a few-step ``clm`` run on the tiny fixtures (blocks of 32 tokens)."""
+    args = tiny_run_args(teacher, text_dir, method, "clm", "--set", "max_seq_length=32")
+    return [*args, "--set", "corpus=text/train.txt", "--set", "heldout=text/heldout.txt", *extra]
 
 
 @pytest.fixture
