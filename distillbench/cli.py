@@ -394,23 +394,39 @@ def parse_numbers(text: str | None, kind: type, what: str) -> tuple | None:
         raise UserError(f"{what} {text}: expected comma-separated {kind.__name__} values") from None
 
 
-def plan_from_arguments(args: argparse.Namespace):
+def plan_from_arguments(args: argparse.Namespace, build_standins: bool = False):
     """The validated plan of run arguments; a step bound that ``--max-steps`` put on the teacher gives way
-    to a teacher already fine-tuned at the full budget in the cache."""
+    to a teacher already fine-tuned at the full budget in the cache. ``build_standins``: pre-train a
+    stand-in teacher (``--teacher scratch:<preset>``) first when this text has none."""
     from distillbench.harness import plan_run
     from distillbench.stages import with_cached_full_teacher
 
-    plan = plan_run(*build_run(args))
+    config, paths = build_run(args)
+    if build_standins:
+        prepare_standins(config, paths)
+    plan = plan_run(config, paths)
     if args.max_steps is not None and not any(o.startswith("teacher_max_steps=") for o in args.overrides):
         plan = with_cached_full_teacher(plan)
     return plan
+
+
+def prepare_standins(config, paths) -> None:
+    """Pre-train the run's stand-in teachers that this text has none of yet (each once; later runs read it)."""
+    from distillbench.standin import ensure_standin, is_standin
+    from distillbench.task import get_task, resolve_data_dir
+
+    for spec in {spec.strip() for spec in config.teacher.split(",")}:
+        if is_standin(spec):
+            task_cls = get_task(config.task)
+            task = task_cls(resolve_data_dir(config.data_dir), task_cls.options_for(config.task_options))
+            ensure_standin(spec, task, paths.cache_dir, paths.show_progress)
 
 
 def command_run(args: argparse.Namespace) -> int:
     from distillbench.harness import Runner
     from distillbench.summary import plan_summary, run_summary
 
-    plan = plan_from_arguments(args)
+    plan = plan_from_arguments(args, build_standins=not args.dry_run)
     if args.dry_run:
         print(plan_summary(plan))
         return 0
@@ -542,7 +558,8 @@ def command_sweep(args: argparse.Namespace) -> int:
     run_parser = build_parser()
 
     def plan(argv: list[str]):
-        return plan_from_arguments(run_parser.parse_args(["run", *argv]))
+        build = not (args.dry_run or args.status)
+        return plan_from_arguments(run_parser.parse_args(["run", *argv]), build_standins=build)
 
     cells = plan_cells(spec, [*args.passthrough, *common], plan, spec.results_dir)
     args.results_dir = spec.results_dir
@@ -602,7 +619,8 @@ def command_teacher_study(args: argparse.Namespace) -> int:
     run_parser = build_parser()
 
     def plan(argv: list[str]):
-        return plan_from_arguments(run_parser.parse_args(["run", *argv]))
+        build = not (args.dry_run or args.status)
+        return plan_from_arguments(run_parser.parse_args(["run", *argv]), build_standins=build)
 
     if args.dry_run:
         for settings in grid_points(grid):

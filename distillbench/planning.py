@@ -9,6 +9,7 @@ everything that changes its result) and is what every later piece of the run rea
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from distillbench.hub import require_hub_for_data
 from distillbench.method import Method, ModelPair, get_method
 from distillbench.models import StudentSpec, load_config, resolve_model, student_config
 from distillbench.portable import model_identity
+from distillbench.standin import built_standin, is_standin
 from distillbench.task import Task, get_task, resolve_data_dir, task_registry
 from distillbench.teacher_cache import check_teacher_cache
 from distillbench.tracking import parse_report_to
@@ -135,7 +137,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
         raise UserError(f"{config.task}: {error}") from None
     check_fields(options, f"{config.task} option")
     task = task_cls(resolve_data_dir(config.data_dir), options)
-    teachers = teacher_members(config)
+    teachers = teacher_members(config, lambda spec: resolve_teacher(spec, task, paths.cache_dir))
     teacher_source = teachers[0].source
     if config.teacher_finetuned:
         load_config(resolve_model(config.teacher_finetuned))
@@ -226,11 +228,17 @@ def an(model_kind: str) -> str:
     return {"encoder": "an encoder", "decoder": "a causal decoder"}[model_kind]
 
 
+def resolve_teacher(spec: str, task: Task, cache_dir: Path) -> str:
+    """A teacher spec → its folder or hub id; a stand-in (``scratch:<preset>``) must be pre-trained on the
+    task's text already (``run`` and ``sweep`` do that before planning)."""
+    return built_standin(spec, task, cache_dir) if is_standin(spec) else resolve_model(spec)
+
+
 def teacher_identity(config: RunConfig) -> dict[str, Any]:
     return {"source": config.teacher, "finetuned": config.teacher_finetuned}
 
 
-def teacher_members(config: RunConfig) -> list[TeacherMember]:
+def teacher_members(config: RunConfig, resolve: Callable[[str], str] = resolve_model) -> list[TeacherMember]:
     """The run's teachers: ``--teacher a,b,c`` (one seed each), or one model with ``--teacher-seeds``."""
     specs = [spec.strip() for spec in config.teacher.split(",")]
     if not any(specs):
@@ -252,7 +260,7 @@ def teacher_members(config: RunConfig) -> list[TeacherMember]:
         raise UserError("teacher_weights: every weight must be positive")
     total = sum(weights)
     return [
-        TeacherMember(spec, resolve_model(spec), seed, weight / total)
+        TeacherMember(spec, resolve(spec), seed, weight / total)
         for (spec, seed), weight in zip(pairs, weights, strict=True)
     ]
 
