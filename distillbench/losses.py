@@ -46,8 +46,8 @@ class _ChunkedSoftKL(torch.autograd.Function):
 
     Autograd would keep each chunk's softmaxes for the backward pass (a few × rows × vocabulary floats
     in all); here each chunk's gradient, T/N · (softmax(s/T) − softmax(t/T)), is written into one buffer
-    the size of the student's logits during the forward pass, and the backward pass only scales it. The
-    teacher is a constant (no gradient)."""
+    the size of the student's logits during the forward pass, and the backward pass scales it in place
+    and hands it on. The teacher is a constant (no gradient)."""
 
     @staticmethod
     def forward(ctx: Any, student: Tensor, teacher: Tensor, temperature: float, chunk_rows: int) -> Tensor:
@@ -68,7 +68,9 @@ class _ChunkedSoftKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         (gradient,) = ctx.saved_tensors
-        return gradient * (grad_output * ctx.factor).to(gradient.dtype), None, None, None
+        # scaled in place: the buffer becomes the gradient (no second logits-sized tensor); a second backward
+        # pass through a retained graph is refused by autograd's version check of the saved buffer
+        return gradient.mul_((grad_output * ctx.factor).to(gradient.dtype)), None, None, None
 
 
 def vocabulary_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -1,0 +1,163 @@
+"""The causal-LM task: its held-out scores against independent computations, the chunked vocabulary KL
+(value, gradient, peak memory), the stand-in teacher pre-trained from scratch, paired comparisons."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import clm_run_args
+from distillbench import get_task
+from distillbench.cli import main
+from distillbench.losses import soft_kl, vocabulary_kl
+from distillbench.predictions import evaluation_of
+
+
+def records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
+
+
+def student_of(results: Path, method: str) -> dict:
+    return next(r for r in records(results) if r["role"] != "teacher" and r["method"] == method)
+
+
+def heldout_blocks(text_dir: Path, tokenizer, block: int) -> torch.Tensor:
+    """The held-out text cut into blocks, written out here: lines with their newlines, no special tokens,
+    concatenated, the last partial block dropped."""
+    lines = [line for line in (text_dir / "text/heldout.txt").read_text().splitlines(keepends=True) if line.strip()]
+    ids = [i for line in lines for i in tokenizer(line, add_special_tokens=False)["input_ids"]]
+    usable = len(ids) // block * block
+    return torch.tensor(ids[:usable]).view(-1, block)
+
+
+def test_byte_and_word_counts_equal_the_decoded_text(tiny_gpt2):
+    """A block's bytes and words (of the predicted tokens: all but the first) as read from the text itself."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_gpt2))
+    task = get_task("clm")(None)
+    from distillbench.tasks.clm import TokenText
+
+    counts = TokenText.of(tokenizer, len(tokenizer))
+    text = 'the cat sat on the mat .\n " a dog ran under   the tree .\nthe bird flew'
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    byte_count, words = counts.counts(ids)
+    full = tokenizer.decode(ids[0])
+    start = len(tokenizer.decode(ids[0, :1]))
+    assert full == text and int(byte_count[0]) == len(full[start:].encode())
+    expected_words = sum(1 for p in range(max(start, 1), len(full)) if full[p - 1].isspace() and not full[p].isspace())
+    assert int(words[0]) == expected_words
+    assert task.main_metric == "perplexity" and not task.greater_is_better
+
+
+def test_metrics_from_block_rows_by_hand():
+    task = get_task("clm")(None)
+    rows = np.array([[10.0, 7, 30, 5], [4.0, 7, 20, 3]])  # nll, tokens, bytes, words
+    metrics = task.compute_metrics(rows, None)
+    assert metrics["perplexity"] == pytest.approx(math.exp(14 / 14))
+    assert metrics["bits_per_byte"] == pytest.approx(14 / math.log(2) / 50)
+    assert metrics["word_perplexity"] == pytest.approx(math.exp(14 / 8))
+    resamples = np.array([[0, 0], [0, 1], [1, 1]])
+    by_row = task.metric_rows({"predictions": rows}, resamples, "perplexity")
+    assert by_row == pytest.approx([task.metric_on({"predictions": rows}, r)["perplexity"] for r in resamples])
+
+
+def test_recorded_perplexity_equals_the_saved_students_own_loss(tiny_gpt2, text_dir, workdir):
+    """The record's held-out perplexity is exp of the mean next-token loss the saved student's own
+    ``transformers`` loss gives on the held-out blocks, and its stored predictions hold one row per block."""
+    assert main(clm_run_args(tiny_gpt2, text_dir, "kd", "--student-layers", "2")) == 0
+    record = student_of(workdir / "results", "kd")
+    model = AutoModelForCausalLM.from_pretrained(str(workdir / record["model"]["output_dir"])).eval()
+    blocks = heldout_blocks(text_dir, AutoTokenizer.from_pretrained(str(tiny_gpt2)), 32)
+    with torch.no_grad():
+        losses = [model(input_ids=b[None], labels=b[None]).loss for b in blocks]
+    assert record["metrics"]["perplexity"] == pytest.approx(math.exp(float(torch.stack(losses).mean())), rel=1e-4)
+    stored = evaluation_of(record, workdir / "results")
+    assert stored["predictions"].shape == (len(blocks), 4)
+
+
+def test_compare_gives_a_paired_interval_over_heldout_blocks(tiny_gpt2, text_dir, workdir, capsys):
+    for method in ("kd", "finetune"):
+        assert (
+            main([*clm_run_args(tiny_gpt2, text_dir, method, "--student-layers", "2"), "--set", "learning_rate=1e-3"])
+            == 0
+        )
+    capsys.readouterr()
+    assert main(["compare", "kd", "finetune", "--task", "clm", "--include-bounded", "--include-dirty"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "95% CI" in out
+
+
+def test_vocabulary_kl_equals_soft_kl_in_value_and_gradient():
+    torch.manual_seed(0)
+    student = torch.randn(3, 9, 50, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(3, 9, 50, dtype=torch.float64)
+    import distillbench.losses as losses
+
+    chunk = losses.VOCABULARY_CHUNK_ELEMENTS
+    losses.VOCABULARY_CHUNK_ELEMENTS = 50 * 4  # chunks of 4 positions, the last one short
+    try:
+        ours = vocabulary_kl(student, teacher, 2.0)
+        (ours_grad,) = torch.autograd.grad(3 * ours, student)
+    finally:
+        losses.VOCABULARY_CHUNK_ELEMENTS = chunk
+    reference = soft_kl(student, teacher, 2.0)
+    (reference_grad,) = torch.autograd.grad(3 * reference, student)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ours_grad, reference_grad, rtol=1e-10, atol=1e-14)
+
+
+PEAK = """
+import resource, sys, torch, torch.nn.functional as F
+from distillbench.losses import soft_kl, vocabulary_kl
+rows, vocabulary, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+student = torch.randn(rows, vocabulary, requires_grad=True)
+teacher, labels = torch.randn(rows, vocabulary), torch.randint(0, vocabulary, (rows,))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loss = {"lm": lambda: F.cross_entropy(student, labels), "kd": lambda: vocabulary_kl(student, teacher, 2.0),
+        "unchunked": lambda: soft_kl(student, teacher, 2.0)}[which]()
+loss.backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (rows * vocabulary * 4))
+"""
+
+
+def test_vocabulary_kl_peak_memory_is_within_the_lm_losss():
+    """Forward and backward of the KD loss over 2,048 positions × 32,000 words, each in a fresh process:
+    its peak memory (in logits-sized buffers) is within 1.2× of the cross-entropy LM loss's, where the
+    unchunked KL needs several times more."""
+
+    def peak(which: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK, "2048", "32000", which], capture_output=True, text=True, check=True
+        )
+        return float(out.stdout)
+
+    lm, kd, unchunked = peak("lm"), peak("kd"), peak("unchunked")
+    assert kd <= 1.2 * lm, (kd, lm)
+    assert unchunked > 1.5 * kd
+
+
+def test_a_standin_teacher_is_pretrained_once_and_labelled(text_dir, workdir, capsys):
+    """``--teacher scratch:gpt2-tiny``: a dry run before it exists is one line; the first run pre-trains
+    it (tokenizer and model) and says what it is; a second run reads it from the cache."""
+    args = clm_run_args(Path("unused"), text_dir, "kd", "--student-layers", "1")
+    args[args.index("--teacher") + 1] = "scratch:gpt2-tiny"
+    assert main([*args, "--dry-run"]) == 2
+    assert "not pre-trained on this text yet" in capsys.readouterr().err
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "pre-training the stand-in teacher scratch:gpt2-tiny" in err
+    (standin,) = (workdir / "cache" / "standins").glob("gpt2-tiny-*/standin.json")
+    info = json.loads(standin.read_text())
+    assert info["what"].startswith("a stand-in for GPT-2") and "not GPT-2" in info["what"]
+    assert set(info["heldout"]) >= {"perplexity", "bits_per_byte"} and "perplexity" in info["unigram_heldout"]
+    record = student_of(workdir / "results", "kd")
+    assert record["model"]["teacher_source"].startswith("cache:standins/gpt2-tiny-")
+    assert main([*args, "--seed", "7"]) == 0
+    assert "pre-training the stand-in" not in capsys.readouterr().err
