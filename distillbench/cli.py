@@ -412,7 +412,8 @@ def plan_from_arguments(args: argparse.Namespace, build_standins: bool = False):
 
 def prepare_standins(config, paths) -> None:
     """Pre-train the run's stand-in teachers that this text has none of yet (each once; later runs read it)."""
-    from distillbench.standin import ensure_standin, is_standin
+    from distillbench.standin_pretraining import ensure_standin
+    from distillbench.standins import is_standin
     from distillbench.task import get_task, resolve_data_dir
 
     for spec in {spec.strip() for spec in config.teacher.split(",")}:

@@ -24,7 +24,7 @@ from distillbench.hub import require_hub_for_data
 from distillbench.method import Method, ModelPair, get_method
 from distillbench.models import StudentSpec, load_config, resolve_model, student_config
 from distillbench.portable import model_identity
-from distillbench.standin import built_standin, is_standin
+from distillbench.standins import built_standin, is_standin
 from distillbench.task import Task, get_task, resolve_data_dir, task_registry
 from distillbench.teacher_cache import check_teacher_cache
 from distillbench.tracking import parse_report_to
