@@ -61,6 +61,9 @@ class TrainConfig:
         "float32", choices=("float32", "float16", "bfloat16"), help="cache storage dtype"
     )
     teacher_cache_max_gb: float = setting(4.0, ge=0, help="auto skips a new cache larger than this")
+    teacher_cache_top_k: int = setting(
+        0, ge=0, help="vocabulary tasks (clm): KD from a cache of the teacher's top-k log-probabilities (0: live)"
+    )
     eval_strategy: str = setting("epoch", choices=("epoch", "end"), help="score the dev set every epoch or once")
     bf16: bool = setting(False, help="bfloat16 autocast (the teacher runs under the same autocast)")
     fp16: bool = setting(False, help="float16 autocast with loss scaling (CUDA)")
@@ -95,12 +98,13 @@ BEFORE_INTRODUCED: dict[str, Any] = {
     "bf16": False,
     "fp16": False,
     "gradient_accumulation_steps": 1,
+    "teacher_cache_top_k": 0,
 }
 
 
 # Result-changing settings added after run keys existed: a run key names them only when set, so every
 # earlier run keeps its key (a sweep still finds its cells done).
-KEYED_WHEN_SET: dict[str, Any] = {"holdout_fraction": 0.0}
+KEYED_WHEN_SET: dict[str, Any] = {"holdout_fraction": 0.0, "teacher_cache_top_k": 0}
 
 
 def key_settings(train: TrainConfig) -> dict[str, Any]:

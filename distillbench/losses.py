@@ -8,6 +8,7 @@ can come out negative.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,15 +74,82 @@ class _ChunkedSoftKL(torch.autograd.Function):
         return gradient.mul_((grad_output * ctx.factor).to(gradient.dtype)), None, None, None
 
 
-def vocabulary_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+@dataclass(frozen=True)
+class TopKTeacher:
+    """A teacher's next-token distributions at temperature T as a top-k cache keeps them: per position the
+    k largest log-probabilities, their word indices, and the log of the mass left over (``log_rest``)."""
+
+    log_probs: Tensor  # [..., k]
+    indices: Tensor  # [..., k], int
+    log_rest: Tensor  # [...]
+    temperature: float
+
+
+class _ChunkedTopKKL(torch.autograd.Function):
+    """KL between the teacher's and the student's distributions coarsened to the teacher's top k words and
+    one bucket for the rest, chunk by chunk, its gradient written during the forward pass (as
+    :class:`_ChunkedSoftKL`). With q the student's softmax(s/T), p̂ the teacher's top-k probabilities and,
+    outside them, the leftover mass r spread as the student spreads its own (r · q_j / q_rest), the
+    gradient per position is T/N · (q − p̂)."""
+
+    @staticmethod
+    def forward(ctx: Any, student: Tensor, teacher: TopKTeacher, chunk_rows: int) -> Tensor:
+        temperature, rows = teacher.temperature, student.shape[0]
+        log_probs = teacher.log_probs.reshape(rows, -1).float()
+        indices = teacher.indices.reshape(rows, -1).long()
+        log_rest = teacher.log_rest.reshape(rows).float()
+        gradient = torch.empty_like(student)
+        total = torch.zeros((), dtype=at_least_float32(student[:0]).dtype, device=student.device)
+        for start in range(0, rows, chunk_rows):
+            part = slice(start, start + chunk_rows)
+            log_q = F.log_softmax(at_least_float32(student[part]) / temperature, dim=-1)
+            top = torch.zeros_like(log_q, dtype=torch.bool).scatter_(-1, indices[part], True)
+            log_q_rest = log_q.masked_fill(top, -math.inf).logsumexp(-1)
+            log_q_top, p_top, rest = log_q.gather(-1, indices[part]), log_probs[part].exp(), log_rest[part].exp()
+            total += (p_top * (log_probs[part] - log_q_top)).sum() + (rest * (log_rest[part] - log_q_rest)).sum()
+            q = log_q.exp_()  # outside the top k: q − r·q/q_R; inside: q − p
+            q.mul_((1 - (log_rest[part] - log_q_rest).exp()).unsqueeze(-1))
+            gradient[part] = q.scatter_(-1, indices[part], log_q_top.exp() - p_top)
+        ctx.save_for_backward(gradient)
+        ctx.factor = temperature / rows
+        return total * temperature**2 / rows
+
+    backward = _ChunkedSoftKL.backward
+
+
+def vocabulary_kl(student_logits: Tensor, teacher: Tensor | TopKTeacher, temperature: float) -> Tensor:
     """:func:`soft_kl` for next-token distributions ([..., vocabulary] at every position), computed in
     chunks of positions so that no more than one chunk × vocabulary of temporaries exists at once (as
-    TRL's chunked JSD does): token-level forward KL, averaged over positions, times T²."""
+    TRL's chunked JSD does): token-level forward KL, averaged over positions, times T².
+
+    From a top-k cache (:class:`TopKTeacher`) it is the KL of the distributions coarsened to the teacher's
+    k words and the rest. The chain rule of KL gives, per position, exactly
+
+        KL(p ‖ q) = KL_coarse + r · KL(p_rest/r ‖ q_rest/q_R),
+
+    so 0 ≤ live − cached, and, since no word outside the top k has more teacher probability than the
+    k-th, p_(k), and none less student probability than the smallest outside, q_min,
+
+        live − cached ≤ r · [ log(p_(k) / r) + log(q_R / q_min) ]  per position (then × T², averaged),
+
+    where r is the teacher's mass outside its top k and q_R the student's (tests check both sides)."""
     vocabulary = student_logits.shape[-1]
     student = student_logits.reshape(-1, vocabulary)
-    teacher = teacher_logits.detach().reshape(-1, vocabulary)
     chunk_rows = max(1, VOCABULARY_CHUNK_ELEMENTS // vocabulary)
-    return _ChunkedSoftKL.apply(student, teacher, temperature, chunk_rows)
+    if isinstance(teacher, TopKTeacher):
+        if teacher.temperature != temperature:
+            raise ValueError(f"top-k cache at temperature {teacher.temperature}, KD at {temperature}")
+        return _ChunkedTopKKL.apply(student, teacher, chunk_rows)
+    return _ChunkedSoftKL.apply(student, teacher.detach().reshape(-1, vocabulary), temperature, chunk_rows)
+
+
+def top_k_teacher(logits: Tensor, k: int, temperature: float) -> TopKTeacher:
+    """What a top-k cache keeps of a teacher's logits: the k largest log-probabilities at temperature T,
+    their indices, and the log of the mass outside them."""
+    log_probs = F.log_softmax(at_least_float32(logits) / temperature, dim=-1)
+    values, indices = log_probs.topk(k, dim=-1)
+    log_rest = log_probs.scatter(-1, indices, -math.inf).logsumexp(-1)
+    return TopKTeacher(values, indices, log_rest, temperature)
 
 
 def ensemble_logits(members: list[Tensor], weights: list[float], output_type: str, temperature: float) -> Tensor:

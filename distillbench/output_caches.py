@@ -54,7 +54,11 @@ class OutputCaches:
         [CLS] head), so only that is stored."""
         plan, task, train = self.plan, self.plan.task, self.data.splits["train"]
         layers = tuple(sorted(set(layers)))
-        spec = CacheSpec(layers, cfg.teacher_cache_dtype, task.per_token_distill, first_position_only)
+        top_k = cfg.teacher_cache_top_k if task.vocabulary_distill else 0
+        temperature = float(getattr(plan.method.hp, "temperature", 1.0)) if top_k else 1.0
+        spec = CacheSpec(
+            layers, cfg.teacher_cache_dtype, task.per_token_distill, first_position_only, top_k, temperature
+        )
         task_options = plan.config.task_options
         settings = {
             "teacher": model_key,
@@ -66,6 +70,7 @@ class OutputCaches:
             "dtype": spec.dtype,
             **({"task_options": task_options} if task_options else {}),
             **({"first_position_only": True} if first_position_only else {}),
+            **({"top_k": top_k, "temperature": temperature} if top_k else {}),
         }
         folder = plan.paths.cache_dir / "teacher-outputs" / f"{plan.config.task}-{stable_key(settings)}"
         lengths = [len(ids) for ids in train["input_ids"]]
@@ -75,8 +80,8 @@ class OutputCaches:
             skip = f"it would take {size / 2**30:.1f} GiB > teacher_cache_max_gb={cfg.teacher_cache_max_gb}"
         elif self.data.rows_to_train(cfg) < len(lengths):
             skip = "this run trains on fewer rows than building it would run the teacher on"
-        # Across tokenizers the cache is how the teacher's outputs reach the student: never skipped.
-        if cfg.teacher_cache == "auto" and not folder.is_dir() and skip and not plan.cross_tokenizer:
+        # Across tokenizers, and for a top-k objective, the cache is how the teacher reaches the student.
+        if cfg.teacher_cache == "auto" and not folder.is_dir() and skip and not plan.cross_tokenizer and not top_k:
             print(f"teacher cache skipped: {skip} (--teacher-cache on builds it anyway)", file=sys.stderr)
             return None
         show = plan.paths.show_progress

@@ -142,6 +142,9 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     if config.teacher_finetuned:
         load_config(resolve_model(config.teacher_finetuned))
     teacher_config = load_config(teacher_source)
+    top_k, vocabulary = config.train.teacher_cache_top_k, teacher_config.vocab_size
+    if top_k and top_k >= vocabulary:
+        raise UserError(f"--set teacher_cache_top_k={top_k}: the teacher's vocabulary has {vocabulary} words")
     positions = getattr(teacher_config, "max_position_embeddings", None)
     if positions and config.train.max_seq_length > positions:
         raise UserError(f"--set max_seq_length={config.train.max_seq_length}: the teacher has {positions} positions")
@@ -283,6 +286,8 @@ def check_ensemble(config: RunConfig, method: Method) -> None:
         )
     if config.teacher_finetuned:
         raise UserError("--teacher-finetuned names one fine-tuned teacher; an ensemble fine-tunes each of its own")
+    if config.train.teacher_cache_top_k:
+        raise UserError("--set teacher_cache_top_k: several teachers' top-k lists do not combine; use one teacher")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spm.model", "spiece.model")

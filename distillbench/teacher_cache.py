@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from distillbench.atomic import write_json_atomic
 from distillbench.cached import exclusive, lock_for, manifest, manifest_problem
 from distillbench.errors import UserError
+from distillbench.losses import TopKTeacher, top_k_teacher
 from distillbench.method import EXAMPLE_INDEX, Method, Outputs
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class CacheSpec:
     dtype: str = "float32"
     per_token_distill: bool = False
     first_position_only: bool = False
+    top_k: int = 0  # vocabulary logits: keep each position's top k log-probabilities at ``temperature``
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.dtype not in CACHE_DTYPES:
@@ -88,6 +91,10 @@ class TeacherCache:
         self.per_token = self.meta["per_token_distill"]
         self.first_position_only = self.meta.get("first_position_only", False)
         self.dtype = self.meta["dtype"]
+        self.top_k = self.meta.get("top_k", 0)
+        count = self.meta["distill"] if self.top_k else 0
+        self.top_k_index = [np.load(folder / f"top_k_index_{j}.npy", mmap_mode="r") for j in range(count)]
+        self.top_k_rest = [np.load(folder / f"top_k_log_rest_{j}.npy", mmap_mode="r") for j in range(count)]
 
     def rows(self, array: np.ndarray, index: np.ndarray, length: int | None) -> Tensor:
         return from_storage(np.asarray(array[index] if length is None else array[index, :length]), self.dtype)
@@ -95,7 +102,10 @@ class TeacherCache:
     def lookup(self, index: Tensor, length: int, device: torch.device) -> Outputs:
         """The teacher's :class:`Outputs` for these examples, cut to the batch's padded ``length``."""
         idx = index.cpu().numpy()
-        distill = [self.rows(a, idx, length if self.per_token else None).to(device) for a in self.distill]
+        if self.top_k:
+            distill = [self.top_k_rows(j, idx, length, device) for j in range(len(self.distill))]
+        else:
+            distill = [self.rows(a, idx, length if self.per_token else None).to(device) for a in self.distill]
         count = self.meta["num_hidden_states"]
         hidden = tuple(
             self.rows(self.hidden[i], idx, None if self.first_position_only else length).to(device)
@@ -105,6 +115,13 @@ class TeacherCache:
         )
         return Outputs(raw=SimpleNamespace(hidden_states=hidden, loss=None), distill=distill)
 
+    def top_k_rows(self, j: int, idx: np.ndarray, length: int, device: torch.device) -> TopKTeacher:
+        """Distillable output ``j`` of these examples as the top-k lists it was cached as."""
+        indices = torch.from_numpy(np.asarray(self.top_k_index[j][idx, :length]).astype(np.int64))
+        log_rest = torch.from_numpy(np.asarray(self.top_k_rest[j][idx, :length]))
+        log_probs = self.rows(self.distill[j], idx, length)
+        return TopKTeacher(log_probs.to(device), indices.to(device), log_rest.to(device), self.meta["temperature"])
+
     @property
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir())
@@ -113,9 +130,12 @@ class TeacherCache:
 def estimated_bytes(lengths: list[int], spec: CacheSpec, hidden_size: int) -> int:
     """Disk a cache of these rows will take (per-token signals dominate; class logits are ignored)."""
     positions = max(lengths, default=0)
+    itemsize = np.dtype(CACHE_DTYPES[spec.dtype]).itemsize
     hidden = hidden_size * len(spec.layers) * (1 if spec.first_position_only else positions)
+    if spec.top_k:  # per position: k log-probabilities, k int32 indices, one float32 log of the rest
+        return len(lengths) * (hidden * itemsize + positions * (spec.top_k * (itemsize + 4) + 4))
     per_token = positions * (2 if spec.per_token_distill else 0)  # QA: start + end logits
-    return len(lengths) * (hidden + per_token) * np.dtype(CACHE_DTYPES[spec.dtype]).itemsize
+    return len(lengths) * (hidden + per_token) * itemsize
 
 
 def build_cache(
@@ -158,11 +178,11 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
     partial.mkdir(parents=True)
     lengths = [len(ids) for ids in train["input_ids"]]
     max_length = max(lengths)
-    if spec.needs_positions:
+    if spec.needs_positions and len(set(lengths)) > 1:
         from transformers import DataCollatorWithPadding
 
         collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
-    else:
+    else:  # one length (a causal LM's blocks): nothing to pad
         collate = task.collator(tokenizer)
     storage = CACHE_DTYPES[spec.dtype]
     arrays: dict[str, np.memmap] = {}
@@ -177,9 +197,23 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
         index = batch.pop(EXAMPLE_INDEX).cpu().numpy()
         with torch.no_grad():
             raw = teacher(**batch, output_hidden_states=bool(spec.layers))
-        values = {f"distill_{j}": t for j, t in enumerate(task.distill_targets(raw, batch))}
+        targets = task.distill_targets(raw, batch)
+        exact: dict[str, np.ndarray] = {}  # stored as they are: top-k indices and leftover mass
+        if spec.top_k:
+            tops = [top_k_teacher(t, spec.top_k, spec.temperature) for t in targets]
+            targets = [top.log_probs for top in tops]
+            for j, top in enumerate(tops):
+                exact[f"top_k_index_{j}"] = top.indices.to(torch.int32).cpu().numpy()
+                exact[f"top_k_log_rest_{j}"] = top.log_rest.float().cpu().numpy()
+        values = {f"distill_{j}": t for j, t in enumerate(targets)}
         first = slice(0, 1) if spec.first_position_only else slice(None)
         values |= {f"hidden_{i}": raw.hidden_states[i][:, first] for i in spec.layers}
+        for name, array in exact.items():
+            if name not in arrays:
+                arrays[name] = np.lib.format.open_memmap(
+                    partial / f"{name}.npy", mode="w+", dtype=array.dtype, shape=(count, *array.shape[1:])
+                )
+            arrays[name][index] = array
         for name, tensor in values.items():
             stored = to_storage(tensor, spec.dtype)
             if name not in arrays:
@@ -192,6 +226,7 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
     for array in arrays.values():
         array.flush()
     distill_count = sum(name.startswith("distill_") for name in arrays)
+    top_k = {"top_k": spec.top_k, "temperature": spec.temperature} if spec.top_k else {}
     num_hidden_states = getattr(teacher.config, "num_hidden_layers", 0) + 1
     meta = {
         "examples": count,
@@ -202,6 +237,7 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
         "dtype": spec.dtype,
         "per_token_distill": spec.per_token_distill,
         "first_position_only": spec.first_position_only,
+        **top_k,
         "max_abs_rounding_error": rounding_error,
         "build_seconds": time.time() - started,
         "manifest": manifest(partial, skip=("meta.json",)),
@@ -224,14 +260,24 @@ def cache_refusal(config: RunConfig, method: Method, task: Task) -> str | None:
         return f"method {config.method} needs live teacher outputs"
     if not task.deterministic_inputs:
         return f"task {config.task} randomises its training inputs"
-    if task.vocabulary_distill:
-        return f"task {config.task} distils a vocabulary of logits at every position, too large for the cache"
+    if task.vocabulary_distill and not config.train.teacher_cache_top_k:
+        return (
+            f"task {config.task} distils a vocabulary of logits at every position, too large for the cache "
+            "(--set teacher_cache_top_k=K caches the teacher's top K log-probabilities instead)"
+        )
     return None
 
 
 def check_teacher_cache(config: RunConfig, method: Method, task: Task) -> None:
     """Reject a bad ``teacher_cache`` setting before anything trains."""
-    mode = config.train.teacher_cache
+    mode, top_k = config.train.teacher_cache, config.train.teacher_cache_top_k
     reason = cache_refusal(config, method, task) if method.uses_teacher else "the method uses no teacher"
     if mode == "on" and reason:
         raise UserError(f"--teacher-cache on: {reason}")
+    if top_k:  # a different (approximate) objective, in the run key: it must really be read
+        if not task.vocabulary_distill:
+            raise UserError(f"--set teacher_cache_top_k: {config.task} does not distil a vocabulary (clm does)")
+        if reason:
+            raise UserError(f"--set teacher_cache_top_k: {reason}")
+        if mode == "off":
+            raise UserError("--set teacher_cache_top_k and --teacher-cache off: the top-k objective reads the cache")

@@ -161,3 +161,83 @@ def test_a_standin_teacher_is_pretrained_once_and_labelled(text_dir, workdir, ca
     assert record["model"]["teacher_source"].startswith("cache:standins/gpt2-tiny-")
     assert main([*args, "--seed", "7"]) == 0
     assert "pre-training the stand-in" not in capsys.readouterr().err
+
+
+# The top-k teacher cache ---------------------------------------------------------------------------
+def coarse_kl_by_hand(student: torch.Tensor, teacher: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+    """T² · mean over positions of KL between the two distributions coarsened to the teacher's top k words
+    and one bucket for the rest, written out with masks."""
+    p, q = torch.softmax(teacher / temperature, -1), torch.softmax(student / temperature, -1)
+    top = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, p.topk(k, -1).indices, True)
+
+    def coarse(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.masked_fill(~top, 0), x.masked_fill(top, 0).sum(-1, keepdim=True)], -1)
+
+    pc, qc = coarse(p), coarse(q)
+    return torch.where(pc > 0, pc * (pc.log() - qc.log()), torch.zeros_like(pc)).sum(-1).mean() * temperature**2
+
+
+@pytest.mark.parametrize("k", [1, 8, 40])
+def test_top_k_kd_is_the_coarsened_kl_and_within_the_stated_bound(k):
+    """KD from a top-k cache equals the KL of the coarsened distributions (value and gradient), is never
+    above the live KD, and the gap is within the bound the docstring states, position by position."""
+    from distillbench.losses import top_k_teacher
+
+    torch.manual_seed(k)
+    vocabulary, temperature = 60, 2.0
+    student = (3 * torch.randn(2, 5, vocabulary, dtype=torch.float64)).requires_grad_()
+    teacher = 3 * torch.randn(2, 5, vocabulary, dtype=torch.float64)
+    cached = vocabulary_kl(student, top_k_teacher(teacher, k, temperature), temperature)
+    (cached_grad,) = torch.autograd.grad(cached, student)
+    expected = coarse_kl_by_hand(student, teacher, k, temperature)
+    (expected_grad,) = torch.autograd.grad(expected, student)
+    torch.testing.assert_close(cached.double(), expected, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(cached_grad, expected_grad, rtol=1e-5, atol=1e-9)
+    with torch.no_grad():  # per position: 0 ≤ live − cached ≤ r · [log(p_(k) / r) + log(q_R / q_min)]
+        p, q = torch.softmax(teacher / temperature, -1), torch.softmax(student / temperature, -1)
+        live = (p * (p.log() - q.log())).sum(-1)
+        values, indices = p.topk(k, -1)
+        top = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, indices, True)
+        r, q_rest = p.masked_fill(top, 0).sum(-1), q.masked_fill(top, 0).sum(-1)
+        pc = torch.cat([values, r[..., None]], -1)
+        qc = torch.cat([q.gather(-1, indices), q_rest[..., None]], -1)
+        coarse = (pc * (pc.log() - qc.log())).sum(-1)
+        q_min = q.masked_fill(top, math.inf).amin(-1)
+        bound = r * ((values[..., -1] / r).log() + (q_rest / q_min).log())
+        gap = live - coarse
+        assert bool((gap >= -1e-12).all()) and bool((gap <= bound + 1e-12).all())
+        assert float(cached) <= float(live.mean() * temperature**2) + 1e-9
+
+
+def test_a_top_k_cache_run_reads_the_cache_and_is_its_own_experiment(tiny_gpt2, text_dir, workdir):
+    common = clm_run_args(tiny_gpt2, text_dir, "kd", "--student-layers", "2")
+    assert main([*common, "--set", "teacher_cache_top_k=8", "--set", "teacher_cache_dtype=float16"]) == 0
+    assert main(common) == 0
+    runs = [r for r in records(workdir / "results") if r["role"] != "teacher"]
+    by_cache = {bool(r.get("teacher_cache")): r for r in runs}
+    assert set(by_cache) == {True, False} and len({r["run_id"] for r in runs}) == 2  # the top-k run has its own key
+    meta = by_cache[True]["teacher_cache"]
+    assert meta["top_k"] == 8 and meta["temperature"] == 2.0 and meta["dtype"] == "float16"
+    assert all(math.isfinite(v) for v in by_cache[True]["loss_terms"].values())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "teacher_cache_top_k=500"], "teacher_cache_top_k=500: the teacher's vocabulary has"),
+        (["--method", "minilm", "--set", "teacher_cache_top_k=8"], "method minilm needs live teacher outputs"),
+        (["--set", "teacher_cache_top_k=8", "--teacher-cache", "off"], "the top-k objective reads the cache"),
+    ],
+)
+def test_bad_top_k_settings_are_one_line(extra, message, tiny_gpt2, text_dir, workdir, capsys):
+    assert main([*clm_run_args(tiny_gpt2, text_dir, "kd"), *extra]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert not (workdir / "results").exists()
+
+
+def test_top_k_on_a_task_without_a_vocabulary_is_one_line(tiny_bert, glue_dir, workdir, capsys):
+    from conftest import tiny_run_args
+
+    assert main([*tiny_run_args(tiny_bert, glue_dir, "kd"), "--set", "teacher_cache_top_k=8"]) == 2
+    assert "mrpc does not distil a vocabulary (clm does)" in capsys.readouterr().err
