@@ -6,16 +6,24 @@ means the same everywhere; they read a record's fields and import nothing but th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from distillbench.portable import packaged_alias
 
+# A stand-in teacher pre-trained here (``--teacher scratch:<preset>``) lives at standins/<preset>-<key>/model.
+STANDIN_FOLDER = re.compile(r"standins/(?P<preset>[^/]+)-[0-9a-f]{16}/model$")
+
 
 def model_label(source: str | None) -> str:
-    """Short name of a model: the packaged alias when it is one, else the folder or hub id."""
+    """Short name of a model: the packaged alias when it is one, a stand-in by its preset (never as the
+    model it stands in for), else the folder or hub id."""
     if not source:
         return "?"
+    standin = STANDIN_FOLDER.search(source)
+    if standin:
+        return f"{standin['preset']} stand-in"
     return packaged_alias(source) or Path(source.split(":", 1)[-1]).name
 
 

@@ -159,6 +159,9 @@ def test_a_standin_teacher_is_pretrained_once_and_labelled(text_dir, workdir, ca
     assert set(info["heldout"]) >= {"perplexity", "bits_per_byte"} and "perplexity" in info["unigram_heldout"]
     record = student_of(workdir / "results", "kd")
     assert record["model"]["teacher_source"].startswith("cache:standins/gpt2-tiny-")
+    from distillbench.labels import teacher_label
+
+    assert teacher_label(record) == "gpt2-tiny stand-in"  # tables never call it GPT-2
     assert main([*args, "--seed", "7"]) == 0
     assert "pre-training the stand-in" not in capsys.readouterr().err
 
