@@ -37,10 +37,14 @@ class OneLineParser(argparse.ArgumentParser):
 FLAG_TYPES = {"int": int, "int | None": int, "float": float}  # anything else is text (a comma list: parsed later)
 
 
+# Run flags whose default a task may set (``Task.default_teacher``): what the help says about it.
+TASK_DEFAULTS = {"teacher": "a task may name its own, e.g. clm: scratch:gpt2-cpu"}
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """A flag for every :func:`config.option` field of ``cls``, its help declared there once; a boolean
     is a switch."""
-    from distillbench.config import flag_fields
+    from distillbench.config import RunConfig, flag_fields
 
     for item in flag_fields(cls):
         if item.name in skip:
@@ -49,12 +53,13 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
             parser.add_argument(flag_of(item.name), action="store_true", help=item.metadata["help"])
             continue
         required = item.default is dataclasses.MISSING
+        by_task = cls is RunConfig and item.name in TASK_DEFAULTS  # not given: the task's own default
         parser.add_argument(
             flag_of(item.name),
             type=FLAG_TYPES.get(item.type, str),
-            default=None if required else item.default,
+            default=None if required or by_task else item.default,
             required=required,
-            help=item.metadata["help"],
+            help=item.metadata["help"] + (f" (default: {item.default}; {TASK_DEFAULTS[item.name]})" if by_task else ""),
         )
 
 
@@ -366,6 +371,8 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
             raise UserError(f"--teacher-settings and --set {clash[0]}: the study chose it; give one or the other")
         train_extra = train_extra | chosen
     flags = {item.name: getattr(args, item.name) for item in flag_fields()}
+    if flags["teacher"] is None:  # not given: the task's default teacher, else the package's
+        flags["teacher"] = task_cls.default_teacher or RunConfig.teacher
     config = RunConfig(
         **flags | {"teacher_seeds": parse_numbers(args.teacher_seeds, int, "--teacher-seeds")},
         teacher_weights=parse_numbers(run_level[-1].partition("=")[2] if run_level else None, float, "teacher_weights"),

@@ -156,7 +156,8 @@ class RunConfig:
     task: str = option(help="a registered task (see `distillbench list`)")
     teacher: str = option(
         "minilm-l6",
-        help="pretrained teacher: minilm-l6 (PyPI package), a local folder or a hub id; a comma list is an ensemble",
+        help="pretrained teacher: minilm-l6 (PyPI package), scratch:<preset> (a decoder pre-trained here), a local "
+        "folder or a hub id; a comma list is an ensemble",
     )
     teacher_finetuned: str | None = option(None, help="an already fine-tuned teacher folder: skip the teacher stage")
     student: str | None = option(

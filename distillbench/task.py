@@ -38,6 +38,7 @@ class Task:
     # distribution at every position: a chunked KL).
     output_type: ClassVar[str] = "categorical"
     model_kind: ClassVar[str] = "encoder"  # or "decoder": the models its head and data suit (families.kind)
+    default_teacher: ClassVar[str] = ""  # the teacher when --teacher is not given ("": minilm-l6)
     main_metric: ClassVar[str]
     greater_is_better: ClassVar[bool] = True
     eval_splits: ClassVar[tuple[str, ...]] = ("validation",)

@@ -140,6 +140,7 @@ class CausalLanguageModeling(Task):
     description = "causal-LM continual pre-training on raw text (perplexity, bits per byte)"
     model_class = "AutoModelForCausalLM"
     model_kind = "decoder"
+    default_teacher = "scratch:gpt2-cpu"  # no decoder weights ship with distillbench: the stand-in pre-trained here
     output_type = "vocabulary"
     main_metric = "perplexity"
     greater_is_better = False
