@@ -54,6 +54,7 @@ from distillbench.config import RunConfig, TrainConfig, build_train_config
 from distillbench.distiller import Distiller
 from distillbench.errors import UserError
 from distillbench.harness import Runner
+from distillbench.losses import vocabulary_kl
 from distillbench.method import EXAMPLE_INDEX, Method, ModelPair, Stage, baseline_methods, get_method, list_methods
 from distillbench.models import build_student, load_for_task, state_sha256
 from distillbench.output_caches import OutputCaches
@@ -170,6 +171,7 @@ class Bench:
             logging_steps=20,
             save_steps=10**9,
             teacher_cache="on",
+            teacher_cache_top_k=settings.top_k if get_task(settings.task).vocabulary_distill else 0,
             bf16=settings.bf16,
         )
         self.student_only, self.kd = bench_methods()
@@ -244,8 +246,11 @@ class Bench:
                 outputs = student(**batch)
                 with torch.no_grad():
                     teacher_logits = self.teacher(**batch).logits
-            s, t = outputs.logits.float() / hp.temperature, teacher_logits.float() / hp.temperature
-            soft = F.kl_div(F.log_softmax(s, -1), F.softmax(t, -1), reduction="batchmean") * hp.temperature**2
+            if self.task.vocabulary_distill:  # next-token distributions: the chunked KL, as the harness
+                soft = vocabulary_kl(outputs.logits, teacher_logits, hp.temperature)
+            else:
+                s, t = outputs.logits.float() / hp.temperature, teacher_logits.float() / hp.temperature
+                soft = F.kl_div(F.log_softmax(s, -1), F.softmax(t, -1), reduction="batchmean") * hp.temperature**2
             loss = outputs.loss + hp.kl_alpha * soft
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -312,6 +317,39 @@ class Bench:
                 best = min(timed(trainer.evaluate) for _ in range(self.settings.rounds))
             result[name] = {"examples_per_second": examples / best, "seconds": best, **memory.report()}
         return result
+
+
+# (g) the vocabulary KL's memory ------------------------------------------------------------------
+PEAK_SCRIPT = """
+import resource, sys, torch, torch.nn.functional as F
+from distillbench.losses import soft_kl, vocabulary_kl
+rows, vocabulary, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+student = torch.randn(rows, vocabulary, requires_grad=True)
+teacher, labels = torch.randn(rows, vocabulary), torch.randint(0, vocabulary, (rows,))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loss = {"lm_loss": lambda: F.cross_entropy(student, labels), "kd": lambda: vocabulary_kl(student, teacher, 2.0),
+        "unchunked_kd": lambda: soft_kl(student, teacher, 2.0)}[which]()
+loss.backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (rows * vocabulary * 4))
+"""
+
+
+def vocabulary_loss_peaks(rows: int, vocabulary: int) -> dict[str, float]:
+    """Peak memory of forward + backward of the LM loss, the chunked vocabulary KD and the unchunked KL on
+    the same [rows, vocabulary] logits, each in a fresh process (the CPU's high-water mark of resident
+    memory), in logits-sized buffers beyond the logits themselves."""
+    import subprocess
+    import sys
+
+    def peak(which: str) -> float:
+        command = [sys.executable, "-c", PEAK_SCRIPT, str(rows), str(vocabulary), which]
+        return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+    return {"rows": rows, "vocabulary": vocabulary} | {w: peak(w) for w in ("lm_loss", "kd", "unchunked_kd")}
+
+
+# The issue's memory setting: blocks of 512 tokens, batch 8, GPT-2's vocabulary.
+VOCABULARY_MEMORY_SHAPE = (8 * 512, 50257)
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -382,6 +420,7 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
     phases = {name: summarise(entries, settings.warmup) for name, entries in raw.items()}
     step = {name: p["seconds_per_step"] for name, p in phases.items()}
     evaluation = bench.evaluation(scratch)
+    memory = vocabulary_loss_peaks(*VOCABULARY_MEMORY_SHAPE) if bench.task.vocabulary_distill else None
     end_to_end = None
     if settings.end_to_end_epochs and staged is not None:
         end_to_end = whole_runs(settings, [bench.student_only, staged[0]], cache_dir, scratch, echo)
@@ -402,7 +441,9 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
             "eval_harness_vs_trainer": evaluation["harness"]["examples_per_second"]
             / evaluation["trainer_evaluate"]["examples_per_second"],
             **({"stage_one_cached_vs_live": step["stage_one_cached"] / step["stage_one_live"]} if staged else {}),
+            **({"vocabulary_kd_vs_lm_loss_memory": memory["kd"] / memory["lm_loss"]} if memory else {}),
         },
+        "vocabulary_loss_memory": memory,
         "methods": {
             "student_only": bench.student_only,
             "kd": bench.kd,

@@ -28,3 +28,4 @@ class BenchSettings:
     )
     bf16: bool = option(False, help="every phase (the plain loop too) under bfloat16 autocast (GPU check)")
     teacher_seed: int | None = option(1, help="seed of the shared teacher of the whole runs")
+    top_k: int = option(64, help="vocabulary tasks (clm): the k of the top-k teacher cache the cached phase reads")

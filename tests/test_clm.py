@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,34 +111,15 @@ def test_vocabulary_kl_equals_soft_kl_in_value_and_gradient():
     torch.testing.assert_close(ours_grad, reference_grad, rtol=1e-10, atol=1e-14)
 
 
-PEAK = """
-import resource, sys, torch, torch.nn.functional as F
-from distillbench.losses import soft_kl, vocabulary_kl
-rows, vocabulary, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-student = torch.randn(rows, vocabulary, requires_grad=True)
-teacher, labels = torch.randn(rows, vocabulary), torch.randint(0, vocabulary, (rows,))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-loss = {"lm": lambda: F.cross_entropy(student, labels), "kd": lambda: vocabulary_kl(student, teacher, 2.0),
-        "unchunked": lambda: soft_kl(student, teacher, 2.0)}[which]()
-loss.backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (rows * vocabulary * 4))
-"""
-
-
 def test_vocabulary_kl_peak_memory_is_within_the_lm_losss():
     """Forward and backward of the KD loss over 2,048 positions × 32,000 words, each in a fresh process:
     its peak memory (in logits-sized buffers) is within 1.2× of the cross-entropy LM loss's, where the
     unchunked KL needs several times more."""
+    from distillbench.bench import vocabulary_loss_peaks
 
-    def peak(which: str) -> float:
-        out = subprocess.run(
-            [sys.executable, "-c", PEAK, "2048", "32000", which], capture_output=True, text=True, check=True
-        )
-        return float(out.stdout)
-
-    lm, kd, unchunked = peak("lm"), peak("kd"), peak("unchunked")
-    assert kd <= 1.2 * lm, (kd, lm)
-    assert unchunked > 1.5 * kd
+    peaks = vocabulary_loss_peaks(2048, 32000)
+    assert peaks["kd"] <= 1.2 * peaks["lm_loss"], peaks
+    assert peaks["unchunked_kd"] > 1.5 * peaks["kd"]
 
 
 def test_a_standin_teacher_is_pretrained_once_and_labelled(text_dir, workdir, capsys):
