@@ -54,7 +54,7 @@ from distillbench.config import RunConfig, TrainConfig, build_train_config
 from distillbench.distiller import Distiller
 from distillbench.errors import UserError
 from distillbench.harness import Runner
-from distillbench.losses import vocabulary_kl
+from distillbench.losses import top_k_teacher, vocabulary_kl
 from distillbench.method import EXAMPLE_INDEX, Method, ModelPair, Stage, baseline_methods, get_method, list_methods
 from distillbench.models import build_student, load_for_task, state_sha256
 from distillbench.output_caches import OutputCaches
@@ -63,6 +63,9 @@ from distillbench.records import RECORD_VERSION
 from distillbench.task import get_task
 from distillbench.teacher_cache import TeacherCache
 from distillbench.training import RunData, Training
+
+# The top-k cache sizes whose error and disk the bench reports for a vocabulary task.
+TOP_K_REPORTED = (8, 32, 128)
 
 
 def run_config(settings: BenchSettings, method: str, train: TrainConfig, teacher_seed: int | None) -> RunConfig:
@@ -296,6 +299,34 @@ class Bench:
             "mean_train_loss": trainer.state.log_history[-1]["train_loss"],
         }
 
+    def top_k_errors(self, ks: tuple[int, ...] = TOP_K_REPORTED) -> list[dict[str, Any]]:
+        """KD from a top-k cache vs from the live teacher, on the untrained student and the bench's batches:
+        the mean loss each gives, their relative gap, and the cache's bytes per token (float16 values,
+        int32 indices, float32 leftover mass)."""
+        hp = self.method(self.kd).hp
+        student = copy.deepcopy(self.initial_student).eval()
+        pairs = []
+        with torch.no_grad():
+            for rows in self.batches:
+                batch = {k: v.to(self.device) for k, v in self.collate(rows).items() if k != EXAMPLE_INDEX}
+                pairs.append((student(**batch).logits, self.teacher(**batch).logits))
+        live = sum(float(vocabulary_kl(s, t, hp.temperature)) for s, t in pairs) / len(pairs)
+        found = []
+        for k in (k for k in ks if k < self.teacher.config.vocab_size):
+            cached = sum(
+                float(vocabulary_kl(s, top_k_teacher(t, k, hp.temperature), hp.temperature)) for s, t in pairs
+            ) / len(pairs)
+            found.append(
+                {
+                    "k": k,
+                    "bytes_per_token": k * (2 + 4) + 4,
+                    "kd_live": live,
+                    "kd_top_k": cached,
+                    "relative_error": (live - cached) / live,
+                }
+            )
+        return found
+
     # (c) evaluation ----------------------------------------------------------------------------
     def evaluation(self, out_dir: Path) -> dict[str, Any]:
         """Dev-set examples per second: the harness's evaluate vs a bare ``Trainer.evaluate``."""
@@ -319,7 +350,7 @@ class Bench:
         return result
 
 
-# (g) the vocabulary KL's memory ------------------------------------------------------------------
+# (g) the vocabulary KL's memory ---------------------------------------------------------------------
 PEAK_SCRIPT = """
 import resource, sys, torch, torch.nn.functional as F
 from distillbench.losses import soft_kl, vocabulary_kl
@@ -421,6 +452,7 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
     step = {name: p["seconds_per_step"] for name, p in phases.items()}
     evaluation = bench.evaluation(scratch)
     memory = vocabulary_loss_peaks(*VOCABULARY_MEMORY_SHAPE) if bench.task.vocabulary_distill else None
+    top_k = bench.top_k_errors() if bench.task.vocabulary_distill else None
     end_to_end = None
     if settings.end_to_end_epochs and staged is not None:
         end_to_end = whole_runs(settings, [bench.student_only, staged[0]], cache_dir, scratch, echo)
@@ -444,6 +476,7 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
             **({"vocabulary_kd_vs_lm_loss_memory": memory["kd"] / memory["lm_loss"]} if memory else {}),
         },
         "vocabulary_loss_memory": memory,
+        "top_k_cache": top_k,
         "methods": {
             "student_only": bench.student_only,
             "kd": bench.kd,

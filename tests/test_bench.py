@@ -90,3 +90,35 @@ def test_bench_in_bf16_runs_every_phase_under_autocast(tiny_bert, glue_dir, work
         record["phases"]["harness_kd_live"]["mean_train_loss"],
     )
     assert harness == pytest.approx(plain, rel=2e-2)
+
+
+def test_bench_on_a_causal_lm_times_the_same_vocabulary_kd_and_reports_the_top_k_cache(
+    tiny_gpt2, text_dir, workdir, monkeypatch
+):
+    """On clm the plain loop and the harness compute the same chunked vocabulary KL (equal losses), the
+    cached phase reads a top-k cache, and the record holds the top-k errors and the memory ratio."""
+    import shutil
+
+    import distillbench.bench as bench
+    from distillbench.tasks.clm import DEFAULT_HELDOUT, DEFAULT_TRAIN
+
+    data = workdir / "data"
+    for name in [*DEFAULT_TRAIN.split(","), DEFAULT_HELDOUT]:  # the default layout, filled with the tiny text
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        source = "heldout" if name == DEFAULT_HELDOUT else "train"
+        shutil.copy(text_dir / "text" / f"{source}.txt", data / name)
+    monkeypatch.setattr(bench, "VOCABULARY_MEMORY_SHAPE", (2048, 16000))  # 128 MB logits: above the noise
+    args = ["bench", "--task", "clm", "--teacher", str(tiny_gpt2), "--data-dir", str(data), "--top-k", "8"]
+    args += ["--steps", "4", "--warmup", "1", "--rounds", "1", "--batch-size", "4", "--max-seq-length", "32"]
+    assert main([*args, "--cache-dir", str(workdir / "c")]) == 0
+    record = json.loads(next((workdir / "results" / "bench").glob("clm-cpu-*.json")).read_text())
+    phases = record["phases"]
+    assert phases["plain_kd"]["mean_train_loss"] == pytest.approx(
+        phases["harness_kd_live"]["mean_train_loss"], rel=1e-3
+    )
+    assert record["teacher_cache"]["top_k"] == 8
+    assert [entry["k"] for entry in record["top_k_cache"]] == [8, 32, 128]
+    assert all(0 <= entry["relative_error"] <= 1 for entry in record["top_k_cache"])
+    errors = [entry["relative_error"] for entry in record["top_k_cache"]]
+    assert errors == sorted(errors, reverse=True)  # more of the vocabulary kept, less lost
+    assert record["ratios"]["vocabulary_kd_vs_lm_loss_memory"] <= 1.2
