@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from conftest import DECODER_CONFIGS, make_text, make_tiny_decoder, make_tiny_model, tiny_run_args
+from conftest import DECODER_CONFIGS, clm_run_args, make_text, make_tiny_decoder, make_tiny_model, tiny_run_args
 from distillbench import ModelPair, get_method, get_task
 from distillbench.cli import main
 from distillbench.distiller import Distiller
@@ -50,10 +50,8 @@ def text(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def clm_args(teacher: Path, text: Path, method: str, tmp_path: Path, *extra: str) -> list[str]:
-    args = tiny_run_args(teacher, text, method, "clm", "--set", "max_seq_length=32")
-    args += ["--set", "corpus=text/train.txt", "--set", "heldout=text/heldout.txt"]
-    args += ["--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")]
-    return [*args, *extra]
+    folders = ["--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")]
+    return clm_run_args(teacher, text, method, *folders, *extra)
 
 
 def student_record(tmp_path: Path) -> dict:
