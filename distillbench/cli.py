@@ -417,6 +417,16 @@ def plan_from_arguments(args: argparse.Namespace, build_standins: bool = False):
     return plan
 
 
+def run_planner(build_standins: bool):
+    """``argv`` of one run (a sweep's cell, a study's setting) → its plan, parsed as ``run`` would."""
+    run_parser = build_parser()
+
+    def plan(argv: list[str]):
+        return plan_from_arguments(run_parser.parse_args(["run", *argv]), build_standins=build_standins)
+
+    return plan
+
+
 def prepare_standins(config, paths) -> None:
     """Pre-train the run's stand-in teachers that this text has none of yet (each once; later runs read it)."""
     from distillbench.standin_pretraining import ensure_standin
@@ -563,12 +573,7 @@ def command_sweep(args: argparse.Namespace) -> int:
 
     spec = sweep_spec(args)
     common = ["--results-dir", str(spec.results_dir), *(["--no-progress"] if args.no_progress else [])]
-    run_parser = build_parser()
-
-    def plan(argv: list[str]):
-        build = not (args.dry_run or args.status)
-        return plan_from_arguments(run_parser.parse_args(["run", *argv]), build_standins=build)
-
+    plan = run_planner(build_standins=not (args.dry_run or args.status))
     cells = plan_cells(spec, [*args.passthrough, *common], plan, spec.results_dir)
     args.results_dir = spec.results_dir
     slurm = None if args.dry_run or args.status else executor_of(args, EXECUTORS, workers_with="local")
@@ -624,11 +629,7 @@ def command_teacher_study(args: argparse.Namespace) -> int:
     method = next(name for name in list_methods() if get_method(name).uses_teacher)
     base = ["--method", method, "--task", args.task, *args.passthrough, "--results-dir", str(args.results_dir)]
     base += ["--no-progress"] if args.no_progress else []
-    run_parser = build_parser()
-
-    def plan(argv: list[str]):
-        build = not (args.dry_run or args.status)
-        return plan_from_arguments(run_parser.parse_args(["run", *argv]), build_standins=build)
+    plan = run_planner(build_standins=not args.dry_run)
 
     if args.dry_run:
         for settings in grid_points(grid):
