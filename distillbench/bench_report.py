@@ -25,20 +25,23 @@ RATIOS = {
     "cached_vs_live_kd": "cached KD ÷ live KD",
     "stage_one_cached_vs_live": "Stage I cached ÷ live",
     "eval_harness_vs_trainer": "harness evaluation ÷ `Trainer.evaluate` throughput",
+    "vocabulary_kd_vs_lm_loss_memory": "vocabulary KD ÷ LM loss, peak memory at 8 × 512 × 50,257 (goal ≤ 1.2)",
 }
 
 
 def newest_benches(results_dir: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(file name, record) of the most recently finished bench record of each device, CPU first: a GPU's
-    figures differ from the CPU's in kind (launch overhead against arithmetic), so one never hides the other."""
-    newest: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    """(file name, record) of the most recently finished bench record of each device and model kind, CPU
+    first: a GPU's figures differ from the CPU's in kind (launch overhead against arithmetic), and a causal
+    LM's (a vocabulary at every position, the only benches that measure its memory) from an encoder's, so
+    one never hides the other."""
+    newest: dict[tuple[str, str], tuple[str, str, dict[str, Any]]] = {}
     for path in sorted((results_dir / "bench").glob("*.json")):
         record = json.loads(path.read_text())
         candidate = (record.get("finished_at", ""), path.name, record)
-        device = record.get("device", "cpu")
-        if device not in newest or candidate[:2] > newest[device][:2]:
-            newest[device] = candidate
-    return [(name, record) for _, name, record in (newest[d] for d in sorted(newest))]
+        group = (record.get("device", "cpu"), "decoder" if record.get("vocabulary_loss_memory") else "encoder")
+        if group not in newest or candidate[:2] > newest[group][:2]:
+            newest[group] = candidate
+    return [(name, record) for _, name, record in (newest[g] for g in sorted(newest))]
 
 
 def _setup(name: str, record: dict[str, Any]) -> str:
@@ -93,7 +96,22 @@ def _bench_table(name: str, record: dict[str, Any]) -> str:
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {label} | {record['ratios'][key]:.3f} |" for key, label in RATIOS.items() if key in record["ratios"]]
     whole = whole_runs_line(record)
-    return "\n".join([*lines, *(["", whole] if whole else [])])
+    return "\n".join([*lines, *(["", whole] if whole else []), *top_k_table(record)])
+
+
+def top_k_table(record: dict[str, Any]) -> list[str]:
+    """A causal LM's bench: what a top-k teacher cache keeps, and the KD it gives against the live teacher."""
+    rows = record.get("top_k_cache")
+    if not rows:
+        return []
+    lines = ["", "| top-k cache | bytes per token | KD, live teacher | KD, from the cache | relative error |"]
+    lines.append("|---|---|---|---|---|")
+    for row in rows:
+        lines.append(
+            f"| k = {row['k']} | {row['bytes_per_token']} | {row['kd_live']:.4f} | {row['kd_top_k']:.4f} | "
+            f"{row['relative_error']:.1%} |"
+        )
+    return lines
 
 
 def performance_summary(results_dir: Path) -> str:

@@ -122,3 +122,24 @@ def test_bench_on_a_causal_lm_times_the_same_vocabulary_kd_and_reports_the_top_k
     errors = [entry["relative_error"] for entry in record["top_k_cache"]]
     assert errors == sorted(errors, reverse=True)  # more of the vocabulary kept, less lost
     assert record["ratios"]["vocabulary_kd_vs_lm_loss_memory"] <= 1.2
+
+
+def test_reports_show_the_newest_bench_of_each_device_and_model_kind(tmp_path):
+    """A causal LM's bench does not hide a classifier's (nor a GPU's the CPU's), and its top-k table shows."""
+    from distillbench.bench_report import newest_benches, top_k_table
+
+    def bench(name: str, task: str, device: str, finished: str, **extra) -> None:
+        record = {"settings": {"task": task}, "device": device, "finished_at": finished, **extra}
+        (tmp_path / "bench").mkdir(exist_ok=True)
+        (tmp_path / "bench" / name).write_text(json.dumps(record))
+
+    top_k = [{"k": 8, "bytes_per_token": 52, "kd_live": 0.5, "kd_top_k": 0.4, "relative_error": 0.2}]
+    bench("mrpc-old.json", "mrpc", "cpu", "2026-01-01")
+    bench("mrpc-new.json", "mrpc", "cpu", "2026-02-01")
+    bench("clm.json", "clm", "cpu", "2026-03-01", top_k_cache=top_k, vocabulary_loss_memory={"kd": 1.3})
+    bench("mrpc-gpu.json", "mrpc", "cuda", "2026-01-15")
+    bench("rte.json", "rte", "cpu", "2026-01-20")  # an older encoder bench: the newer MRPC one stands for it
+    assert [name for name, _ in newest_benches(tmp_path)] == ["clm.json", "mrpc-new.json", "mrpc-gpu.json"]
+    assert "| k = 8 | 52 | 0.5000 | 0.4000 | 20.0% |" in top_k_table(
+        json.loads((tmp_path / "bench" / "clm.json").read_text())
+    )
