@@ -116,7 +116,8 @@ def data_lines(cls: type, data_dir: str | None) -> list[str]:
         return [f"data: {folder} — missing {', '.join(missing)}"]
     splits = task.load()
     sizes = ", ".join(f"{split} {len(rows):,}" for split, rows in splits.items())
-    lines = [f"data: {folder} ({', '.join(p.name for p in files.values())}); examples: {sizes}"]
+    named = list(files.values()) or task.data_files()  # text tasks name their files by option, not by split
+    lines = [f"data: {folder} ({', '.join(p.name for p in named)}); examples: {sizes}"]
     majority = task.majority_baseline(splits)
     if majority:
         scores = ", ".join(f"{metric} {cls.display_scale * value:.1f}" for metric, value in majority.items())
