@@ -126,4 +126,6 @@ def _summary(name: str, record: dict[str, Any]) -> str:
     ratios = record["ratios"]
     shown = [f"{RATIOS[k].split(' (')[0]}: {ratios[k]:.2f}" for k in RATIOS if k in ratios]
     whole = whole_runs_line(record)
-    return "\n".join([_setup(name, record), "", "; ".join(shown) + ".", *([whole] if whole else [])])
+    return "\n".join(
+        [_setup(name, record), "", "; ".join(shown) + ".", *([whole] if whole else []), *top_k_table(record)]
+    )
