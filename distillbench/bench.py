@@ -351,17 +351,28 @@ class Bench:
 
 
 # (g) the vocabulary KL's memory ---------------------------------------------------------------------
+# The high-water mark of this process's resident memory: /proc's VmHWM belongs to the address space, which a
+# new process starts afresh (getrusage's ru_maxrss survives exec on Linux: a child of a large process would
+# start at its parent's peak).
 PEAK_SCRIPT = """
 import resource, sys, torch, torch.nn.functional as F
 from distillbench.losses import soft_kl, vocabulary_kl
+
+def high_water_bytes():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 rows, vocabulary, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 student = torch.randn(rows, vocabulary, requires_grad=True)
 teacher, labels = torch.randn(rows, vocabulary), torch.randint(0, vocabulary, (rows,))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = high_water_bytes()
 loss = {"lm_loss": lambda: F.cross_entropy(student, labels), "kd": lambda: vocabulary_kl(student, teacher, 2.0),
         "unchunked_kd": lambda: soft_kl(student, teacher, 2.0)}[which]()
 loss.backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (rows * vocabulary * 4))
+print((high_water_bytes() - before) / (rows * vocabulary * 4))
 """
 
 
