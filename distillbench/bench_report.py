@@ -126,6 +126,11 @@ def _summary(name: str, record: dict[str, Any]) -> str:
     ratios = record["ratios"]
     shown = [f"{RATIOS[k].split(' (')[0]}: {ratios[k]:.2f}" for k in RATIOS if k in ratios]
     whole = whole_runs_line(record)
-    return "\n".join(
-        [_setup(name, record), "", "; ".join(shown) + ".", *([whole] if whole else []), *top_k_table(record)]
-    )
+    return "\n".join([_setup(name, record), "", "; ".join(shown) + ".", *([whole] if whole else [])])
+
+
+def top_k_markdown(results_dir: Path) -> str:
+    """The top-k cache table of the newest causal-LM bench of each device (docs/performance.md)."""
+    tables = [[_setup(name, record), *top_k_table(record)] for name, record in newest_benches(results_dir)]
+    shown = ["\n".join(table) for table in tables if len(table) > 1]
+    return "\n\n".join(shown) or "No causal-LM bench record yet (`distillbench bench --task clm`)."

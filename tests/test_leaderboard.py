@@ -166,7 +166,7 @@ def test_committed_leaderboard_and_readmes_are_generated_from_committed_records(
     documents = (
         ("README.md", ["performance"]),
         ("results/README.md", ["headline", "results", "bench"]),
-        ("docs/performance.md", ["reading"]),
+        ("docs/performance.md", ["reading", "top-k"]),
     )
     for readme, names in documents:
         text = committed_text(readme)
