@@ -58,7 +58,8 @@ from distillbench.losses import top_k_teacher, vocabulary_kl
 from distillbench.method import EXAMPLE_INDEX, Method, ModelPair, Stage, baseline_methods, get_method, list_methods
 from distillbench.models import build_student, load_for_task, state_sha256
 from distillbench.output_caches import OutputCaches
-from distillbench.planning import Paths, plan_run
+from distillbench.planning import Paths, Plan, plan_run
+from distillbench.portable import portable_path
 from distillbench.records import RECORD_VERSION
 from distillbench.task import get_task
 from distillbench.teacher_cache import TeacherCache
@@ -424,6 +425,15 @@ def summarise(entries: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     }
 
 
+def recorded_settings(settings: BenchSettings, plan: Plan) -> dict[str, Any]:
+    """The settings as a record stores them: a data folder given by path named portably (``data:.``), as run
+    records name their files, never by this machine's path."""
+    values = asdict(settings)
+    if values["data_dir"]:
+        values["data_dir"] = portable_path(values["data_dir"], plan.roots)
+    return values
+
+
 def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo: Callable[[str], None] = print) -> dict:
     """Run every phase and write ``results/bench/<task>-<key>.json``; returns the record."""
     started = time.time()
@@ -470,7 +480,7 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
     record = {
         "kind": "bench",
         "version": RECORD_VERSION,
-        "settings": asdict(settings),
+        "settings": recorded_settings(settings, bench.plan),
         "teacher_source": bench.plan.identity(bench.plan.teacher_source),
         "student": bench.plan.student_spec.describe(),
         "train_examples": len(bench.train_rows),
@@ -505,7 +515,7 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
         "wall_time_s": time.time() - started,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    key = stable_key({"settings": asdict(settings), "finished_at": record["finished_at"]})
+    key = stable_key({"settings": record["settings"], "finished_at": record["finished_at"]})
     path = results_dir / "bench" / f"{settings.task}-{record['device']}-{key}.json"
     write_json_atomic(path, record)
     return record | {"_path": str(path)}

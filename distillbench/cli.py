@@ -429,15 +429,13 @@ def run_planner(build_standins: bool):
 
 def prepare_standins(config, paths) -> None:
     """Pre-train the run's stand-in teachers that this text has none of yet (each once; later runs read it)."""
+    from distillbench.planning import task_of
     from distillbench.standin_pretraining import ensure_standin
     from distillbench.standins import is_standin
-    from distillbench.task import get_task, resolve_data_dir
 
     for spec in {spec.strip() for spec in config.teacher.split(",")}:
         if is_standin(spec):
-            task_cls = get_task(config.task)
-            task = task_cls(resolve_data_dir(config.data_dir), task_cls.options_for(config.task_options))
-            ensure_standin(spec, task, paths.cache_dir, paths.show_progress)
+            ensure_standin(spec, task_of(config), paths.cache_dir, paths.show_progress)
 
 
 def command_run(args: argparse.Namespace) -> int:

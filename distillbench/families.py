@@ -138,9 +138,14 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def described(config: PretrainedConfig) -> Family | None:
+    """The family table's entry of a model, if its type is described."""
+    return FAMILIES.get(getattr(config, "model_type", ""))
+
+
 def family_of(config: PretrainedConfig, needed_for: str) -> Family:
     """The family entry of a model, or one error naming what needs it and which families are described."""
-    family = FAMILIES.get(getattr(config, "model_type", ""))
+    family = described(config)
     if family is None:
         known = ", ".join(sorted(FAMILIES))
         raise UserError(
@@ -152,7 +157,7 @@ def family_of(config: PretrainedConfig, needed_for: str) -> Family:
 
 def is_causal(config: PretrainedConfig) -> bool:
     """Whether a model is a causal decoder: by the family table, else by the config's own flag."""
-    family = FAMILIES.get(getattr(config, "model_type", ""))
+    family = described(config)
     return family.causal if family else bool(getattr(config, "is_decoder", False))
 
 
@@ -174,7 +179,7 @@ def attention_width(config: PretrainedConfig) -> int:
 def config_field(config: PretrainedConfig, field: str, what: str) -> object:
     """A config field named by the family table; configs of undescribed families are read by the common
     BERT name, which is the field's own name, not a guess at module structure."""
-    family = FAMILIES.get(getattr(config, "model_type", ""))
+    family = described(config)
     name = getattr(family, field) if family else _BERT_LIKE.get(field, Family.norm_eps)
     if not isinstance(name, str):
         return name

@@ -131,12 +131,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     parse_report_to(config.train.report_to)
     if config.train.bf16 and config.train.fp16:
         raise UserError("--set bf16=true and fp16=true: choose one mixed precision")
-    try:
-        options = task_cls.options_for(config.task_options)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"{config.task}: {error}") from None
-    check_fields(options, f"{config.task} option")
-    task = task_cls(resolve_data_dir(config.data_dir), options)
+    task = task_of(config)
     teachers = teacher_members(config, lambda spec: resolve_teacher(spec, task, paths.cache_dir))
     teacher_source = teachers[0].source
     if config.teacher_finetuned:
@@ -199,6 +194,17 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     return Plan(
         config, paths, task, method, teacher_source, student_spec, data_sha, key, tuple(teachers), student_tokenizer
     )
+
+
+def task_of(config: RunConfig) -> Task:
+    """The run's task with its options checked and its data folder resolved (nothing read yet)."""
+    task_cls = get_task(config.task)
+    try:
+        options = task_cls.options_for(config.task_options)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{config.task}: {error}") from None
+    check_fields(options, f"{config.task} option")
+    return task_cls(resolve_data_dir(config.data_dir), options)
 
 
 def check_seeds(config: RunConfig) -> None:

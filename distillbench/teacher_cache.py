@@ -184,7 +184,6 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
         collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
     else:  # one length (a causal LM's blocks): nothing to pad
         collate = task.collator(tokenizer)
-    storage = CACHE_DTYPES[spec.dtype]
     arrays: dict[str, np.memmap] = {}
     rounding_error = 0.0
     device = next(teacher.parameters()).device
@@ -198,31 +197,27 @@ def _write(folder: Path, teacher: nn.Module, train: Dataset, task: Any, tokenize
         with torch.no_grad():
             raw = teacher(**batch, output_hidden_states=bool(spec.layers))
         targets = task.distill_targets(raw, batch)
-        exact: dict[str, np.ndarray] = {}  # stored as they are: top-k indices and leftover mass
+        written: dict[str, np.ndarray] = {}  # this batch's rows of every file (top-k indices and rest: exact)
         if spec.top_k:
             tops = [top_k_teacher(t, spec.top_k, spec.temperature) for t in targets]
             targets = [top.log_probs for top in tops]
             for j, top in enumerate(tops):
-                exact[f"top_k_index_{j}"] = top.indices.to(torch.int32).cpu().numpy()
-                exact[f"top_k_log_rest_{j}"] = top.log_rest.float().cpu().numpy()
+                written[f"top_k_index_{j}"] = top.indices.to(torch.int32).cpu().numpy()
+                written[f"top_k_log_rest_{j}"] = top.log_rest.float().cpu().numpy()
         values = {f"distill_{j}": t for j, t in enumerate(targets)}
         first = slice(0, 1) if spec.first_position_only else slice(None)
         values |= {f"hidden_{i}": raw.hidden_states[i][:, first] for i in spec.layers}
-        for name, array in exact.items():
+        for name, tensor in values.items():
+            stored = to_storage(tensor, spec.dtype)
+            error = (from_storage(stored, spec.dtype) - tensor.detach().float().cpu()).abs()
+            rounding_error = max(rounding_error, float(error.max()) if error.numel() else 0.0)
+            written[name] = stored
+        for name, array in written.items():  # each file created on its first batch, rows by example index
             if name not in arrays:
                 arrays[name] = np.lib.format.open_memmap(
                     partial / f"{name}.npy", mode="w+", dtype=array.dtype, shape=(count, *array.shape[1:])
                 )
             arrays[name][index] = array
-        for name, tensor in values.items():
-            stored = to_storage(tensor, spec.dtype)
-            if name not in arrays:
-                arrays[name] = np.lib.format.open_memmap(
-                    partial / f"{name}.npy", mode="w+", dtype=storage, shape=(count, *stored.shape[1:])
-                )
-            error = (from_storage(stored, spec.dtype) - tensor.detach().float().cpu()).abs()
-            rounding_error = max(rounding_error, float(error.max()) if error.numel() else 0.0)
-            arrays[name][index] = stored
     for array in arrays.values():
         array.flush()
     distill_count = sum(name.startswith("distill_") for name in arrays)

@@ -47,6 +47,14 @@ HUB_DATASET = "Salesforce/wikitext:wikitext-2-raw-v1"
 SUMMARY_COLUMNS = ("nll", "tokens", "bytes", "words")  # a held-out block's prediction row
 
 
+def pack_blocks(batch: dict[str, list], block_size: int) -> dict[str, list]:
+    """Tokenised rows concatenated and cut into blocks of ``block_size`` (a last partial block is dropped), every
+    column alike, as ``run_clm``/``run_mlm`` group texts."""
+    joined = {k: list(itertools.chain.from_iterable(rows)) for k, rows in batch.items()}
+    usable = len(joined["input_ids"]) // block_size * block_size
+    return {k: [v[i : i + block_size] for i in range(0, usable, block_size)] for k, v in joined.items()}
+
+
 class BlockCollator:
     """Stacks equal-length blocks; the labels are the inputs (the model shifts them itself)."""
 
@@ -235,14 +243,11 @@ class CausalLanguageModeling(Task):
             desc=f"tokenising {name} text",
         )
 
-        def group(batch: dict[str, list]) -> dict[str, list]:
-            joined = {k: list(itertools.chain.from_iterable(batch[k])) for k in ("input_ids", "attention_mask")}
-            usable = len(joined["input_ids"]) // block_size * block_size
-            return {k: [v[i : i + block_size] for i in range(0, usable, block_size)] for k, v in joined.items()}
-
         columns = [c for c in tokenized.column_names if c not in ("input_ids", "attention_mask")]
         # one batch: blocks run across line boundaries, so only the text's very end is dropped
-        return tokenized.remove_columns(columns).map(group, batched=True, batch_size=None, desc="packing blocks")
+        return tokenized.remove_columns(columns).map(
+            pack_blocks, fn_kwargs={"block_size": block_size}, batched=True, batch_size=None, desc="packing blocks"
+        )
 
     def model_kwargs(self) -> dict[str, Any]:
         """No generation cache: training and scoring never reuse one, and the Trainer's evaluation cannot

@@ -15,7 +15,6 @@ masked positions. The trained student is saved, and ``distillbench run --task mr
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from distillbench.families import layer_norm_eps
 from distillbench.fields import setting
 from distillbench.task import Task, register_task
 from distillbench.tasks import metrics
+from distillbench.tasks.clm import pack_blocks
 
 if TYPE_CHECKING:  # datasets and transformers take seconds to import: `distillbench list` needs neither
     from datasets import Dataset, DatasetDict
@@ -130,12 +130,13 @@ class ContinualPretraining(Task):
         )
         from datasets import DatasetDict
 
-        def group(batch: dict[str, list]) -> dict[str, list]:
-            joined = {k: list(itertools.chain.from_iterable(batch[k])) for k in batch}
-            usable = len(joined["input_ids"]) // max_seq_length * max_seq_length
-            return {k: [v[i : i + max_seq_length] for i in range(0, usable, max_seq_length)] for k, v in joined.items()}
-
-        blocks = tokenized.map(group, batched=True, batch_size=1000, desc="grouping into blocks")
+        blocks = tokenized.map(
+            pack_blocks,
+            fn_kwargs={"block_size": max_seq_length},
+            batched=True,
+            batch_size=1000,
+            desc="grouping into blocks",
+        )
         held_out = max(1, int(len(blocks) * self.options.validation_fraction))
         if len(blocks) <= held_out:
             raise UserError(f"corpus too small: {len(blocks)} block(s) of {max_seq_length} tokens")

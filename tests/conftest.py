@@ -5,6 +5,7 @@ Nothing here needs ../shared or the hub, so the suite runs on a clean clone in a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -310,6 +311,18 @@ def make_text(root: Path, seed: int = 0) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(sentence(rng, rng.randint(5, 20)) for _ in range(lines)) + "\n")
     return root
+
+
+def model_zoo(root: Path, make, shapes: dict[str, tuple[int, int, int]]):
+    """``zoo(family, shape)`` → a tiny model folder made by ``make(folder, family, layers, hidden, heads)``
+    for one of the named ``shapes``, built once and reused."""
+
+    @functools.cache
+    def build(family: str, shape: str) -> Path:
+        layers, hidden, heads = shapes[shape]
+        return make(root / f"{family}-{shape}", family, layers, hidden, heads)
+
+    return build
 
 
 def make_tiny_bert_with_letters(folder: Path) -> Path:

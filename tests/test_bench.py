@@ -116,6 +116,7 @@ def test_bench_on_a_causal_lm_times_the_same_vocabulary_kd_and_reports_the_top_k
     assert phases["plain_kd"]["mean_train_loss"] == pytest.approx(
         phases["harness_kd_live"]["mean_train_loss"], rel=1e-3
     )
+    assert record["settings"]["data_dir"] == "data:."  # the data folder named portably, not by its path
     assert record["teacher_cache"]["top_k"] == 8
     assert [entry["k"] for entry in record["top_k_cache"]] == [8, 32, 128]
     assert all(0 <= entry["relative_error"] <= 1 for entry in record["top_k_cache"])

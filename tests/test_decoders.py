@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,15 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from conftest import DECODER_CONFIGS, clm_run_args, make_text, make_tiny_decoder, make_tiny_model, tiny_run_args
+from conftest import (
+    DECODER_CONFIGS,
+    clm_run_args,
+    make_text,
+    make_tiny_decoder,
+    make_tiny_model,
+    model_zoo,
+    tiny_run_args,
+)
 from distillbench import ModelPair, get_method, get_task
 from distillbench.cli import main
 from distillbench.distiller import Distiller
@@ -33,15 +40,8 @@ KV_HEADS = {family: extra.get("num_key_value_heads") for family, (_, extra) in D
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("decoders")
     shapes = {"teacher": (4, 32, 4), "narrow": (2, 16, 2), "narrow-equal-heads": (2, 16, 4)}
-
-    @cache
-    def build(family: str, shape: str) -> Path:
-        layers, hidden, heads = shapes[shape]
-        return make_tiny_decoder(root / f"{family}-{shape}", family, layers, hidden, heads)
-
-    return build
+    return model_zoo(tmp_path_factory.mktemp("decoders"), make_tiny_decoder, shapes)
 
 
 @pytest.fixture(scope="module")

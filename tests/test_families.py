@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import FAMILY_CONFIGS, make_glue, make_tiny_model, tiny_run_args
+from conftest import FAMILY_CONFIGS, make_glue, make_tiny_model, model_zoo, tiny_run_args
 from distillbench import ModelPair, get_method, get_task, list_methods
 from distillbench.cli import main
 from distillbench.distiller import Distiller
@@ -41,20 +40,13 @@ QKV_WEIGHTS = {
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory):
     """``zoo(family, shape)`` → a saved tiny model folder, built once per module."""
-    root = tmp_path_factory.mktemp("families")
     shapes = {
         "teacher": (4, 32, 4),
         "narrow": (2, 16, 2),
         "narrow-equal-heads": (2, 16, 4),
         "half-width": (4, 16, 2),  # the paper's DeBERTaV3-xsmall beside -base: half the width, same depth
     }
-
-    @cache
-    def build(family: str, shape: str) -> Path:
-        layers, hidden, heads = shapes[shape]
-        return make_tiny_model(root / f"{family}-{shape}", family, layers, hidden, heads)
-
-    return build
+    return model_zoo(tmp_path_factory.mktemp("families"), make_tiny_model, shapes)
 
 
 @pytest.fixture(scope="module")
