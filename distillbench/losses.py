@@ -85,12 +85,25 @@ class TopKTeacher:
     temperature: float
 
 
+# Below this much student mass outside the teacher's top k, 1 − Σ top is too inexact (cancellation) and
+# the position's leftover is summed word by word instead; likewise where a top-k probability underflows.
+EXACT_REST_BELOW = 1e-3
+
+
+def _softmax_into(out: Tensor, student: Tensor, temperature: float) -> Tensor:
+    """softmax(student / T) written into ``out`` without a new rows × vocabulary tensor: on CPU a fresh
+    buffer of that size costs more in page faults than the softmax itself."""
+    torch.div(at_least_float32(student), temperature, out=out)
+    return torch.ops.aten._softmax.out(out, -1, False, out=out)
+
+
 class _ChunkedTopKKL(torch.autograd.Function):
     """KL between the teacher's and the student's distributions coarsened to the teacher's top k words and
     one bucket for the rest, chunk by chunk, its gradient written during the forward pass (as
     :class:`_ChunkedSoftKL`). With q the student's softmax(s/T), p̂ the teacher's top-k probabilities and,
-    outside them, the leftover mass r spread as the student spreads its own (r · q_j / q_rest), the
-    gradient per position is T/N · (q − p̂)."""
+    outside them, the leftover mass r spread as the student spreads its own (r · q_j / q_R), the
+    gradient per position is T/N · (q − p̂). Only q is ever vocabulary-sized, computed in the gradient
+    buffer itself: the loss needs q at the k cached words and the student's leftover q_R = 1 − Σ top."""
 
     @staticmethod
     def forward(ctx: Any, student: Tensor, teacher: TopKTeacher, chunk_rows: int) -> Tensor:
@@ -98,23 +111,34 @@ class _ChunkedTopKKL(torch.autograd.Function):
         log_probs = teacher.log_probs.reshape(rows, -1).float()
         indices = teacher.indices.reshape(rows, -1).long()
         log_rest = teacher.log_rest.reshape(rows).float()
-        gradient = torch.empty_like(student)
-        total = torch.zeros((), dtype=at_least_float32(student[:0]).dtype, device=student.device)
+        gradient = torch.empty_like(student, dtype=at_least_float32(student[:0]).dtype)
+        ctx.factor = temperature / rows
+        total = torch.zeros((), dtype=gradient.dtype, device=student.device)
         for start in range(0, rows, chunk_rows):
             part = slice(start, start + chunk_rows)
-            log_q = F.log_softmax(at_least_float32(student[part]) / temperature, dim=-1)
-            top = torch.zeros_like(log_q, dtype=torch.bool).scatter_(-1, indices[part], True)
-            log_q_rest = log_q.masked_fill(top, -math.inf).logsumexp(-1)
-            log_q_top, p_top, rest = log_q.gather(-1, indices[part]), log_probs[part].exp(), log_rest[part].exp()
+            index, q = indices[part], _softmax_into(gradient[part], student[part], temperature)
+            q_top = q.gather(-1, index)
+            log_q_top, log_q_rest = q_top.log(), (1 - q_top.double().sum(-1)).clamp_min(0).log().to(q.dtype)
+            inexact = ((log_q_rest < math.log(EXACT_REST_BELOW)) | (q_top.amin(-1) == 0)).nonzero().squeeze(-1)
+            if inexact.numel():  # word by word, from the logits, for the few positions that need it
+                log_q = F.log_softmax(at_least_float32(student[part][inexact]) / temperature, dim=-1)
+                log_q_top[inexact] = log_q.gather(-1, index[inexact])
+                log_q_rest[inexact] = log_q.scatter_(-1, index[inexact], -math.inf).logsumexp(-1)
+            p_top, rest = log_probs[part].exp(), log_rest[part].exp()
             total += (p_top * (log_probs[part] - log_q_top)).sum() + (rest * (log_rest[part] - log_q_rest)).sum()
-            q = log_q.exp_()  # outside the top k: q − r·q/q_R; inside: q − p
-            q.mul_((1 - (log_rest[part] - log_q_rest).exp()).unsqueeze(-1))
-            gradient[part] = q.scatter_(-1, indices[part], log_q_top.exp() - p_top)
+            # outside the top k: q − r·q/q_R; inside: q − p (both × T/N, so the backward pass scales by the
+            # upstream gradient only)
+            q.mul_(((1 - (log_rest[part] - log_q_rest).exp()) * ctx.factor).unsqueeze(-1))
+            q.scatter_(-1, index, (log_q_top.exp() - p_top) * ctx.factor)
         ctx.save_for_backward(gradient)
-        ctx.factor = temperature / rows
         return total * temperature**2 / rows
 
-    backward = _ChunkedSoftKL.backward
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        (gradient,) = ctx.saved_tensors
+        if grad_output.device.type != "cpu" or float(grad_output) != 1.0:  # a weighted term; 1 needs no pass
+            gradient.mul_(grad_output.to(gradient.dtype))
+        return gradient, None, None
 
 
 def vocabulary_kl(student_logits: Tensor, teacher: Tensor | TopKTeacher, temperature: float) -> Tensor:

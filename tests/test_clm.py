@@ -193,6 +193,30 @@ def test_top_k_kd_is_the_coarsened_kl_and_within_the_stated_bound(k):
         assert float(cached) <= float(live.mean() * temperature**2) + 1e-9
 
 
+def test_top_k_kd_in_float32_is_exact_where_little_is_left_or_a_top_word_underflows():
+    """The float32 path takes the student's leftover as 1 − Σ top; positions where that cancels (a peaked
+    student leaving almost nothing outside the teacher's top k) or where a top-k probability underflows
+    are summed word by word. Both kinds sit beside ordinary positions here; value and gradient match a
+    float64 computation by hand."""
+    from distillbench.losses import top_k_teacher
+
+    torch.manual_seed(0)
+    vocabulary, k, temperature = 50, 8, 1.0
+    teacher = 3 * torch.randn(3, vocabulary, dtype=torch.float64)
+    student = torch.randn(3, vocabulary, dtype=torch.float64)
+    top = teacher.topk(k, -1).indices
+    student[1] = student[1].scatter(-1, top[1], 30.0)  # q_R ≈ e^-30: nothing left outside the top k
+    student[2] = student[2].scatter(-1, top[2][:1], -200.0)  # one top word at e^-200: below float32
+    student32 = student.float().requires_grad_()
+    cached = vocabulary_kl(student32, top_k_teacher(teacher.float(), k, temperature), temperature)
+    (cached_grad,) = torch.autograd.grad(cached, student32)
+    student64 = student.clone().requires_grad_()
+    expected = coarse_kl_by_hand(student64, teacher, k, temperature)
+    (expected_grad,) = torch.autograd.grad(expected, student64)
+    torch.testing.assert_close(cached.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cached_grad.double(), expected_grad, rtol=1e-4, atol=1e-7)
+
+
 def test_a_top_k_cache_run_reads_the_cache_and_is_its_own_experiment(tiny_gpt2, text_dir, workdir):
     common = clm_run_args(tiny_gpt2, text_dir, "kd", "--student-layers", "2")
     assert main([*common, "--set", "teacher_cache_top_k=8", "--set", "teacher_cache_dtype=float16"]) == 0
