@@ -10,8 +10,10 @@ EM/F1); array names are ``<split>/step<N>/<name>``.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import numpy as np
 
@@ -28,23 +30,45 @@ FOLDER = "predictions"
 
 
 class EvalCapture:
-    """The Trainer's ``compute_metrics``: scores an evaluation and keeps its per-example predictions."""
+    """The Trainer's ``compute_metrics``: scores an evaluation and keeps its per-example predictions.
+
+    Kept in memory for the record, and (after :meth:`keep_in`) also each in its own file as it happens:
+    a run killed after some epochs resumes from a checkpoint, and the evaluations before it are not run
+    again — without those files its best epoch could have no predictions."""
 
     def __init__(self, task: Task) -> None:
         self.task = task
         self.trainer: Trainer | None = None
         self.evaluations: dict[str, dict[str, np.ndarray]] = {}
+        self.folder: Path | None = None
 
     def attach(self, trainer: Trainer) -> None:
         """The trainer whose step and current dev split label each evaluation."""
         self.trainer = trainer
+
+    def keep_in(self, folder: Path, resumed_step: int | None) -> None:
+        """Write each evaluation into ``folder``; resuming from the checkpoint at ``resumed_step``, take
+        back those made up to it (later ones are made again). A fresh start (None) clears the folder."""
+        self.folder = folder
+        if resumed_step is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        for path in sorted(folder.glob("*.npz")):
+            label = unquote(path.stem)
+            if int(label.rpartition("/step")[2]) <= resumed_step:
+                with np.load(path, allow_pickle=False) as stored:
+                    self.evaluations[label] = {key: stored[key] for key in stored.files}
 
     def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
         assert self.trainer is not None, "attach the trainer first"
         prefix = getattr(self.trainer, "eval_prefix", "eval")
         split = prefix.removeprefix("eval_") if prefix != "eval" else self.task.eval_splits[0]
         label = f"{split}/step{self.trainer.state.global_step}"
-        self.evaluations[label] = self.task.prediction_arrays(prediction.predictions, prediction.label_ids)
+        arrays = self.task.prediction_arrays(prediction.predictions, prediction.label_ids)
+        self.evaluations[label] = arrays
+        if self.folder is not None:
+            path = self.folder / f"{quote(label, safe='')}.npz"
+            write_atomic(path, lambda file: np.savez_compressed(file, **arrays))
         return self.task.compute_metrics(prediction.predictions, prediction.label_ids)
 
 

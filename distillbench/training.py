@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from distillbench.planning import Plan
 
 
+# Beside a training's checkpoints: its evaluations' predictions, one file each (EvalCapture.keep_in).
+EVALUATIONS_FOLDER = "evaluations"
+
+
 def last_complete_checkpoint(folder: Path) -> str | None:
     """The newest ``checkpoint-N`` whose trainer state was written whole (the Trainer writes it last), so
     a run killed in the middle of saving — even in the middle of that file — resumes from the previous,
@@ -188,7 +192,10 @@ class Training:
         train = self.data.train_split(cfg.max_train_samples, indexed)
         tracker_callbacks = tracking_callbacks(trackers, self.plan.output_folder / "tensorboard" / name)
         trainer = self.trainer(module, args, train, callbacks=(*callbacks, *tracker_callbacks), capture=capture)
-        trainer.train(resume_from_checkpoint=last_complete_checkpoint(out_dir))
+        checkpoint = last_complete_checkpoint(out_dir)
+        if capture is not None:
+            capture.keep_in(out_dir / EVALUATIONS_FOLDER, checkpoint and int(Path(checkpoint).name.split("-")[1]))
+        trainer.train(resume_from_checkpoint=checkpoint)
         return trainer
 
     def evaluate(self, trainer: DistillTrainer) -> dict[str, float]:

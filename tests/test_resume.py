@@ -72,3 +72,40 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny_bert, glue_dir, tmp_p
     assert resumed["metrics"] == reference["metrics"]
     assert resumed["loss_terms"] == reference["loss_terms"]
     assert resumed["run_id"] == reference["run_id"]
+
+
+def test_a_run_killed_after_an_epoch_keeps_that_epochs_predictions(tiny_bert, glue_dir, tmp_path):
+    """Evaluations made before the checkpoint a run resumes from are not made again; their predictions
+    come back from the run's output folder, so the record's file holds every epoch's, as an uninterrupted
+    run's does (else a best epoch before the kill would have none)."""
+    import numpy as np
+
+    from conftest import launch_cli
+
+    args = [*tiny_run_args(tiny_bert, glue_dir, "kd"), "--max-steps", "-1", "--epochs", "3"]
+    reference_dir, work = tmp_path / "reference", tmp_path / "interrupted"
+    reference_dir.mkdir(), work.mkdir()
+    assert launch_cli(args, reference_dir, tmp_path / "cache-a").wait() == 0
+    reference = student_record(reference_dir / "results")
+    assert len(reference["predictions"]["evaluations"]) == 3  # 48 examples, batches of 8: steps 6, 12, 18
+
+    process = launch_cli(args, work, tmp_path / "cache-b")
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(work.glob("outputs/*/checkpoint-8/trainer_state.json")):
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not list(work.glob("results/runs/mrpc-kd-*.json"))
+
+    assert launch_cli(args, work, tmp_path / "cache-b").wait() == 0
+    resumed = student_record(work / "results")
+    assert int(resumed["resumed_from"].rpartition("-")[2]) >= 8  # epoch 1's evaluation was not run again
+    assert resumed["predictions"]["evaluations"] == reference["predictions"]["evaluations"]
+    with (
+        np.load(work / "results" / resumed["predictions"]["path"]) as got,
+        np.load(reference_dir / "results" / reference["predictions"]["path"]) as expected,
+    ):
+        assert sorted(got.files) == sorted(expected.files)
+        for key in expected.files:
+            np.testing.assert_array_equal(got[key], expected[key])
