@@ -301,32 +301,46 @@ class Bench:
         }
 
     def top_k_errors(self, ks: tuple[int, ...] = TOP_K_REPORTED) -> list[dict[str, Any]]:
-        """KD from a top-k cache vs from the live teacher, on the untrained student and the bench's batches:
-        the mean loss each gives, their relative gap, and the cache's bytes per token (float16 values,
-        int32 indices, float32 leftover mass)."""
-        hp = self.method(self.kd).hp
-        student = copy.deepcopy(self.initial_student).eval()
+        """KD from a top-k cache vs from the live teacher on the bench's batches: the mean loss each gives,
+        their relative gap, and the cache's bytes per token (float16 values, int32 indices, float32 leftover
+        mass) — for the untrained student (where KD starts) and, given ``top_k_student``, a trained one, at
+        the KD temperature and at T = 1."""
+        students = {"untrained": copy.deepcopy(self.initial_student)}
+        if self.settings.top_k_student:
+            students["trained"] = load_for_task(
+                self.settings.top_k_student, self.task.model_class, self.task.model_kwargs(), False
+            ).to(self.device)
+        temperatures = sorted({self.method(self.kd).hp.temperature, 1.0}, reverse=True)
+        found = []
+        for label, student in students.items():
+            pairs = self._logit_pairs(student.eval())
+            for temperature in temperatures:
+                live = sum(float(vocabulary_kl(s, t, temperature)) for s, t in pairs) / len(pairs)
+                for k in (k for k in ks if k < self.teacher.config.vocab_size):
+                    cached = sum(
+                        float(vocabulary_kl(s, top_k_teacher(t, k, temperature), temperature)) for s, t in pairs
+                    ) / len(pairs)
+                    found.append(
+                        {
+                            "student": label,
+                            "temperature": temperature,
+                            "k": k,
+                            "bytes_per_token": k * (2 + 4) + 4,
+                            "kd_live": live,
+                            "kd_top_k": cached,
+                            "relative_error": (live - cached) / live if live > 0 else 0.0,  # 0 ≤ cached ≤ live
+                        }
+                    )
+        return found
+
+    def _logit_pairs(self, student: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(student, teacher) logits of every bench batch."""
         pairs = []
         with torch.no_grad():
             for rows in self.batches:
                 batch = {k: v.to(self.device) for k, v in self.collate(rows).items() if k != EXAMPLE_INDEX}
                 pairs.append((student(**batch).logits, self.teacher(**batch).logits))
-        live = sum(float(vocabulary_kl(s, t, hp.temperature)) for s, t in pairs) / len(pairs)
-        found = []
-        for k in (k for k in ks if k < self.teacher.config.vocab_size):
-            cached = sum(
-                float(vocabulary_kl(s, top_k_teacher(t, k, hp.temperature), hp.temperature)) for s, t in pairs
-            ) / len(pairs)
-            found.append(
-                {
-                    "k": k,
-                    "bytes_per_token": k * (2 + 4) + 4,
-                    "kd_live": live,
-                    "kd_top_k": cached,
-                    "relative_error": (live - cached) / live,
-                }
-            )
-        return found
+        return pairs
 
     # (c) evaluation ----------------------------------------------------------------------------
     def evaluation(self, out_dir: Path) -> dict[str, Any]:
@@ -429,8 +443,9 @@ def recorded_settings(settings: BenchSettings, plan: Plan) -> dict[str, Any]:
     """The settings as a record stores them: a data folder given by path named portably (``data:.``), as run
     records name their files, never by this machine's path."""
     values = asdict(settings)
-    if values["data_dir"]:
-        values["data_dir"] = portable_path(values["data_dir"], plan.roots)
+    for key in ("data_dir", "top_k_student"):
+        if values[key]:
+            values[key] = portable_path(values[key], plan.roots)
     return values
 
 

@@ -100,16 +100,22 @@ def _bench_table(name: str, record: dict[str, Any]) -> str:
 
 
 def top_k_table(record: dict[str, Any]) -> list[str]:
-    """A causal LM's bench: what a top-k teacher cache keeps, and the KD it gives against the live teacher."""
+    """A causal LM's bench: what a top-k teacher cache keeps, and the KD it gives against the live teacher,
+    per student (untrained, trained) and temperature (records before both were measured: the untrained
+    student at the KD temperature)."""
     rows = record.get("top_k_cache")
     if not rows:
         return []
-    lines = ["", "| top-k cache | bytes per token | KD, live teacher | KD, from the cache | relative error |"]
-    lines.append("|---|---|---|---|---|")
+    temperature = record.get("teacher_cache", {}).get("temperature")
+    lines = [
+        "",
+        "| student | T | top-k cache | bytes per token | KD, live teacher | KD, from the cache | relative error |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|")
     for row in rows:
         lines.append(
-            f"| k = {row['k']} | {row['bytes_per_token']} | {row['kd_live']:.4f} | {row['kd_top_k']:.4f} | "
-            f"{row['relative_error']:.1%} |"
+            f"| {row.get('student', 'untrained')} | {row.get('temperature', temperature)} | k = {row['k']} | "
+            f"{row['bytes_per_token']} | {row['kd_live']:.4f} | {row['kd_top_k']:.4f} | {row['relative_error']:.1%} |"
         )
     return lines
 

@@ -29,3 +29,8 @@ class BenchSettings:
     bf16: bool = option(False, help="every phase (the plain loop too) under bfloat16 autocast (GPU check)")
     teacher_seed: int | None = option(1, help="seed of the shared teacher of the whole runs")
     top_k: int = option(64, help="vocabulary tasks (clm): the k of the top-k teacher cache the cached phase reads")
+    top_k_student: str | None = option(
+        None,
+        help="vocabulary tasks: also measure the top-k cache's KD error for this trained student (a saved model "
+        "folder, e.g. a kd run's outputs/<run>/student); the untrained student is always measured",
+    )

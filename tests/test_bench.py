@@ -110,7 +110,10 @@ def test_bench_on_a_causal_lm_times_the_same_vocabulary_kd_and_reports_the_top_k
     monkeypatch.setattr(bench, "VOCABULARY_MEMORY_SHAPE", (2048, 16000))  # 128 MB logits: above the noise
     args = ["bench", "--task", "clm", "--teacher", str(tiny_gpt2), "--data-dir", str(data), "--top-k", "8"]
     args += ["--steps", "4", "--warmup", "1", "--rounds", "1", "--batch-size", "4", "--max-seq-length", "32"]
-    assert main([*args, "--cache-dir", str(workdir / "c")]) == 0
+    from conftest import make_tiny_decoder
+
+    make_tiny_decoder(workdir / "student", layers=2)  # stands for a trained student: another model of the vocabulary
+    assert main([*args, "--top-k-student", "student", "--cache-dir", str(workdir / "c")]) == 0
     record = json.loads(next((workdir / "results" / "bench").glob("clm-cpu-*.json")).read_text())
     phases = record["phases"]
     assert phases["plain_kd"]["mean_train_loss"] == pytest.approx(
@@ -118,10 +121,19 @@ def test_bench_on_a_causal_lm_times_the_same_vocabulary_kd_and_reports_the_top_k
     )
     assert record["settings"]["data_dir"] == "data:."  # the data folder named portably, not by its path
     assert record["teacher_cache"]["top_k"] == 8
-    assert [entry["k"] for entry in record["top_k_cache"]] == [8, 32, 128]
-    assert all(0 <= entry["relative_error"] <= 1 for entry in record["top_k_cache"])
-    errors = [entry["relative_error"] for entry in record["top_k_cache"]]
-    assert errors == sorted(errors, reverse=True)  # more of the vocabulary kept, less lost
+    assert record["settings"]["top_k_student"] == "student"  # named relative to the working folder
+    rows = record["top_k_cache"]
+    assert [(r["student"], r["temperature"], r["k"]) for r in rows] == [
+        (student, temperature, k)
+        for student in ("untrained", "trained")
+        for temperature in (2.0, 1.0)
+        for k in (8, 32, 128)
+    ]
+    assert all(0 <= r["relative_error"] <= 1 for r in rows)
+    for start in range(0, len(rows), 3):  # more of the vocabulary kept, less lost
+        errors = [r["relative_error"] for r in rows[start : start + 3]]
+        assert errors == sorted(errors, reverse=True)
+    assert rows[0]["kd_live"] != rows[6]["kd_live"]  # the second student's own logits
     assert record["ratios"]["vocabulary_kd_vs_lm_loss_memory"] <= 1.2
 
 
@@ -141,6 +153,6 @@ def test_reports_show_the_newest_bench_of_each_device_and_model_kind(tmp_path):
     bench("mrpc-gpu.json", "mrpc", "cuda", "2026-01-15")
     bench("rte.json", "rte", "cpu", "2026-01-20")  # an older encoder bench: the newer MRPC one stands for it
     assert [name for name, _ in newest_benches(tmp_path)] == ["clm.json", "mrpc-new.json", "mrpc-gpu.json"]
-    assert "| k = 8 | 52 | 0.5000 | 0.4000 | 20.0% |" in top_k_table(
+    assert "| untrained | None | k = 8 | 52 | 0.5000 | 0.4000 | 20.0% |" in top_k_table(
         json.loads((tmp_path / "bench" / "clm.json").read_text())
     )
