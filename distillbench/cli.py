@@ -21,7 +21,7 @@ WRITE_HELP = (
     "the published campaign only when told: --results-dir results)"
 )
 STRICT_HELP = "exit 1 when a comparison could not be made (a missing or altered predictions file); CI uses it"
-BOUNDED_HELP = "keep runs cut short by a preset, --max-steps or max_train_samples (left out by default)"
+BOUNDED_HELP = "keep runs cut short by a preset or --max-steps (left out by default)"
 READ_HELP = "records to read (default: your workspace when it has runs, else the published results)"
 EXIT_USAGE = 2
 EXIT_FAILED = 1

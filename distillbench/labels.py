@@ -68,17 +68,20 @@ def ensemble_label(members: list[dict[str, Any]]) -> str:
 
 
 def budget_label(record: dict[str, Any]) -> str:
-    """The training budget of a record's (student or teacher) stage: steps when capped, else epochs; and
-    ", length-grouped" when its batches were (an option that changed results, so another experiment)."""
+    """The training budget of a record's (student or teacher) stage: steps when capped, else epochs; the
+    student's training subset when it had one ("1 ep of 2,400 examples"); and ", length-grouped" when its
+    batches were (an option that changed results, so another experiment)."""
     train = record.get("train") or {}
+    subset = ""
     if record.get("role") == "teacher":
         steps, epochs = train.get("teacher_max_steps", -1), train.get("teacher_epochs") or train.get("epochs")
     else:
         steps, epochs = train.get("max_steps", -1), train.get("epochs")
+        subset = f" of {train['max_train_samples']:,} examples" if train.get("max_train_samples") else ""
     grouped = ", length-grouped" if train.get("group_by_length") else ""
     if steps and steps > 0:
-        return f"{steps} steps{grouped}"
-    return f"{epochs:g} ep{grouped}" if epochs is not None else "?"
+        return f"{steps} steps{subset}{grouped}"
+    return f"{epochs:g} ep{subset}{grouped}" if epochs is not None else "?"
 
 
 EXPERIMENT = ("teacher", "student", "setting", "budget")

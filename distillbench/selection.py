@@ -52,13 +52,13 @@ def config_fingerprint(record: dict[str, Any]) -> str:
 
 
 def bounded_by(record: dict[str, Any]) -> list[str]:
-    """Why a record's budget was cut short of its schedule (a preset, ``--max-steps``, a subset of the
-    training set): a smoke test or a demo, not a result. Empty for a full run."""
+    """Why a record's budget was cut short of its schedule (a preset, ``--max-steps``): a smoke test or a
+    demo, not a result. Empty for a full run. A training subset (``max_train_samples``) is not a cut: its
+    epochs run whole over a smaller training set, an experiment of its own (its budget label says how many
+    examples; low-resource distillation and the CPU's causal-LM campaign are such experiments)."""
     train = record.get("train") or {}
     reasons = [f"preset {record['preset']}"] if record.get("preset") else []
     reasons += [f"{name}={train[name]}" for name in ("max_steps", "teacher_max_steps") if (train.get(name) or -1) > 0]
-    if train.get("max_train_samples"):
-        reasons.append(f"max_train_samples={train['max_train_samples']}")
     return reasons
 
 

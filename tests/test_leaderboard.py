@@ -222,3 +222,18 @@ def test_reference_block_keeps_experiments_apart():
     rows = table[(table["method"] == "finetune") & (table["metric"] == "accuracy")]
     assert sorted(rows["measured"]) == [60.0, 70.0]
     assert set(rows["setting"]) == {"task-specific", "after kd pre-training"}
+
+
+def test_a_training_subset_is_an_experiment_of_its_own_not_a_bounded_run():
+    """Whole epochs over N examples (max_train_samples) are a design, not a cut: not bounded, and the budget
+    says how many examples; --max-steps and presets stay bounded."""
+    from distillbench.labels import budget_label
+    from distillbench.selection import bounded_by
+
+    subset = {"role": "student", "train": {"epochs": 1.0, "max_steps": -1, "max_train_samples": 2400}}
+    assert bounded_by(subset) == []
+    assert budget_label(subset) == "1 ep of 2,400 examples"
+    assert budget_label({**subset, "role": "teacher"}) == "1 ep"  # the subset is the student's budget
+    capped = {"role": "student", "train": {"epochs": 1.0, "max_steps": 10, "max_train_samples": 2400}}
+    assert bounded_by(capped) == ["max_steps=10"] and budget_label(capped) == "10 steps of 2,400 examples"
+    assert bounded_by({"preset": "demo", "train": {}}) == ["preset demo"]
