@@ -691,7 +691,7 @@ def command_table(args: argparse.Namespace) -> int:
     from distillbench.method import list_methods
     from distillbench.reference import reference_table
     from distillbench.selection import collect
-    from distillbench.task import list_tasks
+    from distillbench.task import eval_set_note, list_tasks, scale_note
 
     if args.format not in FORMATS:
         raise UserError(f"unknown format {args.format!r}; choose one of {', '.join(FORMATS)}")
@@ -724,7 +724,8 @@ def command_table(args: argparse.Namespace) -> int:
         if args.significance:
             marks = experiment_significance(experiment, args.score, args.resamples, progress=True)
             skipped += len(marks.skipped)
-        block = f"{_wrap(experiment.title())}\n{args.score} epoch, dev set; mean ± std over seeds, ×100\n\n"
+        scored = f"{eval_set_note(experiment.tasks)}; mean ± std over seeds, {scale_note(experiment.tasks)}"
+        block = f"{_wrap(experiment.title())}\n{args.score} epoch, {scored}\n\n"
         block += render(score_table(experiment, args.score, marks), args.format)
         if marks:
             block += f"\n{_wrap(marks.legend())}\n"

@@ -22,7 +22,7 @@ from distillbench.leaderboard import Table, aggregate, build_table, format_cell
 from distillbench.markers import REFINED_RESAMPLES, Significance, marked_baselines, significance
 from distillbench.selection import bounded_by
 from distillbench.significance import ALPHA, DEFAULT_RESAMPLES, format_p, smallest_permutation_p
-from distillbench.task import get_task, list_tasks, short_label
+from distillbench.task import eval_set_note, get_task, list_tasks, scale_note, short_label
 
 MAJORITY = "majority class"
 BETTER, WORSE = "▲", "▼"
@@ -238,8 +238,10 @@ def findings_legend(marks: Significance) -> str:
     if not marks.findings:
         return marks.legend()
     resamples = min(f.comparison.bootstrap.resamples for f in marks.findings)
+    tasks = list(dict.fromkeys(f.key[0] for f in marks.findings))
     return (
-        "Δ: difference of the task's main metric (×100) over the seeds both methods ran; 95% CI and p from a "
+        f"Δ: difference of the task's main metric ({scale_note(tasks)}) over the seeds both methods ran; 95% CI "
+        "and p from a "
         f"paired bootstrap over dev examples ({resamples:,} resamples, {REFINED_RESAMPLES}× for a p near the "
         "threshold) — would the gap survive another dev set? "
         f"p is Holm-corrected over the {len(marks.findings)} comparisons of this experiment; {BETTER} / {WORSE}: "
@@ -290,12 +292,14 @@ NOTHING_RANKED = "No experiment with several seeds and a baseline yet: nothing i
 
 
 def headline_intro(experiment: Experiment) -> str:
-    return f"{experiment.title()} — each method against fine-tuning on the dev set, final epoch."
+    scored_on = eval_set_note(experiment.tasks)
+    return f"{experiment.title()} — each method against fine-tuning on the {scored_on}, final epoch."
 
 
 def headline_legend(marks: Significance) -> str:
     return (
-        f"Δ: difference in the main metric ×100, [95% CI] over dev examples; {BETTER} / {WORSE}: better / worse "
+        f"Δ: difference in the main metric {scale_note(list(dict.fromkeys(f.key[0] for f in marks.findings)))}, "
+        f"[95% CI] over dev examples; {BETTER} / {WORSE}: better / worse "
         f"after Holm's correction over the experiment's {len(marks.findings)} comparisons (p < {ALPHA}); no "
         "mark: not significant after it (the CI is uncorrected). p seeds: exact permutation test of the "
         "per-seed scores, with the smallest p those seeds can give."

@@ -38,7 +38,7 @@ from distillbench.reading_bench import reading_markdown
 from distillbench.records import read_records
 from distillbench.reference import reference_table
 from distillbench.selection import Selection, collect
-from distillbench.task import get_task
+from distillbench.task import eval_set_note, get_task, scale_note
 from distillbench.teacher_study import read_studies, studies_markdown
 
 
@@ -162,7 +162,8 @@ def experiment_markdown(experiment: Experiment, marks: Significance, figures: li
         f"### {experiment.title()}",
         "",
         render(score_table(experiment, "final", marks), "md"),
-        f"Final epoch, dev set. Cells: mean ± std over seeds, ×100; n: seeds; **bold**: best student per column. "
+        f"Final epoch, {eval_set_note(experiment.tasks)}. Cells: mean ± std over seeds, "
+        f"{scale_note(experiment.tasks)}; n: seeds; **bold**: best student per column. "
         f"{marks.legend()} {BUDGET_LEGEND}",
         "",
     ]

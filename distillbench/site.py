@@ -41,6 +41,7 @@ from distillbench.markers import Significance
 from distillbench.plots import cost_figure, experiment_figure, method_colours, speed_quality_figures, svg_text
 from distillbench.reference import reference_table
 from distillbench.report import Reading
+from distillbench.task import eval_set_note, scale_note
 
 REFERENCE_ROWS = {"teacher": "teacher", MAJORITY: "reference"}  # row label → its CSS class
 
@@ -180,8 +181,9 @@ def experiment_html(experiment: Experiment, marks: Significance) -> list[str]:
             provenance_of(experiment.records),
             _colours(table.cells),
         ),
-        f'<p class="legend">Final epoch, dev set. Cells: mean ± std over seeds, ×100; n: seeds; <b>bold</b>: best '
-        f"student per column. {html.escape(marks.legend())} {html.escape(BUDGET_LEGEND)}</p>",
+        f'<p class="legend">Final epoch, {eval_set_note(experiment.tasks)}. Cells: mean ± std over seeds, '
+        f"{scale_note(experiment.tasks)}; n: seeds; <b>bold</b>: best student per column. "
+        f"{html.escape(marks.legend())} {html.escape(BUDGET_LEGEND)}</p>",
     ]
     if len(findings):
         parts += [

@@ -51,6 +51,7 @@ class Task:
     label_names: ClassVar[tuple[str, ...] | None] = None  # a classification task's labels, as its data spells them
     display_scale: ClassVar[float] = 100.0  # tables show metric × scale (GLUE fractions → %, SQuAD already %)
     display_decimals: ClassVar[int] = 1
+    eval_set_label: ClassVar[str] = "dev set"  # what its scores are measured on, in table legends
     deterministic_inputs: ClassVar[bool] = True  # False when the collator randomises inputs (MLM masking)
     per_token_distill: ClassVar[bool] = False  # True when distill_targets has a sequence axis (QA logits)
     vocabulary_distill: ClassVar[bool] = False  # its distilled outputs are vocabulary logits at every position
@@ -168,6 +169,20 @@ class Task:
         """``metric`` for every row of ``rows`` ([R, n] example indices): a paired bootstrap's inner loop.
         Tasks override it with array operations; this default calls :meth:`metric_on` per row."""
         return np.array([self.metric_on(arrays, r)[metric] for r in rows])
+
+
+def scale_note(tasks: list[str]) -> str:
+    """How a table's cells relate to the scores: "×100" (GLUE fractions), "as scored" (perplexities), or
+    both, naming the tasks shown as scored."""
+    as_scored = [short_label(t) for t in tasks if get_task(t).display_scale == 1]
+    if not as_scored:
+        return "×100"
+    return "as scored" if len(as_scored) == len(tasks) else f"×100 ({', '.join(as_scored)}: as scored)"
+
+
+def eval_set_note(tasks: list[str]) -> str:
+    """What a table's scores are measured on: "dev set", or each task's own held-out set."""
+    return ", ".join(dict.fromkeys(get_task(t).eval_set_label for t in tasks))
 
 
 def short_label(task_name: str) -> str:

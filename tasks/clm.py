@@ -160,6 +160,7 @@ class CausalLanguageModeling(Task):
     short_label = "CLM"
     display_scale = 1.0
     display_decimals = 2
+    eval_set_label = "held-out text"
     train_defaults = {
         "learning_rate": 1e-4,
         "teacher_learning_rate": 1e-4,

@@ -237,3 +237,13 @@ def test_a_training_subset_is_an_experiment_of_its_own_not_a_bounded_run():
     capped = {"role": "student", "train": {"epochs": 1.0, "max_steps": 10, "max_train_samples": 2400}}
     assert bounded_by(capped) == ["max_steps=10"] and budget_label(capped) == "10 steps of 2,400 examples"
     assert bounded_by({"preset": "demo", "train": {}}) == ["preset demo"]
+
+
+def test_legends_say_how_cells_relate_to_scores_and_what_they_were_measured_on():
+    """GLUE fractions are shown ×100, perplexities as scored; a causal LM is scored on held-out text."""
+    from distillbench.task import eval_set_note, scale_note
+
+    assert scale_note(["mrpc", "stsb"]) == "×100"
+    assert scale_note(["clm"]) == "as scored"
+    assert scale_note(["mrpc", "clm"]) == "×100 (CLM: as scored)"
+    assert eval_set_note(["mrpc"]) == "dev set" and eval_set_note(["clm"]) == "held-out text"
