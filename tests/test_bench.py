@@ -156,3 +156,13 @@ def test_reports_show_the_newest_bench_of_each_device_and_model_kind(tmp_path):
     assert "| untrained | None | k = 8 | 52 | 0.5000 | 0.4000 | 20.0% |" in top_k_table(
         json.loads((tmp_path / "bench" / "clm.json").read_text())
     )
+
+
+def test_a_causal_lm_bench_holds_its_cached_kd_to_the_top_k_goal():
+    """The cached phase of a causal LM reads a top-k cache (goal ≤ 1.10); an encoder's reads full outputs."""
+    from distillbench.bench_report import ratio_labels
+
+    encoder = {"ratios": {"cached_kd_vs_student_only": 1.0}}
+    causal = {**encoder, "top_k_cache": [{"k": 8}]}
+    assert ratio_labels(encoder)["cached_kd_vs_student_only"] == "cached KD ÷ student only (goal ≤ 1.05)"
+    assert ratio_labels(causal)["cached_kd_vs_student_only"] == "top-k cached KD ÷ student only (goal ≤ 1.10)"
