@@ -54,7 +54,8 @@ def newest_benches(results_dir: Path) -> list[tuple[str, dict[str, Any]]]:
 def _setup(name: str, record: dict[str, Any]) -> str:
     settings, hardware = record["settings"], record.get("hardware", {})
     steps = settings["steps"] or "one epoch of"
-    where = hardware.get("gpu") or f"{hardware.get('cpu', 'CPU')}, {record.get('torch_threads')} threads"
+    threads = record.get("torch_threads")
+    where = hardware.get("gpu") or f"{hardware.get('cpu', 'CPU')}, {threads} thread{'' if threads == 1 else 's'}"
     return (
         f"`results/bench/{name}`: {settings['task']}, {steps} batches of {settings['batch_size']}, max length "
         f"{settings['max_seq_length']}, best of {settings['rounds']} rounds per step; {where}."
