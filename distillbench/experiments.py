@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from distillbench.labels import EXPERIMENT, row_key
-from distillbench.leaderboard import Table, aggregate, build_table, format_cell
+from distillbench.leaderboard import Table, aggregate, build_table
 from distillbench.markers import REFINED_RESAMPLES, Significance, marked_baselines, significance
 from distillbench.selection import bounded_by
 from distillbench.significance import ALPHA, DEFAULT_RESAMPLES, format_p, smallest_permutation_p
@@ -145,9 +145,9 @@ def score_table(experiment: Experiment, score: str, marks: Significance | None =
         row["method"] = MAJORITY
         for task_name, scores in majority.items():
             task = get_task(task_name)
-            found = [(scores[m], 0.0, 1) for m in task.paper_metrics if m in scores]
+            found = {m: (scores[m], 0.0, 1) for m in task.paper_metrics if m in scores}
             if task.column_label in row and found:
-                row[task.column_label] = format_cell(found, task.display_scale, task.display_decimals)
+                row[task.column_label] = task.cell(found)
         position = int((cells["method"] == "teacher").sum())
         cells = pd.concat([cells.iloc[:position], pd.DataFrame([row]), cells.iloc[position:]], ignore_index=True)
         best = {(i + (i >= position), column) for i, column in table.best}
@@ -340,7 +340,11 @@ def history_table(experiments: list[Experiment], score: str) -> pd.DataFrame:
                     stats[(stats["task"] == task_name) & (stats["method"] == method) & (stats["metric"] == m)]
                     for m in task.paper_metrics
                 ]
-                present = [(f.iloc[0]["mean"], f.iloc[0]["std"], int(f.iloc[0]["n"])) for f in found if len(f)]
+                present = {
+                    m: (f.iloc[0]["mean"], f.iloc[0]["std"], int(f.iloc[0]["n"]))
+                    for m, f in zip(task.paper_metrics, found, strict=True)
+                    if len(f)
+                }
                 if not present:
                     continue
                 budget = next(f.iloc[0]["budget"] for f in found if len(f))  # a teacher's own budget
@@ -352,7 +356,7 @@ def history_table(experiments: list[Experiment], score: str) -> pd.DataFrame:
                         # no setting column: a student pre-trained first is named so ("kd-pretrain student")
                         "student": "-" if method == "teacher" else experiment.student,
                         "budget": budget + (" (bounded)" if experiment.bounded else ""),
-                        "score": format_cell(present, task.display_scale, task.display_decimals),
+                        "score": task.cell(present),
                         "metrics": task.column_label.removeprefix(short_label(task_name)).strip(),
                     }
                 )

@@ -60,16 +60,6 @@ class Table:
     title: str
 
 
-def format_cell(stats: list[tuple[float, float, int]], scale: float, decimals: int) -> str:
-    parts = []
-    for mean, std, n in stats:
-        text = f"{mean * scale:.{decimals}f}"
-        if n > 1:
-            text += f"±{std * scale:.{decimals}f}"
-        parts.append(text)
-    return "/".join(parts)
-
-
 def method_order(label: str) -> tuple[int, str]:
     """The teacher row first, then methods by the ``table_order`` they declare (unknown ones last), a
     variant row (tuned, a control) right after its method's reference row."""
@@ -109,11 +99,11 @@ def build_table(
         ns, averages = set(), defaultdict(list)
         for task_name in task_names:
             task = get_task(task_name)
-            found = [lookup.get((task_name, method, *experiment, m)) for m in task.paper_metrics]
-            present = [f for f in found if f is not None]
+            by_metric = {m: lookup.get((task_name, method, *experiment, m)) for m in task.paper_metrics}
+            present = [f for f in by_metric.values() if f is not None]
             mark = (markers or {}).get((task_name, method, *experiment), "")
             row[task.column_label] = (
-                format_cell(present, task.display_scale, task.display_decimals) + mark if present else ""
+                task.cell({m: f for m, f in by_metric.items() if f is not None}) + mark if present else ""
             )
             if present:
                 ns.update(f[2] for f in present)

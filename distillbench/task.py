@@ -51,6 +51,7 @@ class Task:
     label_names: ClassVar[tuple[str, ...] | None] = None  # a classification task's labels, as its data spells them
     display_scale: ClassVar[float] = 100.0  # tables show metric × scale (GLUE fractions → %, SQuAD already %)
     display_decimals: ClassVar[int] = 1
+    metric_decimals: ClassVar[dict[str, int]] = {}  # per metric where one width does not fit all (bits per byte)
     eval_set_label: ClassVar[str] = "dev set"  # what its scores are measured on, in table legends
     deterministic_inputs: ClassVar[bool] = True  # False when the collator randomises inputs (MLM masking)
     per_token_distill: ClassVar[bool] = False  # True when distill_targets has a sequence axis (QA logits)
@@ -79,6 +80,19 @@ class Task:
     @classmethod
     def options_for(cls, overrides: dict[str, Any]) -> Any:
         return cls.Options(**overrides)
+
+    @classmethod
+    def cell(cls, stats: dict[str, tuple[float, float, int]]) -> str:
+        """A table cell: each paper metric present as mean(±std when several seeds), scaled for display,
+        each to its own number of decimals, joined by "/"."""
+        parts = []
+        for metric in (m for m in cls.paper_metrics if m in stats):
+            (mean, std, n), decimals = stats[metric], cls.metric_decimals.get(metric, cls.display_decimals)
+            parts.append(
+                f"{mean * cls.display_scale:.{decimals}f}"
+                + (f"±{std * cls.display_scale:.{decimals}f}" if n > 1 else "")
+            )
+        return "/".join(parts)
 
     @classmethod
     def summary(cls) -> str:

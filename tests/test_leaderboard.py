@@ -247,3 +247,13 @@ def test_legends_say_how_cells_relate_to_scores_and_what_they_were_measured_on()
     assert scale_note(["clm"]) == "as scored"
     assert scale_note(["mrpc", "clm"]) == "×100 (CLM: as scored)"
     assert eval_set_note(["mrpc"]) == "dev set" and eval_set_note(["clm"]) == "held-out text"
+
+
+def test_a_cell_gives_each_metric_its_own_decimals():
+    """Perplexities to one decimal, bits per byte to three (students differ in the third); GLUE ×100."""
+    from distillbench.task import get_task
+
+    clm = get_task("clm")
+    assert clm.cell({"perplexity": (342.29, 1.65, 3), "bits_per_byte": (2.1731, 0.0017, 3)}) == "342.3±1.6/2.173±0.002"
+    assert clm.cell({"bits_per_byte": (2.12, 0.0, 1)}) == "2.120"
+    assert get_task("mrpc").cell({"accuracy": (0.7201, 0.008, 3), "f1": (0.807, 0.0, 1)}) == "72.0±0.8/80.7"
