@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillbench.cached import cached_folder, read_marker
+from distillbench.provenance import git_state, hardware, package_versions
 from distillbench.standins import STANDIN_FILE, preset_of, standin_folder
 from distillbench.training import last_complete_checkpoint, quiet_logs
 from distillbench.workspace import VERBOSE_ENV
@@ -126,6 +127,9 @@ def pretrain(spec: str, task: Task, folder: Path, show_progress: bool) -> dict[s
         "heldout": scores,
         "unigram_heldout": unigram_scores(task, splits["train"]["input_ids"], splits["validation"], len(tokenizer)),
         "wall_time_s": time.time() - started,
+        "git": git_state(),  # the code that pre-trained it, as run records name theirs
+        "packages": package_versions(),
+        "hardware": hardware(),
     }
     (folder / STANDIN_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info

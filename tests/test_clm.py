@@ -138,6 +138,7 @@ def test_a_standin_teacher_is_pretrained_once_and_labelled(text_dir, workdir, ca
     info = json.loads(standin.read_text())
     assert info["what"].startswith("a stand-in for GPT-2") and "not GPT-2" in info["what"]
     assert set(info["heldout"]) >= {"perplexity", "bits_per_byte"} and "perplexity" in info["unigram_heldout"]
+    assert "commit" in info["git"] and "torch" in info["packages"]  # how it was made, as run records say
     record = student_of(workdir / "results", "kd")
     assert record["model"]["teacher_source"].startswith("cache:standins/gpt2-tiny-")
     from distillbench.labels import teacher_label
