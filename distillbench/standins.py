@@ -79,6 +79,11 @@ def standin_folder(spec: str, task: Task, cache_dir: Path) -> Path:
 def built_standin(spec: str, task: Task, cache_dir: Path) -> str:
     """The folder of a stand-in already pre-trained on this text, or one error saying how to build it."""
     folder = standin_folder(spec, task, cache_dir)
+    if read_marker(folder) is None and not task.data_files():
+        raise UserError(
+            f"--teacher {spec}: no data folder given (--data-dir or DISTILLBENCH_DATA); the stand-in is "
+            "pre-trained on its text, and none was pre-trained on the hub's copy"
+        )
     if read_marker(folder) is None:
         raise UserError(
             f"--teacher {spec}: not pre-trained on this text yet; `distillbench run` (without --dry-run) or "

@@ -21,13 +21,19 @@ def _format_metrics(metrics: dict[str, float] | None) -> str:
 
 
 def _gap(record: dict[str, Any]) -> str:
-    """Teacher minus student on the main metric, and whether both clear the majority-class baseline."""
+    """How far the student is behind the teacher on the main metric (teacher − student where higher is
+    better, student − teacher where lower is, as perplexity: positive means behind), and whether both
+    clear the majority-class baseline."""
     key = record["main_metric"]
     teacher = (record.get("teacher") or {}).get("metrics") or {}
     student = record["metrics"]
     if key not in student:
         return "-"
-    parts = [f"teacher − student {key} = {teacher[key] - student[key]:+.4f}"] if key in teacher else []
+    higher = record.get("greater_is_better", True)
+    first, second = ("teacher", "student") if higher else ("student", "teacher")
+    values = {"teacher": teacher.get(key), "student": student[key]}
+    gap = f"{first} − {second} {key} = {values[first] - values[second]:+.4f}" if key in teacher else None
+    parts = [gap] if gap else []
     majority = (record.get("majority_baseline") or {}).get(key)
     if majority is not None:
         above = [name for name, m in (("teacher", teacher), ("student", student)) if key in m and m[key] > majority]
@@ -45,7 +51,11 @@ def run_summary(record: dict[str, Any]) -> str:
         f"  student final  {_format_metrics(record['metrics'])}",
         f"  student best   {_format_metrics(best.get('metrics'))}"
         + (f"  (epoch {best['epoch']:.2f})" if best.get("epoch") is not None else ""),
-        f"  majority class {_format_metrics(record.get('majority_baseline'))}",
+        *(
+            [f"  majority class {_format_metrics(record['majority_baseline'])}"]
+            if record.get("majority_baseline")
+            else []
+        ),
         f"  gap            {_gap(record)}",
         f"  loss terms     {_format_metrics(record.get('loss_terms'))}",
         f"  wall time      {record['wall_time_s']:.0f} s",

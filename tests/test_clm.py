@@ -252,8 +252,12 @@ def test_top_k_on_a_task_without_a_vocabulary_is_one_line(tiny_bert, glue_dir, w
     assert "mrpc does not distil a vocabulary (clm does)" in capsys.readouterr().err
 
 
-def test_clm_without_a_teacher_uses_the_standin(text_dir, workdir, capsys):
+def test_clm_without_a_teacher_uses_the_standin(text_dir, workdir, capsys, monkeypatch):
     """No decoder weights ship with distillbench: ``run --task clm`` without --teacher means the stand-in."""
     args = ["run", "--method", "ted", "--task", "clm", "--data-dir", str(text_dir), "--dry-run"]
     assert main([*args, "--set", "corpus=text/train.txt", "--set", "heldout=text/heldout.txt"]) == 2
     assert "--teacher scratch:gpt2-cpu: not pre-trained on this text yet" in capsys.readouterr().err
+    monkeypatch.delenv("DISTILLBENCH_DATA", raising=False)
+    no_data = ["run", "--method", "kd", "--task", "clm", "--dry-run"]  # the likely cause, said as such
+    assert main(no_data) == 2
+    assert "no data folder given (--data-dir or DISTILLBENCH_DATA)" in capsys.readouterr().err

@@ -85,3 +85,9 @@ def test_run_summary_puts_the_gap_and_the_majority_baseline_beside_the_scores():
     assert "teacher − student accuracy = +0.1000" in text and "above the majority class: teacher, student" in text
     record["metrics"] = {"accuracy": 0.5}
     assert "above the majority class: teacher" in run_summary(record)
+    # lower is better (perplexity): the gap reads student − teacher, positive when the student is behind;
+    # a language model has no majority class, and no line says so
+    lm = record | {"main_metric": "perplexity", "greater_is_better": False, "majority_baseline": None}
+    lm |= {"metrics": {"perplexity": 340.0}, "teacher": {"metrics": {"perplexity": 300.0}}}
+    text = run_summary(lm)
+    assert "student − teacher perplexity = +40.0000" in text and "majority class" not in text
