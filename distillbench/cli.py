@@ -751,7 +751,14 @@ def command_table(args: argparse.Namespace) -> int:
             "TED reference (not measured here; measured best epoch - reference):\n"
             + _render_frame(reference, args.format)
         )
-    text = "\n\n".join(blocks) if blocks else f"No usable records in {args.results_dir}: {selection.report()}."
+    filters = (("task", tasks), ("method", methods))
+    asked = ", ".join(f"{name} {', '.join(values)}" for name, values in filters if values)
+    text = (
+        "\n\n".join(blocks)
+        if blocks
+        else f"No usable records{f' of {asked}' if asked and selection.records else ''} in {args.results_dir}: "
+        f"{selection.report()}."
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")

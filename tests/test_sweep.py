@@ -114,6 +114,8 @@ def test_table_significance_and_compare_read_a_sweeps_records(tiny_bert, glue_di
     assert main(["table", "--significance", "--include-dirty", "--resamples", "1000"]) == 0
     assert "No usable records" in capsys.readouterr().out
     bounded = ["--include-dirty", "--include-bounded", "--resamples", "1000"]
+    assert main(["table", "--task", "stsb", *bounded]) == 0  # records used, none of the task asked for
+    assert "No usable records of task stsb in" in capsys.readouterr().out
     assert main(["table", "--significance", *bounded]) == 0
     out = capsys.readouterr().out
     assert out.startswith("Experiment 1: MRPC")
