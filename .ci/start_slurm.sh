@@ -29,6 +29,9 @@ SlurmdPidFile=$state/slurmd.pid
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 ReturnToService=2
+# scancel's SIGTERM is ignored by submitit's jobs: a cancelled job dies at the SIGKILL KillWait seconds
+# later (default 30), long enough for a test's tiny cell to finish first
+KillWait=1
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
