@@ -69,7 +69,9 @@ def test_without_a_workspace_readers_read_the_published_results(tmp_path, monkey
     assert main(["table", "--experiment", "1"]) == 0
     captured = capsys.readouterr()
     assert captured.err.splitlines()[0].startswith("reading the published results")
-    assert captured.out.startswith("Experiment 1: MRPC, STS-B")
+    assert captured.out.startswith("Experiment 1: ")
+    assert main(["table", "--experiment", "1", "--results-dir", str(ROOT / "results")]) == 0
+    assert capsys.readouterr().out == captured.out  # the published results, not some other folder
     assert not (tmp_path / DEFAULT_WORKSPACE).exists()
 
 
