@@ -2,6 +2,7 @@
 
 from distillbench.errors import UserError
 from distillbench.method import (
+    DISTILL_MASK,
     EXAMPLE_INDEX,
     Method,
     ModelPair,
@@ -16,6 +17,7 @@ from distillbench.task import Task, get_task, list_tasks, register_task
 __version__ = "0.1.0"
 
 __all__ = [
+    "DISTILL_MASK",
     "EXAMPLE_INDEX",
     "Method",
     "ModelPair",

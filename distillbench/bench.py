@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import shutil
 import threading
 import time
@@ -371,6 +372,7 @@ class Bench:
 # start at its parent's peak).
 PEAK_SCRIPT = """
 import resource, sys, torch, torch.nn.functional as F
+from distillbench.divergences import token_divergence
 from distillbench.losses import soft_kl, vocabulary_kl
 
 def high_water_bytes():
@@ -385,24 +387,33 @@ student = torch.randn(rows, vocabulary, requires_grad=True)
 teacher, labels = torch.randn(rows, vocabulary), torch.randint(0, vocabulary, (rows,))
 before = high_water_bytes()
 loss = {"lm_loss": lambda: F.cross_entropy(student, labels), "kd": lambda: vocabulary_kl(student, teacher, 2.0),
-        "unchunked_kd": lambda: soft_kl(student, teacher, 2.0)}[which]()
+        "unchunked_kd": lambda: soft_kl(student, teacher, 2.0), "jsd": lambda: token_divergence(student, teacher, "jsd")
+        }[which]()
 loss.backward()
 print((high_water_bytes() - before) / (rows * vocabulary * 4))
 """
 
 
-def vocabulary_loss_peaks(rows: int, vocabulary: int) -> dict[str, float]:
-    """Peak memory of forward + backward of the LM loss, the chunked vocabulary KD and the unchunked KL on
-    the same [rows, vocabulary] logits, each in a fresh process (the CPU's high-water mark of resident
-    memory), in logits-sized buffers beyond the logits themselves."""
+def vocabulary_loss_peaks(
+    rows: int, vocabulary: int, losses: tuple[str, ...] = ("lm_loss", "kd", "unchunked_kd")
+) -> dict[str, float]:
+    """Peak memory of forward + backward of each of ``losses`` (the LM loss, the chunked vocabulary KD, the
+    unchunked KL, the chunked JSD) on the same [rows, vocabulary] logits, each in a fresh process (the
+    CPU's high-water mark of resident memory), in logits-sized buffers beyond the logits themselves."""
     import subprocess
     import sys
 
+    # glibc raises its mmap threshold after each large free (up to 32 MB), and chunk-sized blocks below it
+    # then stay in the heap when freed: resident memory would count every chunk's freed temporaries. A
+    # fixed threshold returns them, so the high-water mark measures the tensors alive at once.
+    environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
     def peak(which: str) -> float:
         command = [sys.executable, "-c", PEAK_SCRIPT, str(rows), str(vocabulary), which]
-        return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        run = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
+        return float(run.stdout)
 
-    return {"rows": rows, "vocabulary": vocabulary} | {w: peak(w) for w in ("lm_loss", "kd", "unchunked_kd")}
+    return {"rows": rows, "vocabulary": vocabulary} | {w: peak(w) for w in losses}
 
 
 # The issue's memory setting: blocks of 512 tokens, batch 8, GPT-2's vocabulary.

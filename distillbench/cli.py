@@ -657,12 +657,14 @@ def command_list(args: argparse.Namespace) -> int:
     from distillbench.method import get_method, list_methods
     from distillbench.task import get_task, list_tasks
 
+    methods, tasks = list_methods(args.pattern), list_tasks(args.pattern)
+    width = max(map(len, [*methods, *tasks, "x" * 12]))
     print("methods:")
-    for name in list_methods(args.pattern):
-        print(f"  {name:<12} {get_method(name).summary()}")
+    for name in methods:
+        print(f"  {name:<{width}} {get_method(name).summary()}")
     print("tasks:")
-    for name in list_tasks(args.pattern):
-        print(f"  {name:<12} {get_task(name).summary()}")
+    for name in tasks:
+        print(f"  {name:<{width}} {get_task(name).summary()}")
     return 0
 
 

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from distillbench.errors import NonFiniteLoss
-from distillbench.method import EXAMPLE_INDEX, Method, Outputs
+from distillbench.method import DISTILL_MASK, EXAMPLE_INDEX, Method, Outputs
 from distillbench.models import QKVCapture, freeze
 from distillbench.task import Task
 from distillbench.teacher_cache import TeacherCache
@@ -72,7 +72,7 @@ class Distiller(nn.Module):
         return self
 
     def _run(self, model: PreTrainedModel, capture: QKVCapture | None, batch: dict[str, Tensor]) -> Outputs:
-        raw = model(**batch, **self._model_kwargs)
+        raw = model(**{k: v for k, v in batch.items() if k != DISTILL_MASK}, **self._model_kwargs)
         return Outputs(
             raw=raw, distill=self.task.distill_targets(raw, batch), qkv=capture.collect() if capture else None
         )
@@ -82,6 +82,11 @@ class Distiller(nn.Module):
         if not self.training:
             return self.student(**batch)
         student = self._run(self.student, self._student_qkv, batch)
+        other = self.method.distillation_batch(batch, self.student)
+        if other is not None:  # distilled on another batch (the student's samples); the task term stays this one's
+            task_loss, batch, index = student.loss, other, None
+            student = self._run(self.student, self._student_qkv, batch)
+            student.task_loss = task_loss
         members: list[Outputs] = []
         if self.teacher_caches and index is not None:
             length = batch["input_ids"].shape[1]

@@ -43,6 +43,10 @@ NEEDS = frozenset({"hidden_states", "attentions", "qkv"})
 # it before the model sees the batch (TED's Stage I does).
 EXAMPLE_INDEX = "example_index"
 
+# The batch key of a batch a method distils on instead of the training batch (GKD's student samples):
+# [B, L], 1 where a position's next-token distribution is compared; the models never see it.
+DISTILL_MASK = "distill_mask"
+
 
 @dataclass
 class Outputs:
@@ -57,10 +61,14 @@ class Outputs:
     raw: Any
     distill: list[Tensor]
     qkv: list[tuple[Tensor, Tensor, Tensor]] | None = None
+    # Set when these outputs are on a batch the method distils on instead of the training batch (GKD's
+    # student samples): the training batch's task loss, since the samples' own would score the student
+    # against its own tokens.
+    task_loss: Tensor | None = None
 
     @property
     def loss(self) -> Tensor:
-        return self.raw.loss
+        return self.raw.loss if self.task_loss is None else self.task_loss
 
     @property
     def hidden_states(self) -> tuple[Tensor, ...]:
@@ -184,6 +192,18 @@ class Method:
         signal it reads (those states and ``distill``) depends on the input alone, so the harness may
         serve them from a teacher-output cache. ``None`` (the default): the loss needs the live teacher
         (attention relations, Q/K/V captures, anything a cache does not hold)."""
+        return None
+
+    def check_sequence_length(self, max_seq_length: int) -> None:
+        """Raise :class:`UserError` when the method cannot work on inputs of this many tokens (checked at
+        plan time, beside the model pair)."""
+
+    def distillation_batch(self, batch: dict[str, Tensor], student: PreTrainedModel) -> dict[str, Tensor] | None:
+        """A batch to compare student and teacher on instead of the training batch, drawn anew each step
+        (GKD: with probability λ, the student's own continuations of the batch's prompts), with a
+        :data:`DISTILL_MASK` of the positions that count. ``None`` (the default): the training batch. The
+        task term stays the training batch's (``Outputs.task_loss``), and the teacher scores the new batch
+        live: a teacher-output cache holds only the training set's outputs."""
         return None
 
     def stages(self) -> list[Stage]:

@@ -162,6 +162,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     hp = method_cls.hparams_for(config.task, config.method_overrides)
     check_fields(hp, config.method)
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
+    method.check_sequence_length(config.train.max_seq_length)
     if len(teachers) > 1:
         check_ensemble(config, method)
     if cross:

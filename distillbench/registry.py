@@ -64,7 +64,8 @@ class Registry(Generic[T]):
         if name in self._entries:
             return self._entries[name]
         known = sorted(self._entries)
-        close = difflib.get_close_matches(name, known, n=1)
+        # a name with the same letters (a transposition: 'tde') first, then difflib's order of similarity
+        close = sorted(difflib.get_close_matches(name, known, n=3), key=lambda c: sorted(c) != sorted(name))
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UserError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known)}")
 

@@ -40,7 +40,7 @@ class SpaceRecorder:
 def rule_text(item: dataclasses.Field) -> str:
     check = item.metadata.get("check") or {}
     symbols = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
-    parts = [f"{symbols[k]} {check[k]}" for k in symbols if k in check]
+    parts = [", ".join(f"{symbols[k]} {check[k]}" for k in symbols if k in check)] if check.keys() & symbols else []
     if "choices" in check:
         parts.append("one of " + ", ".join(map(str, check["choices"])))
     if check.get("allow"):

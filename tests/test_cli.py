@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_run_args
-from distillbench import list_methods
+from conftest import CAUSAL_LM_ONLY_METHODS, tiny_run_args
+from distillbench import get_method, list_methods
 from distillbench.cli import main
 
 REQUIRED_RECORD_KEYS = {
@@ -69,7 +69,7 @@ def test_cli_subprocess_run_writes_a_complete_record(tiny_bert, glue_dir, workdi
     assert len(teacher_records) == 1
 
 
-@pytest.mark.parametrize("method", list_methods())
+@pytest.mark.parametrize("method", [m for m in list_methods() if m not in CAUSAL_LM_ONLY_METHODS])
 def test_every_method_runs_end_to_end(method, tiny_bert, glue_dir, workdir, capsys):
     assert main(tiny_run_args(tiny_bert, glue_dir, method)) == 0
     record = only_record(workdir / "results")
@@ -79,6 +79,7 @@ def test_every_method_runs_end_to_end(method, tiny_bert, glue_dir, workdir, caps
     hp = record["hparams"]
     expected = {"task"} | ({"kd"} if hp.get("kl_alpha") else set()) | ({"mse"} if "mse_alpha" in hp else set())
     expected |= {"relation"} if "minilm_alpha" in hp else set()
+    expected |= {get_method(method).divergence} if "div_alpha" in hp else set()
     assert set(terms) == expected
     # the optimised loss is the sum of the named terms (last logged step, logging_steps=1)
     assert record["loss_terms"]["loss"] == pytest.approx(sum(terms.values()), rel=1e-4)
