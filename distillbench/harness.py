@@ -92,7 +92,7 @@ class Runner:
         live = not caches or None in caches  # every member from its cache, or every member live
         if live and teachers and plan.cross_tokenizer:
             raise UserError("the student's tokenizer differs from the teacher's, and no teacher-output cache was built")
-        capture = EvalCapture(self.task)
+        capture = EvalCapture(self.task, teachers[0] if teachers else self.stages.scorer())
         trainer = self.training.train(
             Distiller(student, teachers, method, self.task, None if live else caches, plan.teacher_weights),
             out_dir,

@@ -163,6 +163,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     check_fields(hp, config.method)
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
     method.check_sequence_length(config.train.max_seq_length)
+    task.check_sequence_length(config.train.max_seq_length)
     if len(teachers) > 1:
         check_ensemble(config, method)
     if cross:

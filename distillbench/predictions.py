@@ -36,8 +36,11 @@ class EvalCapture:
     a run killed after some epochs resumes from a checkpoint, and the evaluations before it are not run
     again — without those files its best epoch could have no predictions."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, scorer: Any = None) -> None:
+        """``scorer``: the model that scores generations, for a task that generates (default: the model
+        being evaluated scores its own)."""
         self.task = task
+        self.scorer = scorer
         self.trainer: Trainer | None = None
         self.evaluations: dict[str, dict[str, np.ndarray]] = {}
         self.folder: Path | None = None
@@ -65,11 +68,22 @@ class EvalCapture:
         split = prefix.removeprefix("eval_") if prefix != "eval" else self.task.eval_splits[0]
         label = f"{split}/step{self.trainer.state.global_step}"
         arrays = self.task.prediction_arrays(prediction.predictions, prediction.label_ids)
+        metrics = self.task.compute_metrics(prediction.predictions, prediction.label_ids)
+        if self.task.scores_generations and self.trainer.state.global_step >= self.trainer.state.max_steps:
+            arrays |= self._generations()  # once, for the model the run ends with: generating is the cost
+            metrics |= self.task.metric_on(arrays, np.arange(len(arrays["predictions"])))
         self.evaluations[label] = arrays
         if self.folder is not None:
             path = self.folder / f"{quote(label, safe='')}.npz"
             write_atomic(path, lambda file: np.savez_compressed(file, **arrays))
-        return self.task.compute_metrics(prediction.predictions, prediction.label_ids)
+        return metrics
+
+    def _generations(self) -> dict[str, np.ndarray]:
+        trainer = self.trainer
+        model = getattr(trainer.model, "student", trainer.model)  # a Distiller evaluates its student
+        dataset = trainer.eval_dataset
+        batch_size, progress = trainer.args.per_device_eval_batch_size, not trainer.args.disable_tqdm
+        return self.task.generation_arrays(model, self.scorer or model, dataset, batch_size, progress)
 
 
 def save_evaluations(path: Path, capture: EvalCapture) -> None:

@@ -186,7 +186,7 @@ class Stages:
             model = self.fresh_model(role, member=member)
             self.task.prepare_model(model, role)
             init["initial_state_sha256"] = state_sha256(model)
-            capture = EvalCapture(self.task)
+            capture = EvalCapture(self.task, self.scorer() if role == "student" else None)
             seed = self.seed_of(role, member)
             stage = (name, folder.name)
             trainer = training.train(
@@ -223,6 +223,14 @@ class Stages:
         info, built = cached_folder(folder, build)
         self._log(name, info, built)
         return folder / "model", info
+
+    def scorer(self) -> PreTrainedModel | None:
+        """The fine-tuned teacher, which scores a student's generations on a task that generates (built
+        first if no run built it yet); None for every other task."""
+        if not self.task.scores_generations:
+            return None
+        folder, _ = self.finetuned("teacher")
+        return load_for_task(str(folder), self.task.model_class, self.task.model_kwargs(), False)
 
     def method_stage(self, stage: Stage) -> dict[str, torch.Tensor]:
         """Run one declared method stage on the fine-tuned model it names, cached by its key."""

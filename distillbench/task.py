@@ -64,6 +64,9 @@ class Task:
     # Its dev split is scored from the tokenised rows alone, so a held-out part of train can stand in for it
     # (``holdout_fraction``); False where scoring needs the raw examples (SQuAD's answer spans).
     rows_scorable: ClassVar[bool] = False
+    # Its last evaluation also generates from the model and has a scorer model (the teacher) score that
+    # (:meth:`generation_arrays`): the harness hands each evaluation the run's teacher as the scorer.
+    scores_generations: ClassVar[bool] = False
 
     @dataclass
     class Options:
@@ -142,7 +145,17 @@ class Task:
     def prepare_model(self, model: nn.Module, role: str) -> None:
         """Adjust a freshly loaded model before a fine-tuning stage (e.g. freeze a backbone); no-op."""
 
+    def check_sequence_length(self, max_seq_length: int) -> None:
+        """Raise :class:`UserError` when the task cannot cut its examples to this many tokens (checked at
+        plan time)."""
+
     reduce_eval_logits = None  # optional (logits, labels) → small per-example summary for metrics
+
+    def generation_arrays(
+        self, model: Any, scorer: Any, dataset: Any, batch_size: int, progress: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Per dev row, what a task that ``scores_generations`` measures of the model's generations."""
+        raise NotImplementedError
 
     def model_kwargs(self) -> dict[str, Any]:
         """Arguments for ``model_class.from_pretrained`` (``num_labels``, ``problem_type`` …)."""
