@@ -83,6 +83,11 @@ def run_config(settings: BenchSettings, method: str, train: TrainConfig, teacher
     )
 
 
+def on_policy_methods() -> list[str]:
+    """Registered methods that distil on batches of their own drawing (the student's samples)."""
+    return [name for name in list_methods() if get_method(name).distillation_batch is not Method.distillation_batch]
+
+
 def bench_methods() -> tuple[str, str]:
     """(student-only baseline, logit-KD baseline) as the registered methods declare them."""
     baselines = baseline_methods()
@@ -217,6 +222,7 @@ class Bench:
         method_cls = get_method(name)
         hp = method_cls.hparams_for(self.settings.task, {})
         method = method_cls(hp, self.task, ModelPair(self.initial_student.config, self.teacher.config))
+        method.check_sequence_length(self.settings.max_seq_length)
         if setup:
             method.setup({})
         return method
@@ -276,6 +282,24 @@ class Bench:
         method = self.method(method_name)
         teacher = self.teacher if method.uses_teacher else None
         return self.timed_training(Distiller(student, teacher, method, self.task, cache), out_dir)
+
+    def on_policy(self, method_name: str, sample: bool, out_dir: Path) -> dict[str, Any]:
+        """An on-policy method's steps with a live teacher: drawing its distillation batches (the student's
+        samples, each call timed) or, with ``sample`` False, never (its off-policy counterpart)."""
+        student = copy.deepcopy(self.initial_student)
+        method = self.method(method_name)
+        draw, sampling = method.distillation_batch, []
+
+        def timed_draw(batch: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+            started = time.perf_counter()
+            drawn = draw(batch, model)
+            if drawn is not None:
+                sampling.append(time.perf_counter() - started)
+            return drawn
+
+        method.distillation_batch = timed_draw if sample else lambda batch, model: None
+        timing = self.timed_training(Distiller(student, self.teacher, method, self.task), out_dir)
+        return timing | {"sampling_seconds": sampling}
 
     def stage_one(self, stage: Stage, features: TeacherCache | None, out_dir: Path) -> dict[str, Any]:
         """A frozen-backbone stage's steps on the fixed batches, the backbone's states from ``features``
@@ -437,6 +461,22 @@ def phase(results: dict[str, Any], name: str, echo: Callable[[str], None]) -> It
     results.setdefault(name, []).append(entry)
 
 
+def on_policy_summary(raw: dict[str, list[dict[str, Any]]], name: str, method: Method) -> dict[str, Any]:
+    """An on-policy method's step time against its off-policy counterpart's (the same method never drawing
+    samples), and the share of its training time spent drawing them (``model.generate``), over all rounds."""
+    on, off = raw[f"{name}_on_policy"], raw[f"{name}_off_policy"]
+    on_seconds = sum(sum(entry["step_seconds"]) for entry in on)
+    off_seconds = sum(sum(entry["step_seconds"]) for entry in off)
+    sampling = [s for entry in on for s in entry["sampling_seconds"]]
+    return {
+        "hparams": asdict(method.hp),
+        "steps": sum(len(entry["step_seconds"]) for entry in on),
+        "sampled_steps": len(sampling),
+        "on_vs_off_policy_step": on_seconds / off_seconds,
+        "sampling_share": sum(sampling) / on_seconds,
+    }
+
+
 def summarise(entries: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
     """A phase over its rounds: per-step best time, each round's mean, the largest memory peak."""
     rounds = [e["step_seconds"] for e in entries]
@@ -490,6 +530,15 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
         features = bench.caches.build(bench.initial_student, model_key, stage.frozen_layers or (), cfg, first_only)
         contenders["stage_one_live"] = lambda: bench.stage_one(stage, None, scratch)
         contenders["stage_one_cached"] = lambda: bench.stage_one(stage, features, scratch)
+    on_policy = []
+    for name in on_policy_methods():
+        try:
+            bench.method(name, setup=False)
+        except UserError:
+            continue  # a method this task or pair cannot run (on-policy sampling needs a causal LM)
+        on_policy.append(name)
+        contenders[f"{name}_on_policy"] = lambda name=name: bench.on_policy(name, True, scratch)
+        contenders[f"{name}_off_policy"] = lambda name=name: bench.on_policy(name, False, scratch)
     raw: dict[str, list[dict[str, Any]]] = {}
     for _ in range(settings.rounds):
         for name, contender in contenders.items():
@@ -522,6 +571,7 @@ def run_bench(settings: BenchSettings, results_dir: Path, cache_dir: Path, echo:
             **({"stage_one_cached_vs_live": step["stage_one_cached"] / step["stage_one_live"]} if staged else {}),
             **({"vocabulary_kd_vs_lm_loss_memory": memory["kd"] / memory["lm_loss"]} if memory else {}),
         },
+        "on_policy": {name: on_policy_summary(raw, name, bench.method(name, setup=False)) for name in on_policy},
         "vocabulary_loss_memory": memory,
         "top_k_cache": top_k,
         "methods": {

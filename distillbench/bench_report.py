@@ -105,7 +105,24 @@ def _bench_table(name: str, record: dict[str, Any]) -> str:
     labels = ratio_labels(record)
     lines += [f"| {label} | {record['ratios'][key]:.3f} |" for key, label in labels.items() if key in record["ratios"]]
     whole = whole_runs_line(record)
-    return "\n".join([*lines, *(["", whole] if whole else []), *top_k_table(record)])
+    return "\n".join([*lines, *(["", whole] if whole else []), *top_k_table(record), *on_policy_table(record)])
+
+
+def on_policy_table(record: dict[str, Any]) -> list[str]:
+    """On-policy methods (GKD): a step against the same method's off-policy step, and the share of the
+    training time spent sampling (``model.generate`` with the KV cache)."""
+    rows = record.get("on_policy") or {}
+    if not rows:
+        return []
+    header = "| on-policy method | λ | steps sampled | step ÷ off-policy step | time sampling |"
+    lines = ["", header, "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lmbda = row["hparams"].get("lmbda", "–")
+        lines.append(
+            f"| {name} | {lmbda} | {row['sampled_steps']} of {row['steps']} | {row['on_vs_off_policy_step']:.2f} | "
+            f"{row['sampling_share']:.0%} |"
+        )
+    return lines
 
 
 def top_k_table(record: dict[str, Any]) -> list[str]:

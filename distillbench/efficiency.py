@@ -237,7 +237,8 @@ def fill_budgets(records: list[dict[str, Any]], results_dir: Path) -> None:
         if record.get("role") == "teacher":
             continue
         if record.get("budget", {}).get("gflops_per_example"):
-            measured = {k: record["budget"][k] for k in ("gflops_per_example", "typical_length", "extra_params")}
+            kept = ("gflops_per_example", "typical_length", "extra_params", "sampling")
+            measured = {k: record["budget"][k] for k in kept if k in record["budget"]}
             record["budget"] = with_flops(count(record) | measured)
             continue
         task = record["task"]

@@ -109,7 +109,8 @@ def test_bench_on_a_causal_lm_times_the_same_vocabulary_kd_and_reports_the_top_k
         shutil.copy(text_dir / "text" / f"{source}.txt", data / name)
     monkeypatch.setattr(bench, "VOCABULARY_MEMORY_SHAPE", (2048, 16000))  # 128 MB logits: above the noise
     args = ["bench", "--task", "clm", "--teacher", str(tiny_gpt2), "--data-dir", str(data), "--top-k", "8"]
-    args += ["--steps", "4", "--warmup", "1", "--rounds", "1", "--batch-size", "4", "--max-seq-length", "32"]
+    # blocks of 128 tokens: GKD's default 64-token prompts and 64 sampled tokens fit
+    args += ["--steps", "4", "--warmup", "1", "--rounds", "1", "--batch-size", "4", "--max-seq-length", "128"]
     from conftest import make_tiny_decoder
 
     make_tiny_decoder(workdir / "student", layers=2)  # stands for a trained student: another model of the vocabulary
@@ -135,6 +136,13 @@ def test_bench_on_a_causal_lm_times_the_same_vocabulary_kd_and_reports_the_top_k
         assert errors == sorted(errors, reverse=True)
     assert rows[0]["kd_live"] != rows[6]["kd_live"]  # the second student's own logits
     assert record["ratios"]["vocabulary_kd_vs_lm_loss_memory"] <= 1.2
+    gkd = record["on_policy"]["gkd"]  # GKD at its default λ = 0.5 against itself never sampling
+    assert gkd["hparams"]["lmbda"] == 0.5 and gkd["steps"] == 4 and 0 <= gkd["sampled_steps"] <= 4
+    assert gkd["on_vs_off_policy_step"] > 0 and 0 <= gkd["sampling_share"] < 1
+    assert set(record["phases"]) >= {"gkd_on_policy", "gkd_off_policy"}
+    from distillbench.bench_report import bench_markdown
+
+    assert "| gkd | 0.5 | " in bench_markdown(workdir / "results")
 
 
 def test_reports_show_the_newest_bench_of_each_device_and_model_kind(tmp_path):

@@ -92,6 +92,19 @@ def test_training_flops_by_hand():
     assert count({"role": "teacher"}) == {}
 
 
+def test_an_on_policy_method_counts_its_sampled_rows_by_hand():
+    """GKD at λ = 0.5 drawing 96-token rows where a typical row has 48: half the distillation's rows are
+    generated (≈ 1 student forward over their tokens), trained on (3 ×) and scored by the teacher."""
+    budget = count(ted_record() | {"stages": {}, "teacher_cache": None})
+    costs = {"gflops_per_example": {"student": 0.5, "teacher": 1.0}, "typical_length": 48, "extra_params": 0}
+    sampled = with_flops(budget | costs | {"sampling": {"share": 0.5, "tokens_per_row": 96}})
+    plain = with_flops(budget | costs)
+    rows = round(0.5 * 3 * N)
+    assert sampled["sampled_rows"] == rows and sampled["teacher_forwards"] == plain["teacher_forwards"] + rows
+    extra = rows * 2 * ((1 + 3) * 0.5 + 1.0) * 1e9
+    assert sampled["training_flops"] == pytest.approx(plain["training_flops"] + extra)
+
+
 def test_a_run_records_its_budget(tiny_bert, glue_dir, workdir):
     assert main(tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-cache", "off")) == 0
     record = json.loads(next((workdir / "results" / "runs").glob("mrpc-kd-*.json")).read_text())

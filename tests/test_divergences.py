@@ -226,6 +226,9 @@ def test_gkd_runs_on_a_causal_lm_and_one_seed_gives_one_run(tiny_gpt2, text_dir,
     assert first["status"] == "complete" and set(first["loss_terms"]) >= {"loss/task", "loss/jsd"}
     assert first["loss_terms"] == second["loss_terms"]
     assert all(math.isfinite(v) for v in first["loss_terms"].values())
+    budget = first["budget"]  # every step sampled: as many drawn rows as the distillation's, 16 + 8 tokens each
+    assert budget["sampling"] == {"share": 1.0, "tokens_per_row": 24}
+    assert budget["sampled_rows"] == budget["stages"][-1]["examples"] > 0
 
 
 def test_gkd_with_lambda_zero_is_its_off_policy_method(tiny_gpt2, text_dir, workdir):
