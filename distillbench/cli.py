@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--budget", help="only A's rows of exactly this budget (e.g. '3 ep, length-grouped')")
     compare.add_argument("--baseline-budget", help="only B's rows of exactly this budget")
     compare.add_argument("--score", default="final", help="final or best epoch")
+    compare.add_argument("--metric", default=None, help="a score of the task other than its main one (see `show TASK`)")
     compare.add_argument("--setting", default="task-specific", help="e.g. 'after kd pre-training'")
     compare.add_argument("--resamples", type=int, default=10_000)
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -807,6 +808,9 @@ def command_compare(args: argparse.Namespace) -> int:
     if args.resamples < 1000:
         raise UserError("--resamples must be at least 1000")
     task = get_task(args.task)
+    if args.metric is not None and args.metric not in task.paper_metrics:
+        scores = ", ".join(task.paper_metrics) or "its main metric only"
+        raise UserError(f"--metric {args.metric}: {args.task} scores {scores}")
     selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
     records = [r for r in selection.records if r["task"] == args.task and r.get("role") == "student"]
     labels = sorted({method_label(r) for r in records})
@@ -857,7 +861,7 @@ def command_compare(args: argparse.Namespace) -> int:
         a, b = of(0, picked[0]), of(1, picked[1])
         for name, experiment in zip("AB", picked, strict=True):
             print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in zip(EXPERIMENT, experiment, strict=True)))
-        print(describe(compare_records(a, b, args.score, args.resamples, args.seed), task.display_scale))
+        print(describe(compare_records(a, b, args.score, args.resamples, args.seed, args.metric), task))
         return 0
 
     def common_seeds(experiment: tuple) -> int:
@@ -874,7 +878,7 @@ def command_compare(args: argparse.Namespace) -> int:
     experiment = max(sorted(shared), key=rank)
     a, b = of(0, experiment), of(1, experiment)
     print("experiment: " + ", ".join(f"{k} {v}" for k, v in zip(EXPERIMENT, experiment, strict=True)))
-    print(describe(compare_records(a, b, args.score, args.resamples, args.seed), task.display_scale))
+    print(describe(compare_records(a, b, args.score, args.resamples, args.seed, args.metric), task))
     return 0
 
 

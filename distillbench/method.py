@@ -8,7 +8,9 @@ A method is a class registered with :func:`register_method`. It declares
 * ``needs`` — which internals the harness must expose (``hidden_states``, ``attentions``, ``qkv``),
 * ``build_modules()`` — extra trainable (or frozen) modules: projections, filters,
 * ``stages()`` — extra training stages that must run first (TED Stage I), as data,
-* ``loss(student, teacher, batch)`` — a dict of named loss terms that the harness sums and logs.
+* ``loss(student, teacher, batch)`` — a dict of named loss terms that the harness sums and logs,
+* ``distillation_batch(batch, student)`` — optionally, a batch of its own drawing to distil on (GKD's
+  student samples), with ``sampling()`` saying what it costs.
 
 The training loop, devices, checkpoints and logging belong to the harness (``transformers.Trainer``).
 """

@@ -207,15 +207,19 @@ def compare_records(
     score: str = "final",
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    metric_name: str | None = None,
 ) -> Comparison:
     """Paired bootstrap over the seeds both methods ran (seed i of A against seed i of B), and the
-    across-seed test over all of each method's seeds."""
+    across-seed test over all of each method's seeds; on the main metric, or on ``metric_name``."""
     from distillbench.predictions import checked_predictions_file, evaluation_of, evaluation_step
     from distillbench.task import get_task
 
     task_name = records_a[0]["task"]
     task = get_task(task_name)(None)
     main = records_a[0]["main_metric"]
+    if metric_name is not None:
+        prefix = main.rpartition("/")[0]
+        main = f"{prefix}/{metric_name}" if prefix else metric_name
     metric = main.split("/")[-1]
     by_seed_b = {r["seed"]: r for r in records_b}
     common = sorted({r["seed"] for r in records_a} & set(by_seed_b))
@@ -258,14 +262,17 @@ def compare_records(
     )
 
 
-def describe(comparison: Comparison, scale: float) -> str:
-    """The lines ``distillbench compare`` prints: each test says which question it answers."""
+def describe(comparison: Comparison, task: Any) -> str:
+    """The lines ``distillbench compare`` prints: each test says which question it answers; in the task's
+    display scale, over what its scores are measured on."""
     b, s = comparison.bootstrap, comparison.across_seeds
     n_a, n_b = comparison.seed_counts
+    scale, unit = task.display_scale, task.eval_unit
     lines = [
         f"{comparison.task} {comparison.metric}: {comparison.method} {scale * comparison.mean_a:.2f} vs "
         f"{comparison.baseline} {scale * comparison.mean_b:.2f} (mean over their seeds)",
-        f"  over dev examples (would the gap survive another dev set?): paired bootstrap, {b.pairs} seed pair(s) "
+        f"  over {unit} (would the gap survive another {task.eval_set_label}?): paired bootstrap, "
+        f"{b.pairs} seed pair(s) "
         f"{comparison.seeds}, {b.resamples:,} resamples: difference {scale * b.difference:+.2f}, "
         f"95% CI [{scale * b.low:+.2f}, {scale * b.high:+.2f}], p {_p_text(b.p_value)}"
         + (f" ± {format_p(b.p_error)} (Monte-Carlo error)" if b.p_error else "")

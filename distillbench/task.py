@@ -53,6 +53,7 @@ class Task:
     display_decimals: ClassVar[int] = 1
     metric_decimals: ClassVar[dict[str, int]] = {}  # per metric where one width does not fit all (bits per byte)
     eval_set_label: ClassVar[str] = "dev set"  # what its scores are measured on, in table legends
+    eval_unit: ClassVar[str] = "dev examples"  # what a paired bootstrap resamples
     deterministic_inputs: ClassVar[bool] = True  # False when the collator randomises inputs (MLM masking)
     per_token_distill: ClassVar[bool] = False  # True when distill_targets has a sequence axis (QA logits)
     vocabulary_distill: ClassVar[bool] = False  # its distilled outputs are vocabulary logits at every position

@@ -162,6 +162,7 @@ class CausalLanguageModeling(Task):
     display_decimals = 1
     metric_decimals = {"bits_per_byte": 3}  # students differ in the third decimal
     eval_set_label = "held-out text"
+    eval_unit = "held-out blocks"
     train_defaults = {
         "learning_rate": 1e-4,
         "teacher_learning_rate": 1e-4,

@@ -60,7 +60,8 @@ class ContinuationGeneration(CausalLanguageModeling):
     display_scale = 1.0
     display_decimals = 1
     metric_decimals = {"rouge_l": 3, "teacher_nll": 2, "distinct_2": 3, "bits_per_byte": 3}
-    eval_set_label = "held-out prompts"
+    eval_set_label = "held-out text"
+    eval_unit = "held-out prompts"
     # one evaluation, at the end: generating is what costs, and the main metric exists only there
     train_defaults = CausalLanguageModeling.train_defaults | {"eval_strategy": "end"}
 

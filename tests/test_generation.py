@@ -88,7 +88,7 @@ def generation_args(tiny_gpt2: Path, text_dir: Path, method: str, *extra: str) -
     return [*args, "--set", "prompt_length=16", "--set", "continuation_length=16", "--set", "max_prompts=6"]
 
 
-def test_a_run_scores_generations_once_with_the_teacher_and_stores_each_prompt(tiny_gpt2, text_dir, workdir):
+def test_a_run_scores_generations_once_with_the_teacher_and_stores_each_prompt(tiny_gpt2, text_dir, workdir, capsys):
     assert main(generation_args(tiny_gpt2, text_dir, "kd")) == 0
     assert main(generation_args(tiny_gpt2, text_dir, "finetune")) == 0
     runs = records(workdir / "results")
@@ -105,7 +105,15 @@ def test_a_run_scores_generations_once_with_the_teacher_and_stores_each_prompt(t
         assert recomputed["rouge_l"] == pytest.approx(record["metrics"]["rouge_l"])
         assert recomputed["teacher_nll"] == pytest.approx(record["metrics"]["teacher_nll"])
     assert "teacher_nll" in teacher["metrics"]
-    assert main(["compare", "kd", "finetune", "--task", "generation", "--include-bounded", "--include-dirty"]) == 0
+    compare = ["compare", "kd", "finetune", "--task", "generation", "--include-bounded", "--include-dirty"]
+    assert main(compare) == 0
+    assert main([*compare, "--metric", "teacher_nll"]) == 0
+    out = capsys.readouterr().out
+    assert "generation rouge_l: kd" in out and "generation teacher_nll: kd" in out
+    assert "over held-out prompts (would the gap survive another held-out text?)" in out
+    assert main([*compare, "--metric", "bleu"]) == 2
+    wanted = "error: --metric bleu: generation scores rouge_l, teacher_nll, distinct_2, perplexity"
+    assert wanted in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
