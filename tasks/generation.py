@@ -55,7 +55,7 @@ class ContinuationGeneration(CausalLanguageModeling):
     greater_is_better = True
     scores_generations = True
     paper_metrics = ("rouge_l", "teacher_nll", "distinct_2", "perplexity")
-    column_label = "GEN ROUGE-L/NLL/dist-2/ppl"
+    column_label = "GEN ROUGE-L/teacher NLL/dist-2/ppl"
     short_label = "GEN"
     display_scale = 1.0
     display_decimals = 1

@@ -322,3 +322,12 @@ def test_gkd_validation_needs_a_causal_lm_task():
     with pytest.raises(UserError, match="not a causal-LM task"):
         get_method("gkd")(get_method("gkd").HParams(), get_task("mrpc")(None), ModelPair(None, None))
     assert issubclass(get_method("gkd"), DivergenceMethod)
+
+
+def test_a_divergence_method_reads_a_top_k_cache(tiny_gpt2, text_dir, workdir):
+    """From the cache: the distributions coarsened to the teacher's top k, at the method's temperature."""
+    args = clm_run_args(tiny_gpt2, text_dir, "skew_reverse_kl", "--student-layers", "2")
+    assert main([*args, "--set", "teacher_cache_top_k=8", "--set", "temperature=1.5"]) == 0
+    record = student_record(workdir / "results")
+    assert record["teacher_cache"]["top_k"] == 8 and record["teacher_cache"]["temperature"] == 1.5
+    assert math.isfinite(record["loss_terms"]["loss/skew_reverse_kl"])
