@@ -26,7 +26,7 @@ class DivergenceMethod(Method):
     """Base of the token-level divergence methods (reverse KL, JSD, TVD, skew KL, GKD)."""
 
     divergence: ClassVar[str]
-    table_order = 30
+    table_order = 200  # after the paper's methods, in tables and in the colour order
 
     @dataclass
     class HParams(Method.HParams):

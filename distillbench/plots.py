@@ -57,7 +57,9 @@ def method_colours(labels: list[str]) -> dict[str, tuple[float, float, float]]:
     from distillbench.method import get_method, list_methods
 
     order = sorted(list_methods(), key=lambda m: (get_method(m).table_order, m))
-    palette = sns.color_palette("tab10", n_colors=10)
+    # tab10, then Dark2's eight for the methods past the tenth: no two built-in methods share a colour,
+    # and the first ten keep theirs
+    palette = sns.color_palette("tab10", n_colors=10) + sns.color_palette("Dark2", n_colors=8)
     colours = {method: palette[(index + 1) % len(palette)] for index, method in enumerate(order)}
     return {label: colours.get(base_method(label), palette[0]) for label in labels}
 

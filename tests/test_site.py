@@ -191,3 +191,11 @@ def test_the_committed_page_shows_the_committed_records(browser, tmp_path):
     headings = [h.text for h in browser.find_elements("css selector", "h2")]
     assert headings[0] == "Headline" and headings[1].startswith("Experiment 1: ")
     assert any(h.startswith("Experiment ") and "STS-B" in h for h in headings)
+
+
+def test_every_built_in_method_has_a_colour_of_its_own():
+    from distillbench import list_methods
+
+    methods = [m for m in list_methods() if m != "logit-mse"]  # the tests' example plug-in aside
+    colours = method_colours(methods)
+    assert len(set(colours.values())) == len(methods)
