@@ -27,10 +27,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from distillbench import DISTILL_MASK, UserError, register_method
+from distillbench import DISTILL_MASK, UserError, get_task, list_tasks, register_method
 from distillbench.divergence_method import DivergenceMethod
 from distillbench.divergences import DIVERGENCES
 from distillbench.fields import setting
+
+
+def samples_text(task) -> bool:
+    """Whether a task's model is a causal LM over text, whose continuations a student can sample."""
+    return task.vocabulary_distill and task.model_kind == "decoder"
 
 
 @register_method("gkd")
@@ -64,10 +69,11 @@ class GKD(DivergenceMethod):
         return None  # the teacher scores the student's samples, which no cache holds
 
     def validate(self) -> None:
-        if not (self.task.vocabulary_distill and self.task.model_kind == "decoder"):
+        if not samples_text(self.task):
+            usable = " or ".join(name for name in list_tasks() if samples_text(get_task(name)))
             raise UserError(
                 f"gkd samples continuations from a causal language model, and {self.task.name} is not a causal-LM "
-                "task; use clm"
+                f"task; use {usable}"
             )
         config = self.pair.student
         positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)

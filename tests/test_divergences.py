@@ -313,7 +313,8 @@ def test_gkd_on_a_classification_task_is_one_line(tiny_bert, glue_dir, workdir, 
     assert main(tiny_run_args(tiny_bert, glue_dir, "gkd")) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == (
-        "error: gkd samples continuations from a causal language model, and mrpc is not a causal-LM task; use clm"
+        "error: gkd samples continuations from a causal language model, and mrpc is not a causal-LM task; "
+        "use clm or generation"
     )
     assert not (workdir / "results").exists()
 
