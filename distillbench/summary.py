@@ -14,10 +14,12 @@ if TYPE_CHECKING:
     from distillbench.planning import Plan
 
 
-def _format_metrics(metrics: dict[str, float] | None) -> str:
+def _format_metrics(metrics: dict[str, float] | None, first: str = "") -> str:
+    """``k=v`` pairs, the metric named ``first`` (the main one) leading."""
     if not metrics:
         return "-"
-    return "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    ordered = sorted(metrics.items(), key=lambda item: item[0] != first.split("/")[-1] and item[0] != first)
+    return "  ".join(f"{k}={v:.4f}" for k, v in ordered)
 
 
 def _gap(record: dict[str, Any]) -> str:
@@ -42,14 +44,14 @@ def _gap(record: dict[str, Any]) -> str:
 
 
 def run_summary(record: dict[str, Any]) -> str:
-    teacher = record.get("teacher") or {}
+    teacher, main = record.get("teacher") or {}, record.get("main_metric", "")
     best = record.get("best_epoch") or {}
     lines = [
         "",
         f"distillbench  {record['method']} on {record['task']}  (seed {record['seed']})",
-        f"  teacher        {_format_metrics(teacher.get('metrics'))}",
-        f"  student final  {_format_metrics(record['metrics'])}",
-        f"  student best   {_format_metrics(best.get('metrics'))}"
+        f"  teacher        {_format_metrics(teacher.get('metrics'), main)}",
+        f"  student final  {_format_metrics(record['metrics'], main)}",
+        f"  student best   {_format_metrics(best.get('metrics'), main)}"
         + (f"  (epoch {best['epoch']:.2f})" if best.get("epoch") is not None else ""),
         *(
             [f"  majority class {_format_metrics(record['majority_baseline'])}"]
