@@ -227,6 +227,18 @@ def efficiency_table(results_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def declared_sampling(record: dict[str, Any]) -> dict[str, float] | None:
+    """What the record's method declares it draws under the record's hyper-parameters (None: nothing,
+    or a method or setting this installation does not know)."""
+    from distillbench.method import get_method
+
+    try:
+        method = get_method(record.get("method", ""))
+        return method.sampling(method.HParams(**record.get("hparams", {})))
+    except (UserError, TypeError, ValueError):
+        return None
+
+
 def fill_budgets(records: list[dict[str, Any]], results_dir: Path) -> None:
     """Every student record's budget counted afresh from its own fields (so a counting fix reaches records
     already written), with the per-example costs its run measured; a record written before the ``budget``
@@ -239,6 +251,9 @@ def fill_budgets(records: list[dict[str, Any]], results_dir: Path) -> None:
         if record.get("budget", {}).get("gflops_per_example"):
             kept = ("gflops_per_example", "typical_length", "extra_params", "sampling")
             measured = {k: record["budget"][k] for k in kept if k in record["budget"]}
+            sampling = declared_sampling(record)  # records written before budgets counted sampled rows
+            if sampling and "sampling" not in measured:
+                measured["sampling"] = sampling
             record["budget"] = with_flops(count(record) | measured)
             continue
         task = record["task"]

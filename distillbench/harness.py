@@ -188,7 +188,7 @@ class Runner:
             },
             "typical_length": length,
             "extra_params": extra_params,
-            **({"sampling": self.plan.method.sampling()} if self.plan.method.sampling() else {}),
+            **({"sampling": sampling} if (sampling := self.plan.method.sampling(self.plan.method.hp)) else {}),
         }
 
     def _write_record(

@@ -90,8 +90,9 @@ class GKD(DivergenceMethod):
                 f"({max_seq_length} tokens); the prompt is cut from a block"
             )
 
-    def sampling(self) -> dict[str, float]:
-        return {"share": self.hp.lmbda, "tokens_per_row": self.hp.prompt_tokens + self.hp.max_new_tokens}
+    @classmethod
+    def sampling(cls, hp) -> dict[str, float]:
+        return {"share": hp.lmbda, "tokens_per_row": hp.prompt_tokens + hp.max_new_tokens}
 
     def distillation_batch(self, batch: dict[str, Tensor], student) -> dict[str, Tensor] | None:
         on_policy = self.hp.lmbda == 1 or (self.hp.lmbda > 0 and float(torch.rand(())) < self.hp.lmbda)

@@ -180,3 +180,16 @@ def test_forward_gflops_counts_every_matmul_of_a_tiny_bert(device):
     hand = 2 * layer + 2 * hidden**2 + 2 * hidden * labels
     assert forward_gflops(model, batch) * 1e9 == hand
     assert model.training and all(p.requires_grad for p in model.parameters())  # restored as found
+
+
+def test_reading_counts_the_sampled_rows_of_an_on_policy_record_written_without_them(tmp_path):
+    """A GKD record whose budget predates sampled rows: reading adds them from its stored hyper-parameters."""
+    from distillbench.efficiency import fill_budgets
+
+    record = ted_record() | {"stages": {}, "teacher_cache": None, "method": "gkd"}
+    record["hparams"] = {"lmbda": 0.25, "prompt_tokens": 32, "max_new_tokens": 16}
+    costs = {"gflops_per_example": {"student": 0.5, "teacher": 1.0}, "typical_length": 48, "extra_params": 0}
+    record["budget"] = costs | {"stages": [], "training_flops": 1.0}
+    fill_budgets([record], tmp_path)
+    assert record["budget"]["sampling"] == {"share": 0.25, "tokens_per_row": 48}
+    assert record["budget"]["sampled_rows"] == round(0.25 * 3 * N)
