@@ -229,9 +229,13 @@ def findings_table(marks: Significance) -> pd.DataFrame:
 
 def difference_text(finding) -> str:
     """``+11.2 [+9.9, +12.7] ▲``: the paired difference, its 95 % CI and the corrected verdict."""
-    boot, scale = finding.comparison.bootstrap, get_task(finding.key[0]).display_scale
+    task = get_task(finding.key[0])
+    boot, scale = finding.comparison.bootstrap, task.display_scale
+    # the main metric's own decimals (ROUGE-L as scored differs in the third)
+    digits = task.metric_decimals.get(finding.comparison.metric.split("/")[-1], task.display_decimals)
     mark = (BETTER if finding.better else WORSE) if finding.significant else ""
-    return f"{scale * boot.difference:+.1f} [{scale * boot.low:+.1f}, {scale * boot.high:+.1f}] {mark}".rstrip()
+    low, high = scale * boot.low, scale * boot.high
+    return f"{scale * boot.difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] {mark}".rstrip()
 
 
 def findings_legend(marks: Significance) -> str:

@@ -54,8 +54,8 @@ class ContinuationGeneration(CausalLanguageModeling):
     main_metric = "rouge_l"
     greater_is_better = True
     scores_generations = True
-    paper_metrics = ("rouge_l", "teacher_nll", "distinct_2", "perplexity")
-    column_label = "GEN ROUGE-L/teacher NLL/dist-2/ppl"
+    paper_metrics = ("rouge_l", "teacher_nll", "distinct_2")  # perplexity: in the record, and `compare --metric`
+    column_label = "GEN ROUGE-L/teacher NLL/dist-2"
     short_label = "GEN"
     display_scale = 1.0
     display_decimals = 1

@@ -112,7 +112,7 @@ def test_a_run_scores_generations_once_with_the_teacher_and_stores_each_prompt(t
     assert "generation rouge_l: kd" in out and "generation teacher_nll: kd" in out
     assert "over held-out prompts (would the gap survive another held-out text?)" in out
     assert main([*compare, "--metric", "bleu"]) == 2
-    wanted = "error: --metric bleu: generation scores rouge_l, teacher_nll, distinct_2, perplexity"
+    wanted = "error: --metric bleu: generation records score bits_per_byte, distinct_2, nll, perplexity, rouge_l"
     assert wanted in capsys.readouterr().err
 
 
