@@ -268,13 +268,14 @@ def describe(comparison: Comparison, task: Any) -> str:
     b, s = comparison.bootstrap, comparison.across_seeds
     n_a, n_b = comparison.seed_counts
     scale, unit = task.display_scale, task.eval_unit
+    d = max(2, task.metric_decimals.get(comparison.metric.split("/")[-1], 0))  # ROUGE-L differs in the third
     lines = [
-        f"{comparison.task} {comparison.metric}: {comparison.method} {scale * comparison.mean_a:.2f} vs "
-        f"{comparison.baseline} {scale * comparison.mean_b:.2f} (mean over their seeds)",
+        f"{comparison.task} {comparison.metric}: {comparison.method} {scale * comparison.mean_a:.{d}f} vs "
+        f"{comparison.baseline} {scale * comparison.mean_b:.{d}f} (mean over their seeds)",
         f"  over {unit} (would the gap survive another {task.eval_set_label}?): paired bootstrap, "
         f"{b.pairs} seed pair(s) "
-        f"{comparison.seeds}, {b.resamples:,} resamples: difference {scale * b.difference:+.2f}, "
-        f"95% CI [{scale * b.low:+.2f}, {scale * b.high:+.2f}], p {_p_text(b.p_value)}"
+        f"{comparison.seeds}, {b.resamples:,} resamples: difference {scale * b.difference:+.{d}f}, "
+        f"95% CI [{scale * b.low:+.{d}f}, {scale * b.high:+.{d}f}], p {_p_text(b.p_value)}"
         + (f" ± {format_p(b.p_error)} (Monte-Carlo error)" if b.p_error else "")
         + (f"; borderline: within twice that error of {ALPHA}, more --resamples decide it" if b.borderline else ""),
     ]
@@ -287,7 +288,7 @@ def describe(comparison: Comparison, task: Any) -> str:
         lines.append(f"{question}: needs at least 2 seeds per method")
     else:
         lines.append(
-            f"{question}: exact permutation test of {n_a} vs {n_b} seeds, difference {scale * s.statistic:+.2f}, "
+            f"{question}: exact permutation test of {n_a} vs {n_b} seeds, difference {scale * s.statistic:+.{d}f}, "
             f"p {_p_text(s.p_value)} (the smallest it can give with these seeds: "
             f"{format_p(smallest_permutation_p(n_a, n_b))})"
         )
