@@ -10,8 +10,9 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from distillbench.errors import RunFailed, UserError
 from distillbench.plugins import load_plugin, take_plugin_arguments
@@ -624,10 +625,16 @@ def command_teacher_study(args: argparse.Namespace) -> int:
         raise UserError(f"teacher-study: {args.task} is scored from raw examples; it cannot hold out part of train")
     if not 0 < args.holdout < 1:
         raise UserError(f"--holdout {args.holdout}: must be between 0 and 1")
-    # The teacher stage is the same whichever method reads it: any registered method that distils names it.
-    method = next(name for name in list_methods() if get_method(name).uses_teacher)
-    base = ["--method", method, "--task", args.task, *args.passthrough, "--results-dir", str(args.results_dir)]
-    base += ["--no-progress"] if args.no_progress else []
+    rest = [*args.passthrough, "--results-dir", str(args.results_dir)]
+    rest += ["--no-progress"] if args.no_progress else []
+    # The teacher stage is the same whichever method reads it: the first method that distils (in table
+    # order, baselines first) and accepts this task names it.
+    distilling = sorted(
+        (n for n in list_methods() if get_method(n).uses_teacher), key=lambda n: get_method(n).table_order
+    )
+    check = run_planner(build_standins=False)
+    method = first_accepting(distilling, lambda name: check(["--method", name, "--task", args.task, *rest]))
+    base = ["--method", method, "--task", args.task, *rest]
     plan = run_planner(build_standins=not args.dry_run)
 
     if args.dry_run:
@@ -645,6 +652,21 @@ def command_teacher_study(args: argparse.Namespace) -> int:
     print(f"records go to {args.results_dir}", file=sys.stderr)
     run_study(args.task, base, grid, args.holdout, args.results_dir, build, not args.no_dev_check, args.passthrough)
     return 0
+
+
+def first_accepting(methods: list[str], plan_with: Callable[[str], Any]) -> str:
+    """The first of ``methods`` whose run plans (``plan_with(name)`` raises :class:`UserError` for a method
+    that refuses the task, e.g. one that samples text on a classification task); else the first refusal,
+    which is also the user's own mistake when every method refuses alike."""
+    refusals = []
+    for name in methods:
+        try:
+            plan_with(name)
+        except UserError as refusal:
+            refusals.append(refusal)
+        else:
+            return name
+    raise refusals[0] if refusals else UserError("no registered method distils from a teacher")
 
 
 def command_show(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from conftest import tiny_run_args
-from distillbench.cli import main
+from distillbench.cli import first_accepting, main
+from distillbench.errors import UserError
 from distillbench.labels import STUDIED, row_key, teacher_label
 from distillbench.records import read_records
 from distillbench.selection import select
@@ -142,3 +143,24 @@ def test_run_errors_name_the_missing_study_and_a_clash(tiny_bert, glue_dir, work
     assert "cannot hold out" in capsys.readouterr().err
     assert main(["teacher-study", "--task", "squad", "--grid", "teacher_learning_rate=1e-4"]) == 2
     assert "squad is scored from raw examples" in capsys.readouterr().err
+
+
+def test_the_study_names_its_teacher_through_a_method_that_accepts_the_task(tiny_bert, glue_dir, workdir, capsys):
+    """Methods that refuse a task (text sampling on a classification task, token divergences on a
+    regression task) are passed over; a mistake of the user's own is reported as the first method saw it."""
+    for task in ("mrpc", "stsb"):
+        argv = ["teacher-study", "--task", task, *one_epoch(tiny_bert, glue_dir), "--dry-run"]
+        assert main([*argv, "--grid", "teacher_learning_rate=1e-4,2e-4"]) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out.count("to train") == 2
+    assert main([*argv, "--grid", "teacher_learning_rate=1e-4", "--set", "no_such_setting=1"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_first_accepting_returns_the_first_method_that_plans_or_the_first_refusal():
+    def plan_with(name: str) -> None:
+        if name != "accepts":
+            raise UserError(f"{name} refuses")
+
+    assert first_accepting(["refuses", "accepts", "also"], plan_with) == "accepts"
+    with pytest.raises(UserError, match="first refuses"):
+        first_accepting(["first", "second"], plan_with)
