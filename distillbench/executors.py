@@ -23,6 +23,7 @@ from distillbench.claims import claims_dir, record_complete, run_claimed
 from distillbench.errors import UserError, one_line
 
 EXECUTORS = ("inline", "local", "slurm")
+SUBMITIT_LOG_ENV = "SUBMITIT_LOG_LEVEL"  # submitit's own: "NOCONFIG" skips its logging set-up
 # sweep options that choose the executor: a local worker or Slurm job runs the rest of the command line
 EXECUTOR_OPTIONS = {
     "--executor": 1,
@@ -151,9 +152,27 @@ def check_slurm(partition: str | None) -> None:
             )
 
 
-def slurm_executor(folder: Path, options: SlurmOptions, name: str):
-    import submitit
+def import_submitit() -> Any:
+    """submitit, imported without the ``logging.config.dictConfig`` it runs at import: that call shuts down
+    every logging handler the process already holds, attached or not (a caller's log file; absl's handler,
+    which then closes the stream it was made on — under pytest, the captured stderr, whose loss crashed the
+    test run). Its warnings reach stderr through logging's last resort. The variable is set for this
+    import only: the jobs it submits import submitit afresh and configure their logs as usual."""
+    if "submitit" not in sys.modules:
+        previous = os.environ.get(SUBMITIT_LOG_ENV)
+        os.environ[SUBMITIT_LOG_ENV] = "NOCONFIG"
+        try:
+            import submitit  # noqa: F401
+        finally:
+            if previous is None:
+                del os.environ[SUBMITIT_LOG_ENV]
+            else:
+                os.environ[SUBMITIT_LOG_ENV] = previous
+    return sys.modules["submitit"]
 
+
+def slurm_executor(folder: Path, options: SlurmOptions, name: str):
+    submitit = import_submitit()
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     parameters: dict[str, Any] = {
         "name": name,
@@ -184,9 +203,7 @@ def run_cli(command: Callable[[list[str]], int], argv: list[str]) -> None:
 def job_log() -> str | None:
     """The submitit log of the job this runs in (for the failure record), relative to nothing: a path."""
     try:
-        import submitit
-
-        environment = submitit.JobEnvironment()
+        environment = import_submitit().JobEnvironment()
         return str(environment.paths.stderr)
     except RuntimeError:  # not inside a submitit job
         return None
@@ -209,9 +226,9 @@ class CellJob:
         return "ran" if ran else "held by another worker"
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(CellJob(self.command, self.run_argv, self.results_dir, self.run_name))
+        return import_submitit().helpers.DelayedSubmission(
+            CellJob(self.command, self.run_argv, self.results_dir, self.run_name)
+        )
 
 
 def submit_sweep(
