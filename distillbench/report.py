@@ -48,16 +48,16 @@ def runs_table(records: list[dict]) -> str:
     files = [r for r in records if not r.get("derived_from")]  # an ensemble's teacher row is not a run
     for record in sorted(files, key=lambda r: (r["task"], row_key(r)[1], r["seed"], r.get("finished_at", ""))):
         main = record["main_metric"]
-        scale = get_task(record["task"]).display_scale
+        task = get_task(record["task"])
         best = record.get("best_epoch") or {}
-        best_text = f"{scale * best['metrics'][main]:.1f} (ep {best['epoch']:.3g})" if best else ""
+        best_text = f"{task.display(main, best['metrics'][main])} (ep {best['epoch']:.3g})" if best else ""
         rows.append(
             {
                 "task": record["task"],
                 "method": row_key(record)[1],
                 "seed": record["seed"],
                 "metric": main,
-                "final": f"{scale * record['metrics'][main]:.1f}",
+                "final": task.display(main, record["metrics"][main]),
                 "best": best_text,
                 "steps": (record.get("epochs") or [{}])[-1].get("step", ""),
                 "wall time (incl. stages it ran)": f"{record['wall_time_s'] / 60:.1f} min",
@@ -65,7 +65,13 @@ def runs_table(records: list[dict]) -> str:
                 "record": Path(record["_path"]).name,
             }
         )
-    return pd.DataFrame(rows).to_markdown(index=False) if rows else "(no runs)"
+    if not rows:
+        return "(no runs)"
+    numbers = ("seed", "final", "steps")  # strings in each metric's own decimals, aligned as numbers
+    table = pd.DataFrame(rows)
+    return table.to_markdown(
+        index=False, disable_numparse=True, colalign=["right" if c in numbers else "left" for c in table.columns]
+    )
 
 
 def studies_table(records: list[dict]) -> str:
@@ -83,7 +89,6 @@ def studies_table(records: list[dict]) -> str:
         main = complete[0]["main_metric"]
         pick = max if complete[0].get("greater_is_better", True) else min
         best = pick(complete, key=lambda r: r["metrics"][main])
-        scale = get_task(best["task"]).display_scale
         rows.append(
             {
                 "study": study,
@@ -92,7 +97,7 @@ def studies_table(records: list[dict]) -> str:
                 "metric": main,
                 "trials": f"{len(complete)} complete, {len(trials) - len(complete)} pruned",
                 "best trial": best["tags"]["trial"],
-                "best": f"{scale * best['metrics'][main]:.1f}",
+                "best": get_task(best["task"]).display(main, best["metrics"][main]),
                 "mean time per trial": f"{sum(r['wall_time_s'] for r in trials) / len(trials) / 60:.1f} min",
             }
         )

@@ -86,6 +86,12 @@ class Task:
         return cls.Options(**overrides)
 
     @classmethod
+    def display(cls, metric: str, value: float) -> str:
+        """One score as tables show it: scaled, to its metric's own decimals (ROUGE-L's students differ in
+        the third, perplexities in the first)."""
+        return f"{value * cls.display_scale:.{cls.metric_decimals.get(metric, cls.display_decimals)}f}"
+
+    @classmethod
     def cell(cls, stats: dict[str, tuple[float, float, int]]) -> str:
         """A table cell: each paper metric present as mean(±std when several seeds), scaled for display,
         each to its own number of decimals, joined by "/"."""
