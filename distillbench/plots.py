@@ -103,15 +103,16 @@ def experiment_figure(experiment: Experiment, score: str = "final") -> plt.Figur
             marker = marker_of(method)
             axis.errorbar(row["mean"] * scale, y, xerr=half or None, fmt=marker, color=colours[method], capsize=3)
             labels.append(f"{method} (n={int(row['n'])})")
-        references = []
+        references = []  # (label, score as recorded, colour, line style)
         if "teacher" in rows.index:
-            references.append(("teacher", rows.loc["teacher", "mean"] * scale, "0.15", "--"))
+            references.append(("teacher", rows.loc["teacher", "mean"], "0.15", "--"))
         if "finetune" in rows.index:
-            references.append(("fine-tune", rows.loc["finetune", "mean"] * scale, colours.get("finetune"), ":"))
+            references.append(("fine-tune", rows.loc["finetune", "mean"], colours.get("finetune"), ":"))
         if majority.get(task_name, {}).get(metric) is not None:
-            references.append(("majority class", majority[task_name][metric] * scale, "0.55", "-."))
+            references.append(("majority class", majority[task_name][metric], "0.55", "-."))
         for name, value, colour, style in references:
-            axis.axvline(value, color=colour, linestyle=style, linewidth=1.2, label=f"{name} {value:.1f}")
+            label = f"{name} {task.display(task.main_metric, value)}"
+            axis.axvline(value * scale, color=colour, linestyle=style, linewidth=1.2, label=label)
         axis.set_yticks(range(len(present)), labels, fontsize=8)
         axis.set_ylim(len(present) - 0.5, -0.5)
         axis.margins(x=0.06)  # a reference line at the edge of the data stays off the axis frame
@@ -167,8 +168,9 @@ def cost_figure(experiment: Experiment, score: str = "final") -> plt.Figure | No
                 label=f"{method} (n={int(row['n'])})",
             )
         if "teacher" in rows.index:
-            teacher = rows.loc["teacher", "mean"] * scale
-            axis.axhline(teacher, color="0.15", linestyle="--", linewidth=1, label=f"teacher {teacher:.1f}")
+            teacher = rows.loc["teacher", "mean"]
+            label = f"teacher {task.display(task.main_metric, teacher)}"
+            axis.axhline(teacher * scale, color="0.15", linestyle="--", linewidth=1, label=label)
         axis.set_xscale("log")
         axis.set_xlabel("estimated training FLOPs (student side, mean over seeds)", fontsize=8)
         axis.set_ylabel(f"{task.main_metric}" + (f" ×{scale:g}" if scale != 1 else "") + ", 95% CI", fontsize=8)
