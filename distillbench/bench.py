@@ -64,7 +64,7 @@ from distillbench.portable import portable_path
 from distillbench.records import RECORD_VERSION
 from distillbench.task import get_task
 from distillbench.teacher_cache import TeacherCache
-from distillbench.training import RunData, Training
+from distillbench.training import RunData, Training, quiet_logs
 
 # The top-k cache sizes whose error and disk the bench reports for a vocabulary task.
 TOP_K_REPORTED = (8, 32, 128)
@@ -381,6 +381,7 @@ class Bench:
             eval_dataset=self.data.eval_data(),
             data_collator=self.task.collator(self.data.tokenizer),
         )
+        quiet_logs(bare)  # its metrics dict is not the user's to read
         examples = len(self.data.eval_data())
         result: dict[str, Any] = {"examples": examples}
         for name, trainer in (("harness", harness), ("trainer_evaluate", bare)):
