@@ -161,6 +161,13 @@ def _summary(name: str, record: dict[str, Any]) -> str:
     return "\n".join([_setup(name, record), "", "; ".join(shown) + ".", *([whole] if whole else [])])
 
 
+def on_policy_markdown(results_dir: Path) -> str:
+    """The on-policy table of the newest bench of each device that timed one (docs/generative.md)."""
+    tables = [[_setup(name, record), *on_policy_table(record)] for name, record in newest_benches(results_dir)]
+    shown = ["\n".join(table) for table in tables if len(table) > 1]
+    return "\n\n".join(shown) or "No bench record of an on-policy method yet (`distillbench bench --task clm`)."
+
+
 def top_k_markdown(results_dir: Path) -> str:
     """The top-k cache table of the newest causal-LM bench of each device (docs/performance.md)."""
     tables = [[_setup(name, record), *top_k_table(record)] for name, record in newest_benches(results_dir)]

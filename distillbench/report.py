@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distillbench.bench_report import bench_markdown, performance_summary, top_k_markdown
+from distillbench.bench_report import bench_markdown, on_policy_markdown, performance_summary, top_k_markdown
 from distillbench.efficiency import efficiency_table, fill_budgets
 from distillbench.experiments import (
     BUDGET_LEGEND,
@@ -279,6 +279,7 @@ def generated_sections(results_dir: Path, reading: Reading | None = None) -> dic
         "reading": reading_markdown(results_dir),
         "performance": performance_summary(results_dir),
         "top-k": top_k_markdown(results_dir),
+        "on-policy": on_policy_markdown(results_dir),
         "generation": generation_markdown(reading),
     }
 

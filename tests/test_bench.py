@@ -167,6 +167,20 @@ def test_reports_show_the_newest_bench_of_each_device_and_model_kind(tmp_path):
     )
 
 
+def test_the_generative_page_shows_the_newest_on_policy_timing_of_each_device(tmp_path):
+    from distillbench.bench_report import on_policy_markdown
+
+    assert on_policy_markdown(tmp_path).startswith("No bench record of an on-policy method yet")
+    (tmp_path / "bench").mkdir()
+    row = {"hparams": {"lmbda": 0.5}, "sampled_steps": 36, "steps": 60, "on_vs_off_policy_step": 1.544}
+    settings = {"task": "clm", "steps": 30, "batch_size": 8, "max_seq_length": 128, "rounds": 2}
+    record = {"settings": settings, "device": "cpu", "finished_at": "2026-03-01", "torch_threads": 1}
+    (tmp_path / "bench" / "clm.json").write_text(
+        json.dumps(record | {"on_policy": {"gkd": row | {"sampling_share": 0.19}}})
+    )
+    assert "| gkd | 0.5 | 36 of 60 | 1.54 | 19% |" in on_policy_markdown(tmp_path)
+
+
 def test_a_causal_lm_bench_holds_its_cached_kd_to_the_top_k_goal():
     """The cached phase of a causal LM reads a top-k cache (goal ≤ 1.10); an encoder's reads full outputs."""
     from distillbench.bench_report import ratio_labels
