@@ -9,6 +9,7 @@ import pytest
 
 from distillbench.bench import seconds_per_step, step_seconds
 from distillbench.cli import main
+from distillbench.workspace import VERBOSE_ENV
 
 
 def test_step_times_skip_the_warmup_and_take_each_steps_fastest_round():
@@ -20,7 +21,8 @@ def test_step_times_skip_the_warmup_and_take_each_steps_fastest_round():
     assert seconds_per_step([[9.0, 1.0, 5.0, 1.0], [8.0, 1.0, 1.0, 4.0]], warmup=1) == pytest.approx(1.0)
 
 
-def test_bench_writes_a_record_of_every_phase(tiny_bert, glue_dir, workdir, capsys):
+def test_bench_writes_a_record_of_every_phase(tiny_bert, glue_dir, workdir, capsys, monkeypatch):
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)  # an earlier test's --verbose would print the log dicts
     args = ["bench", "--task", "mrpc", "--teacher", str(tiny_bert), "--data-dir", str(glue_dir), "--end-to-end", "1"]
     args += ["--steps", "4", "--warmup", "1", "--rounds", "2", "--batch-size", "8", "--cache-dir", str(workdir / "c")]
     assert main(args) == 0
