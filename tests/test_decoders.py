@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from conftest import (
+    CAUSAL_LM_ONLY_METHODS,
     DECODER_CONFIGS,
     clm_run_args,
     make_text,
@@ -27,7 +28,7 @@ from conftest import (
     model_zoo,
     tiny_run_args,
 )
-from distillbench import ModelPair, get_method, get_task
+from distillbench import ModelPair, get_method, get_task, list_methods
 from distillbench.cli import main
 from distillbench.distiller import Distiller
 from distillbench.families import FAMILIES
@@ -35,6 +36,8 @@ from distillbench.models import QKVCapture, StudentSpec, build_student
 
 DECODERS = list(DECODER_CONFIGS)
 BUILT_IN = ["finetune", "kd", "lwd", "minilm", "minilmv2", "ted"]
+# every built-in method, the divergences and GKD included, plans on every decoder (the ones above also train)
+EVERY_BUILT_IN = [m for m in list_methods() if get_method(m).__module__.startswith("distillbench.methods.")]
 KV_HEADS = {family: extra.get("num_key_value_heads") for family, (_, extra) in DECODER_CONFIGS.items()}
 
 
@@ -83,12 +86,12 @@ def test_ted_runs_through_on_each_decoder_with_a_narrower_student(family, zoo, t
     assert all(math.isfinite(value) for value in record["loss_terms"].values())
 
 
-@pytest.mark.parametrize("method", BUILT_IN)
+@pytest.mark.parametrize("method", EVERY_BUILT_IN)
 @pytest.mark.parametrize("family", DECODERS)
 def test_every_method_plans_on_every_decoder(family, method, zoo, text, tmp_path, capsys):
-    code = main(
-        clm_args(zoo(family, "teacher"), text, method, tmp_path, "--student", str(zoo(family, "narrow")), "--dry-run")
-    )
+    short = ["--set", "prompt_tokens=8", "--set", "max_new_tokens=8"] if method in CAUSAL_LM_ONLY_METHODS else []
+    student = ["--student", str(zoo(family, "narrow"))]
+    code = main(clm_args(zoo(family, "teacher"), text, method, tmp_path, *student, *short, "--dry-run"))
     captured = capsys.readouterr()
     if method == "minilm":
         assert code == 2 and "minilm needs equal attention head counts (student 2, teacher 4)" in captured.err
@@ -103,6 +106,16 @@ def test_every_method_trains_a_student_of_copied_layers(family, method, zoo, tex
     assert main(clm_args(zoo(family, "teacher"), text, method, tmp_path, "--student-layer-ids", "1,3")) == 0
     record = student_record(tmp_path)
     assert record["status"] == "complete" and math.isfinite(record["metrics"]["perplexity"])
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_gkd_samples_and_trains_on_every_decoder(family, zoo, text, tmp_path):
+    """On-policy steps run ``generate`` with each family's own cache (grouped K/V heads, rotary positions)."""
+    args = clm_args(zoo(family, "teacher"), text, "gkd", tmp_path, "--student-layer-ids", "1,3")
+    assert main([*args, "--set", "lmbda=1", "--set", "prompt_tokens=8", "--set", "max_new_tokens=8"]) == 0
+    record = student_record(tmp_path)
+    assert record["status"] == "complete" and math.isfinite(record["metrics"]["perplexity"])
+    assert record["budget"]["sampled_rows"] > 0
 
 
 # The state-dict names of block i's pre-attention norm and Q/K/V weights, written out from each family's
