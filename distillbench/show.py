@@ -66,7 +66,9 @@ def show_method(name: str) -> str:
     cls = get_method(name)
     recorder = SpaceRecorder()
     cls.search_space(recorder)
-    reads_cache = cls.cached_teacher_layers is not Method.cached_teacher_layers
+    # a method that draws its own batches (on-policy) has the teacher score them live, whatever it inherits
+    draws = cls.sampling.__func__ is not Method.sampling.__func__
+    reads_cache = cls.cached_teacher_layers is not Method.cached_teacher_layers and not draws
     lines = [
         f"method {name}: {cls.summary()}",
         "",

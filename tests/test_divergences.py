@@ -154,8 +154,11 @@ def test_every_divergence_method_is_listed_with_its_settings(capsys):
         assert main(["show", name]) == 0
         shown = capsys.readouterr().out
         assert "div_alpha = 1.0" in shown and "temperature = 1.0" in shown
+        if name != "gkd":
+            assert "teacher-output cache: can read one" in shown
     assert main(["show", "gkd"]) == 0
-    assert "lmbda = 0.5  [≥ 0, ≤ 1]" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "lmbda = 0.5  [≥ 0, ≤ 1]" in shown and "teacher-output cache: no (live teacher)" in shown
 
 
 @pytest.mark.parametrize("name", DIVERGENCE_METHODS[:-1])
