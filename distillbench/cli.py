@@ -702,6 +702,7 @@ def _names(text: str | None, known: list[str], kind: str) -> list[str] | None:
 
 
 def command_table(args: argparse.Namespace) -> int:
+    from distillbench.efficiency import fill_budgets
     from distillbench.experiments import (
         experiment_significance,
         findings_legend,
@@ -728,6 +729,7 @@ def command_table(args: argparse.Namespace) -> int:
     methods = _names(args.methods, list_methods(), "method")
     announce(args)
     selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
+    fill_budgets(selection.records, args.results_dir)  # counted as the leaderboard counts them
     print(_wrap(selection.report()), file=sys.stderr)
     records = [
         r

@@ -117,6 +117,34 @@ def test_a_run_records_its_budget(tiny_bert, glue_dir, workdir):
     assert budget["training_flops"] == pytest.approx((3 * costs["student"] * 24 + costs["teacher"] * 24) * 1e9)
 
 
+def test_table_shows_the_budget_the_leaderboard_counts(tiny_bert, glue_dir, workdir, capsys):
+    """A stored budget counted before a counting fix: `table` recounts it as the leaderboard does."""
+    from distillbench.efficiency import fill_budgets
+    from distillbench.experiments import flops_text
+    from distillbench.selection import collect
+
+    # whole epochs and two seeds: a bounded or single run goes to the history, which shows no FLOPs
+    args = tiny_run_args(tiny_bert, glue_dir, "kd", "mrpc", "--teacher-cache", "off")
+    for bound in ("--max-steps", "teacher_max_steps=3"):
+        at = args.index(bound) - (bound != "--max-steps")  # the flag and its value
+        del args[at : at + 2]
+    for seed in ("1", "2"):
+        assert main([*args, "--epochs", "1", "--seed", seed]) == 0
+    path = sorted((workdir / "results" / "runs").glob("mrpc-kd-seed1-*.json"))[0]
+    record = json.loads(path.read_text())
+    record["budget"]["training_flops"] = 1.0  # stale: the record is read, never trusted, for this count
+    path.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["table", "--results-dir", "results", "--include-bounded", "--include-dirty"]) == 0
+    shown = capsys.readouterr().out
+    records = collect(workdir / "results", include_dirty=True, include_bounded=True).records
+    fill_budgets(records, workdir / "results")  # as the leaderboard's reading does
+    read = next(r for r in records if r.get("role") != "teacher" and r["seed"] == 1)
+    assert read["budget"]["training_flops"] == pytest.approx(with_flops(count(read) | read["budget"])["training_flops"])
+    assert read["budget"]["training_flops"] > 1.0
+    assert f"1 ep · {flops_text([read['budget']['training_flops']])}" in shown  # not the mean with a stale 1.0
+
+
 def test_controls_start_where_ted_does_are_labelled_and_count_the_head_start(tiny_bert, glue_dir, workdir):
     """KD, LWD or fine-tuning from TED's fine-tuned student: a row of its own, its budget with the head start."""
     from distillbench.labels import method_label
