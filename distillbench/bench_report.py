@@ -8,6 +8,7 @@ the committed text against the committed records.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,15 +162,19 @@ def _summary(name: str, record: dict[str, Any]) -> str:
     return "\n".join([_setup(name, record), "", "; ".join(shown) + ".", *([whole] if whole else [])])
 
 
+def newest_tables(results_dir: Path, table: Callable[[dict[str, Any]], list[str]], none: str) -> str:
+    """``table`` of the newest bench of each device that has one, under its set-up line; else ``none``."""
+    tables = [[_setup(name, record), *table(record)] for name, record in newest_benches(results_dir)]
+    return "\n\n".join("\n".join(lines) for lines in tables if len(lines) > 1) or none
+
+
 def on_policy_markdown(results_dir: Path) -> str:
     """The on-policy table of the newest bench of each device that timed one (docs/generative.md)."""
-    tables = [[_setup(name, record), *on_policy_table(record)] for name, record in newest_benches(results_dir)]
-    shown = ["\n".join(table) for table in tables if len(table) > 1]
-    return "\n\n".join(shown) or "No bench record of an on-policy method yet (`distillbench bench --task clm`)."
+    return newest_tables(
+        results_dir, on_policy_table, "No bench record of an on-policy method yet (`distillbench bench --task clm`)."
+    )
 
 
 def top_k_markdown(results_dir: Path) -> str:
     """The top-k cache table of the newest causal-LM bench of each device (docs/performance.md)."""
-    tables = [[_setup(name, record), *top_k_table(record)] for name, record in newest_benches(results_dir)]
-    shown = ["\n".join(table) for table in tables if len(table) > 1]
-    return "\n\n".join(shown) or "No causal-LM bench record yet (`distillbench bench --task clm`)."
+    return newest_tables(results_dir, top_k_table, "No causal-LM bench record yet (`distillbench bench --task clm`).")

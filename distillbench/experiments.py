@@ -231,8 +231,7 @@ def difference_text(finding) -> str:
     """``+11.2 [+9.9, +12.7] ▲``: the paired difference, its 95 % CI and the corrected verdict."""
     task = get_task(finding.key[0])
     boot, scale = finding.comparison.bootstrap, task.display_scale
-    # the main metric's own decimals (ROUGE-L as scored differs in the third)
-    digits = task.metric_decimals.get(finding.comparison.metric.split("/")[-1], task.display_decimals)
+    digits = task.decimals(finding.comparison.metric.split("/")[-1])  # ROUGE-L as scored differs in the third
     mark = (BETTER if finding.better else WORSE) if finding.significant else ""
     low, high = scale * boot.low, scale * boot.high
     return f"{scale * boot.difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] {mark}".rstrip()

@@ -86,10 +86,15 @@ class Task:
         return cls.Options(**overrides)
 
     @classmethod
+    def decimals(cls, metric: str) -> int:
+        """How many decimals a metric is shown to (ROUGE-L's students differ in the third, perplexities in
+        the first)."""
+        return cls.metric_decimals.get(metric, cls.display_decimals)
+
+    @classmethod
     def display(cls, metric: str, value: float) -> str:
-        """One score as tables show it: scaled, to its metric's own decimals (ROUGE-L's students differ in
-        the third, perplexities in the first)."""
-        return f"{value * cls.display_scale:.{cls.metric_decimals.get(metric, cls.display_decimals)}f}"
+        """One score as tables show it: scaled, to its metric's own decimals."""
+        return f"{value * cls.display_scale:.{cls.decimals(metric)}f}"
 
     @classmethod
     def cell(cls, stats: dict[str, tuple[float, float, int]]) -> str:
@@ -97,11 +102,8 @@ class Task:
         each to its own number of decimals, joined by "/"."""
         parts = []
         for metric in (m for m in cls.paper_metrics if m in stats):
-            (mean, std, n), decimals = stats[metric], cls.metric_decimals.get(metric, cls.display_decimals)
-            parts.append(
-                f"{mean * cls.display_scale:.{decimals}f}"
-                + (f"±{std * cls.display_scale:.{decimals}f}" if n > 1 else "")
-            )
+            mean, std, n = stats[metric]
+            parts.append(cls.display(metric, mean) + (f"±{cls.display(metric, std)}" if n > 1 else ""))
         return "/".join(parts)
 
     @classmethod
