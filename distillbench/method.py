@@ -257,6 +257,11 @@ get_method = method_registry.get
 list_methods = method_registry.list
 
 
+def is_built_in(name: str) -> bool:
+    """Whether a registered method ships with distillbench (``methods/``) rather than a plug-in."""
+    return get_method(name).__module__.startswith("distillbench.methods.")
+
+
 def baseline_methods() -> list[str]:
     """The methods that declare themselves baselines (``is_baseline``), in table order: what tables test
     every other method against, and what ``bench`` times the harness on."""

@@ -55,12 +55,9 @@ def method_colours(labels: list[str]) -> dict[str, tuple[float, float, float]]:
     """One colour per method, the same in every figure and on the page: the registry's order (by each
     method's ``table_order``) into seaborn's palette; a variant row (tuned, a control) takes its method's colour.
     The built-in methods come first, so a plug-in loaded beside them never shifts their colours."""
-    from distillbench.method import get_method, list_methods
+    from distillbench.method import get_method, is_built_in, list_methods
 
-    def plug_in(method: str) -> bool:
-        return not get_method(method).__module__.startswith("distillbench.methods.")
-
-    order = sorted(list_methods(), key=lambda m: (plug_in(m), get_method(m).table_order, m))
+    order = sorted(list_methods(), key=lambda m: (not is_built_in(m), get_method(m).table_order, m))
     # tab10, then Dark2's eight for the methods past the tenth: no two built-in methods share a colour,
     # and the first ten keep theirs
     palette = sns.color_palette("tab10", n_colors=10) + sns.color_palette("Dark2", n_colors=8)

@@ -32,12 +32,13 @@ from distillbench import ModelPair, get_method, get_task, list_methods
 from distillbench.cli import main
 from distillbench.distiller import Distiller
 from distillbench.families import FAMILIES
+from distillbench.method import is_built_in
 from distillbench.models import QKVCapture, StudentSpec, build_student
 
 DECODERS = list(DECODER_CONFIGS)
 BUILT_IN = ["finetune", "kd", "lwd", "minilm", "minilmv2", "ted"]
 # every built-in method, the divergences and GKD included, plans on every decoder (the ones above also train)
-EVERY_BUILT_IN = [m for m in list_methods() if get_method(m).__module__.startswith("distillbench.methods.")]
+EVERY_BUILT_IN = [m for m in list_methods() if is_built_in(m)]
 KV_HEADS = {family: extra.get("num_key_value_heads") for family, (_, extra) in DECODER_CONFIGS.items()}
 
 
