@@ -736,14 +736,13 @@ def command_table(args: argparse.Namespace) -> int:
         for r in selection.records
         if (not tasks or r["task"] in tasks) and (not methods or r.get("role") == "teacher" or r["method"] in methods)
     ]
-    experiments = group_experiments(records)
+    experiments = group_experiments(records, numbered_among=selection.records)
     shown, past = ranked(experiments, args.include_bounded), history(experiments, args.include_bounded)
     if args.experiment is not None:
         chosen = [e for e in experiments if e.number == args.experiment]
         if not chosen:
-            raise UserError(
-                f"--experiment {args.experiment}: there are {len(experiments)} experiments (1–{len(experiments)})"
-            )
+            numbers = ", ".join(str(e.number) for e in experiments) or "none"
+            raise UserError(f"--experiment {args.experiment}: not one of this selection's experiments ({numbers})")
         shown, past = chosen, []
     blocks, skipped = [], 0
     for experiment in [] if args.history else shown:

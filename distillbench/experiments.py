@@ -40,6 +40,10 @@ class Experiment:
     number: int = 0  # its place in the leaderboard, from 1
 
     @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.teacher, self.student, self.setting, self.budget)
+
+    @property
     def students(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("role") != "teacher"]
 
@@ -86,9 +90,19 @@ class Experiment:
         return found
 
 
-def group_experiments(records: list[dict[str, Any]]) -> list[Experiment]:
+def group_experiments(
+    records: list[dict[str, Any]], numbered_among: list[dict[str, Any]] | None = None
+) -> list[Experiment]:
     """Student records grouped by (teacher, student, setting, budget), each with the teacher rows of its
-    teacher on its tasks (the same budget preferred); several-seed experiments first, numbered."""
+    teacher on its tasks (the same budget preferred); several-seed experiments first, numbered.
+    ``numbered_among`` (all the records, when ``records`` is a filtered part of them) gives the numbers and
+    their order, so an experiment keeps the number the full leaderboard shows in every filtered view."""
+    if numbered_among is not None:
+        numbers = {e.key: e.number for e in group_experiments(numbered_among)}
+        experiments = group_experiments(records)
+        for experiment in experiments:
+            experiment.number = numbers[experiment.key]
+        return sorted(experiments, key=lambda e: e.number)
     by_key: dict[tuple, Experiment] = {}
     for record in records:
         if record.get("role") != "teacher":

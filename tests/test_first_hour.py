@@ -75,6 +75,27 @@ def test_without_a_workspace_readers_read_the_published_results(tmp_path, monkey
     assert not (tmp_path / DEFAULT_WORKSPACE).exists()
 
 
+def test_a_filtered_table_keeps_the_leaderboards_experiment_numbers(capsys):
+    """`table --tasks generation` titles its experiment with the number the full leaderboard gives it, and
+    `--experiment` takes that number, so a reader can go from one view to the other."""
+    results = ["--results-dir", str(ROOT / "results")]
+    (expected,) = [
+        e.number
+        for e in group_experiments(collect(ROOT / "results").records)
+        if any(r["task"] == "generation" for r in e.students)
+    ]
+    assert expected > 1  # else this test could not tell renumbering apart
+    assert main(["table", "--tasks", "generation", *results]) == 0
+    titles = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Experiment ")]
+    assert titles[0].startswith(f"Experiment {expected}: ")
+    assert main(["table", "--tasks", "generation", "--experiment", str(expected), *results]) == 0
+    assert capsys.readouterr().out.startswith(titles[0])
+    assert main(["table", "--tasks", "generation", "--experiment", "1", *results]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --experiment 1: not one of this selection's experiments ({expected})"
+    )
+
+
 def test_the_terminal_table_keeps_to_120_columns(capsys):
     assert main(["table", "--results-dir", str(ROOT / "results"), "--significance", "--strict"]) == 0
     out = capsys.readouterr().out
