@@ -12,19 +12,26 @@ test across seeds side by side, with the smallest p the across-seed test can rea
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from distillbench.labels import EXPERIMENT, row_key
+from distillbench.labels import EXPERIMENT, method_label, row_key
 from distillbench.leaderboard import Table, aggregate, build_table
 from distillbench.markers import REFINED_RESAMPLES, Significance, marked_baselines, significance
+from distillbench.method import get_method, list_methods
 from distillbench.selection import bounded_by
 from distillbench.significance import ALPHA, DEFAULT_RESAMPLES, format_p, smallest_permutation_p
 from distillbench.task import eval_set_note, get_task, list_tasks, scale_note, short_label
 
 MAJORITY = "majority class"
+
+
+def _setting(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 BETTER, WORSE = "▲", "▼"
 
 
@@ -80,6 +87,32 @@ class Experiment:
             f"Experiment {self.number}: {tasks} — teacher {self.teacher} → student {self.student}, "
             f"{self.setting}, {self.budget}, seeds {seeds}"
         )
+
+    def hand_set(self) -> str:
+        """The hyper-parameters a row's runs set away from their method's defaults for the task (a sweep's
+        ``--set``), e.g. "Set by hand: kd on GEN temperature=1": one row may span tasks whose runs were
+        configured differently, and a reader of the table should not have to open the records to see it.
+        The start (said by the row's label) and tuned rows (labelled "(tuned)") are left out."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for record in self.students:
+            if record.get("tuned_from") or record["method"] not in list_methods():
+                continue
+            defaults = asdict(get_method(record["method"]).hparams_for(record["task"], {}))
+            changed = {
+                name: value
+                for name, value in (record.get("hparams") or {}).items()
+                if name != "student_start" and name in defaults and value != defaults[name]
+            }
+            if changed:
+                found.setdefault((record["task"], method_label(record)), {}).update(changed)
+        if not found:
+            return ""
+        rows = [
+            f"{method} on {short_label(task)} "
+            + ", ".join(f"{name}={_setting(value)}" for name, value in changed.items())
+            for (task, method), changed in sorted(found.items(), key=lambda item: (item[0][1], item[0][0]))
+        ]
+        return f"Set by hand (every other setting is its method's default for the task): {'; '.join(rows)}."
 
     def majority(self) -> dict[str, dict[str, float]]:
         """Per task, the majority-class scores its records hold (classification tasks only)."""

@@ -172,6 +172,8 @@ def experiment_markdown(experiment: Experiment, marks: Significance, figures: li
         f"{marks.legend()} {BUDGET_LEGEND}",
         "",
     ]
+    if experiment.hand_set():
+        parts += [experiment.hand_set(), ""]
     for figure in figures:
         what = "score against training cost" if figure.endswith("-cost.svg") else "scores"
         parts += [f"![{experiment.title()}: {what}]({figure})", ""]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -258,3 +259,46 @@ def test_a_cell_gives_each_metric_its_own_decimals():
     assert clm.cell({"perplexity": (342.29, 1.65, 3), "bits_per_byte": (2.1731, 0.0017, 3)}) == "342.3±1.6/2.173±0.002"
     assert clm.cell({"bits_per_byte": (2.12, 0.0, 1)}) == "2.120"
     assert get_task("mrpc").cell({"accuracy": (0.7201, 0.008, 3), "f1": (0.807, 0.0, 1)}) == "72.0±0.8/80.7"
+
+
+def test_settings_set_by_hand_are_said_under_the_table(tmp_path, capsys):
+    """A row spanning tasks whose runs were configured differently (a sweep's `--set`) says so under the
+    table; the method's own task defaults, a control's start and a tuned row's study values are not listed."""
+    from distillbench.experiments import group_experiments
+    from distillbench.method import get_method
+
+    def defaults(method: str, task: str) -> dict:
+        return dataclasses.asdict(get_method(method).hparams_for(task, {}))
+
+    results = tmp_path / "results"
+    records = []
+    for seed in (1, 2):
+        records += [
+            record("finetune", "mrpc", seed, {"accuracy": 0.7, "f1": 0.8}, hparams=defaults("finetune", "mrpc")),
+            record("kd", "mrpc", seed, {"accuracy": 0.8, "f1": 0.8}, hparams=defaults("kd", "mrpc")),
+            record(
+                "kd",
+                "stsb",
+                seed,
+                {"pearson": 0.8, "spearman": 0.8},
+                hparams=defaults("kd", "stsb") | {"temperature": 7.0},
+            ),
+            record(
+                "kd",
+                "mrpc",
+                seed,
+                {"accuracy": 0.8, "f1": 0.8},
+                run_id=f"tuned{seed}",
+                hparams=defaults("kd", "mrpc") | {"kl_alpha": 3.5},
+                tuned_from={"study": "s", "trial": 4, "value": 0.8},
+            ),
+        ]
+    (experiment,) = group_experiments(records)
+    expected = "Set by hand (every other setting is its method's default for the task): kd on STS-B temperature=7."
+    assert experiment.hand_set() == expected
+    for number, r in enumerate(records):
+        write_json_atomic(results / "runs" / f"{number}.json", r)
+    assert main(["table", "--results-dir", str(results)]) == 0
+    assert expected in " ".join(capsys.readouterr().out.split())
+    assert main(["leaderboard", "--results-dir", str(results), "--write"]) == 0
+    assert expected in (results / "leaderboard.md").read_text()
