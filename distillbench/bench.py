@@ -59,12 +59,13 @@ from distillbench.losses import top_k_teacher, vocabulary_kl
 from distillbench.method import EXAMPLE_INDEX, Method, ModelPair, Stage, baseline_methods, get_method, list_methods
 from distillbench.models import build_student, load_for_task, state_sha256
 from distillbench.output_caches import OutputCaches
-from distillbench.planning import Paths, Plan, plan_run
+from distillbench.planning import Plan, plan_run
 from distillbench.portable import portable_path
 from distillbench.records import RECORD_VERSION
 from distillbench.task import get_task
 from distillbench.teacher_cache import TeacherCache
 from distillbench.training import RunData, Training, quiet_logs
+from distillbench.workspace import Paths
 
 # The top-k cache sizes whose error and disk the bench reports for a vocabulary task.
 TOP_K_REPORTED = (8, 32, 128)

@@ -330,8 +330,8 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
     """RunConfig and Paths from run arguments; ``*_extra`` (tuned values) sit below explicit --set."""
     from distillbench.config import RunConfig, build_train_config, flag_fields, parse_overrides
     from distillbench.method import get_method
-    from distillbench.planning import Paths, cache_root
     from distillbench.task import get_task
+    from distillbench.workspace import Paths, cache_root
 
     method_cls, task_cls = get_method(args.method), get_task(args.task)
     train_extra, method_extra = dict(train_extra or {}), dict(method_extra or {})
@@ -407,10 +407,10 @@ def plan_from_arguments(args: argparse.Namespace, build_standins: bool = False):
     """The validated plan of run arguments; a step bound that ``--max-steps`` put on the teacher gives way
     to a teacher already fine-tuned at the full budget in the cache. ``build_standins``: pre-train a
     stand-in teacher (``--teacher scratch:<preset>``) first when this text has none."""
+    config, paths = build_run(args)  # first: a mistake in the arguments is told before the slow imports
     from distillbench.harness import plan_run
     from distillbench.stages import with_cached_full_teacher
 
-    config, paths = build_run(args)
     if build_standins:
         prepare_standins(config, paths)
     plan = plan_run(config, paths)
@@ -441,10 +441,10 @@ def prepare_standins(config, paths) -> None:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    plan = plan_from_arguments(args, build_standins=not args.dry_run)
     from distillbench.harness import Runner
     from distillbench.summary import plan_summary, run_summary
 
-    plan = plan_from_arguments(args, build_standins=not args.dry_run)
     if args.dry_run:
         print(plan_summary(plan))
         return 0
@@ -1036,7 +1036,7 @@ def command_bench(args: argparse.Namespace) -> int:
     from distillbench.bench import run_bench
     from distillbench.bench_report import whole_runs_line
     from distillbench.bench_settings import BenchSettings
-    from distillbench.planning import cache_root
+    from distillbench.workspace import cache_root
 
     if args.reading:
         from distillbench.reading_bench import run_reading_bench

@@ -27,12 +27,13 @@ from distillbench.families import architecture
 from distillbench.history import train_runtime
 from distillbench.models import load_for_task, state_sha256, weights_sha256
 from distillbench.output_caches import OutputCaches, cache_entry
-from distillbench.planning import Paths, Plan, cache_root, plan_run
+from distillbench.planning import Plan, plan_run
 from distillbench.portable import portable_path
 from distillbench.predictions import EvalCapture, publish_predictions, write_predictions
 from distillbench.records import student_record
 from distillbench.stages import STAGE_PREDICTIONS, Stages
 from distillbench.training import RunData, Training, check_aligned, last_complete_checkpoint
+from distillbench.workspace import Paths, cache_root
 
 __all__ = ["Paths", "Plan", "Runner", "cache_root", "plan_run"]
 

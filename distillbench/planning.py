@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,20 +28,10 @@ from distillbench.standins import built_standin, is_standin
 from distillbench.task import Task, get_task, resolve_data_dir, task_registry
 from distillbench.teacher_cache import check_teacher_cache
 from distillbench.tracking import parse_report_to
-from distillbench.workspace import CACHE_ENV, cache_root
+from distillbench.workspace import Paths
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
-
-__all__ = ["CACHE_ENV", "Paths", "Plan", "cache_root", "plan_run"]
-
-
-@dataclass
-class Paths:
-    results_dir: Path = Path("results")
-    output_dir: Path | None = None
-    cache_dir: Path = field(default_factory=cache_root)
-    show_progress: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ say which on their first line.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 WORKSPACE_ENV = "DISTILLBENCH_RESULTS"
@@ -23,6 +23,16 @@ VERBOSE_ENV = "DISTILLBENCH_VERBOSE"  # set by --verbose: the Trainer's log line
 def cache_root() -> Path:
     """Stages, teacher outputs and bootstrap results that can be rebuilt: never part of the results."""
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "distillbench")).expanduser()
+
+
+@dataclass
+class Paths:
+    """Where one run writes: its record, its outputs, the cache of stages it reads and fills."""
+
+    results_dir: Path = Path("results")
+    output_dir: Path | None = None
+    cache_dir: Path = field(default_factory=cache_root)
+    show_progress: bool = True
 
 
 def workspace() -> Path:
