@@ -25,8 +25,15 @@ PACKAGES = (
 )
 
 
-def _git(*args: str) -> str | None:
-    root = Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parent.parent  # the checkout of an editable install
+
+# The published records under results/ are what runs write, not what they run: a campaign that re-records a
+# committed teacher (its stage cache was lost) changes them, and that must not mark the next runs as made
+# from uncommitted code.
+OUTPUTS = ":(exclude)results"
+
+
+def _git(root: Path, *args: str) -> str | None:
     try:
         result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -34,10 +41,11 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def git_state() -> dict[str, Any]:
-    """Commit of the distillbench source and whether tracked files differ from it."""
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+def git_state(root: Path = SOURCE_ROOT) -> dict[str, Any]:
+    """Commit of the distillbench source and whether tracked files other than the published records differ
+    from it."""
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", OUTPUTS)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,23 @@ def test_regression_kd_has_its_own_weight_and_records_it():
     for name in ("kd", "lwd", "ted"):
         assert get_method(name).hparams_for("stsb", {}).kl_alpha == REGRESSION_KD_ALPHA == 1.0
         assert get_method(name).hparams_for("mrpc", {}).kl_alpha == 20.0
+
+
+def test_a_changed_published_record_does_not_make_the_code_dirty(tmp_path):
+    """A campaign that re-records a committed teacher changes results/, not the code its next runs use."""
+    from distillbench.provenance import git_state
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "results" / "runs").mkdir(parents=True)
+    (tmp_path / "results" / "runs" / "teacher.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "runs" / "teacher.json").write_text('{"re-recorded": true}')
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True
