@@ -753,8 +753,9 @@ def command_table(args: argparse.Namespace) -> int:
         scored = f"{eval_set_note(experiment.tasks)}; mean ± std over seeds, {scale_note(experiment.tasks)}"
         block = f"{_wrap(experiment.title())}\n{args.score} epoch, {scored}\n\n"
         block += render(score_table(experiment, args.score, marks), args.format)
-        if experiment.hand_set():
-            block += f"\n{_wrap(experiment.hand_set())}\n"
+        hand_set = experiment.hand_set()
+        if hand_set:
+            block += f"\n{_wrap(hand_set)}\n"
         if marks:
             block += f"\n{_wrap(marks.legend())}\n"
             findings = findings_table(marks)

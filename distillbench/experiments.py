@@ -26,13 +26,11 @@ from distillbench.significance import ALPHA, DEFAULT_RESAMPLES, format_p, smalle
 from distillbench.task import eval_set_note, get_task, list_tasks, scale_note, short_label
 
 MAJORITY = "majority class"
+BETTER, WORSE = "▲", "▼"
 
 
 def _setting(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-BETTER, WORSE = "▲", "▼"
 
 
 @dataclass
@@ -94,8 +92,9 @@ class Experiment:
         configured differently, and a reader of the table should not have to open the records to see it.
         The start (said by the row's label) and tuned rows (labelled "(tuned)") are left out."""
         found: dict[tuple[str, str], dict[str, Any]] = {}
+        known = set(list_methods())
         for record in self.students:
-            if record.get("tuned_from") or record["method"] not in list_methods():
+            if record.get("tuned_from") or record["method"] not in known:
                 continue
             defaults = asdict(get_method(record["method"]).hparams_for(record["task"], {}))
             changed = {

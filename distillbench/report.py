@@ -172,8 +172,9 @@ def experiment_markdown(experiment: Experiment, marks: Significance, figures: li
         f"{marks.legend()} {BUDGET_LEGEND}",
         "",
     ]
-    if experiment.hand_set():
-        parts += [experiment.hand_set(), ""]
+    hand_set = experiment.hand_set()
+    if hand_set:
+        parts += [hand_set, ""]
     for figure in figures:
         what = "score against training cost" if figure.endswith("-cost.svg") else "scores"
         parts += [f"![{experiment.title()}: {what}]({figure})", ""]

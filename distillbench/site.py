@@ -185,8 +185,9 @@ def experiment_html(experiment: Experiment, marks: Significance) -> list[str]:
         f"{scale_note(experiment.tasks)}; n: seeds; <b>bold</b>: best student per column. "
         f"{html.escape(marks.legend())} {html.escape(BUDGET_LEGEND)}</p>",
     ]
-    if experiment.hand_set():
-        parts.append(f'<p class="legend">{html.escape(experiment.hand_set())}</p>')
+    hand_set = experiment.hand_set()
+    if hand_set:
+        parts.append(f'<p class="legend">{html.escape(hand_set)}</p>')
     if len(findings):
         parts += [
             table_html(f"findings-{experiment.number}", findings, colours=_colours(findings)),
