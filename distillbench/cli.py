@@ -330,6 +330,7 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
     """RunConfig and Paths from run arguments; ``*_extra`` (tuned values) sit below explicit --set."""
     from distillbench.config import RunConfig, build_train_config, flag_fields, parse_overrides
     from distillbench.method import get_method
+    from distillbench.setting_checks import check_settings
     from distillbench.task import get_task
     from distillbench.workspace import Paths, cache_root
 
@@ -384,6 +385,7 @@ def build_run(args: argparse.Namespace, train_extra: dict | None = None, method_
         task_options=task_options,
         train=build_train_config(task_cls.train_defaults, args.preset, train_extra | train_overrides),
     )
+    check_settings(config)  # a value out of range is told before the training stack is imported
     paths = Paths(
         results_dir=args.results_dir,
         output_dir=args.output_dir,

@@ -19,15 +19,14 @@ from distillbench.cached import stable_key
 from distillbench.config import RunConfig, key_settings
 from distillbench.errors import UserError
 from distillbench.families import family_of, kind
-from distillbench.fields import check_fields
 from distillbench.hub import require_hub_for_data
 from distillbench.method import Method, ModelPair, get_method
 from distillbench.models import StudentSpec, load_config, resolve_model, student_config
 from distillbench.portable import model_identity
+from distillbench.setting_checks import check_settings, task_options
 from distillbench.standins import built_standin, is_standin
 from distillbench.task import Task, get_task, resolve_data_dir, task_registry
 from distillbench.teacher_cache import check_teacher_cache
-from distillbench.tracking import parse_report_to
 from distillbench.workspace import Paths
 
 if TYPE_CHECKING:
@@ -110,17 +109,10 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
     ``identity`` separates runs that share a configuration on purpose (e.g. the trials of a study);
     it enters the run key, hence the output folder and the record name."""
     method_cls = get_method(config.method)
-    task_cls = get_task(config.task)
+    check_settings(config)
     for what, folder in (("results", paths.results_dir), ("cache", paths.cache_dir), ("output", paths.output_dir)):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{what} folder {folder} is a file")
-    check_seeds(config)
-    check_fields(config.train, "--set")
-    if config.train.holdout_fraction and not task_cls.rows_scorable:
-        raise UserError(f"--set holdout_fraction: {config.task} is scored from raw examples; it cannot hold out")
-    parse_report_to(config.train.report_to)
-    if config.train.bf16 and config.train.fp16:
-        raise UserError("--set bf16=true and fp16=true: choose one mixed precision")
     task = task_of(config)
     teachers = teacher_members(config, lambda spec: resolve_teacher(spec, task, paths.cache_dir))
     teacher_source = teachers[0].source
@@ -150,7 +142,6 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
         for model_config in (s_config, teacher_config):
             family_of(model_config, f"{config.method} (Q/K/V capture)")
     hp = method_cls.hparams_for(config.task, config.method_overrides)
-    check_fields(hp, config.method)
     method = method_cls(hp, task, ModelPair(student=s_config, teacher=teacher_config))
     method.check_sequence_length(config.train.max_seq_length)
     task.check_sequence_length(config.train.max_seq_length)
@@ -191,21 +182,7 @@ def plan_run(config: RunConfig, paths: Paths, identity: dict[str, Any] | None = 
 def task_of(config: RunConfig) -> Task:
     """The run's task with its options checked and its data folder resolved (nothing read yet)."""
     task_cls = get_task(config.task)
-    try:
-        options = task_cls.options_for(config.task_options)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"{config.task}: {error}") from None
-    check_fields(options, f"{config.task} option")
-    return task_cls(resolve_data_dir(config.data_dir), options)
-
-
-def check_seeds(config: RunConfig) -> None:
-    """Seeds are non-negative integers (numpy and the Trainer refuse negative ones mid-run)."""
-    given = [("--seed", config.seed), ("--teacher-seed", config.teacher_seed)]
-    given += [("--teacher-seeds", seed) for seed in config.teacher_seeds or ()]
-    for flag, seed in given:
-        if seed is not None and seed < 0:
-            raise UserError(f"{flag} {seed}: seeds are non-negative integers")
+    return task_cls(resolve_data_dir(config.data_dir), task_options(task_cls, config))
 
 
 def check_model_kinds(config: RunConfig, task: Task, teacher: PretrainedConfig, student: PretrainedConfig) -> None:

@@ -207,17 +207,26 @@ def test_no_data_folder_and_no_hub_is_one_line_and_nothing_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("mistake", [["--method", "nope", "--task", "mrpc"], ["--method", "kd", "--task", "nope"]])
-def test_a_misspelt_name_is_told_before_the_training_stack_is_imported(mistake):
+@pytest.mark.parametrize(
+    "mistake, told",
+    [
+        (["--method", "nope", "--task", "mrpc"], "error: unknown method"),
+        (["--method", "kd", "--task", "nope"], "error: unknown task"),
+        (["--method", "kd", "--task", "mrpc", "--epochs", "-1"], "error: --set: epochs=-1.0: must be > 0"),
+        (["--method", "kd", "--task", "mrpc", "--set", "temperature=0"], "error: kd: temperature=0.0: must be > 0"),
+        (["--method", "kd", "--task", "mrpc", "--seed", "-3"], "error: --seed -3: seeds are non-negative"),
+    ],
+)
+def test_a_mistake_in_the_arguments_is_told_before_the_training_stack_is_imported(mistake, told):
     """The harness (models, Trainer, datasets) takes seconds to import on a small machine: a typo in a name
-    is answered before it, as `list` and `show` are."""
+    or a value out of its range is answered before it, as `list` and `show` are."""
     probe = (
         "import sys; from distillbench.cli import main; "
         f"code = main(['run', *{mistake!r}]); print(code, 'distillbench.harness' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.split() == ["2", "False"], result.stderr[-2000:]
-    assert result.stderr.startswith("error: unknown ")
+    assert result.stderr.startswith(told), result.stderr
 
 
 def test_a_dry_run_checks_the_pair_before_the_data(tiny_bert, workdir, capsys, monkeypatch):
