@@ -92,16 +92,10 @@ class Experiment:
         configured differently, and a reader of the table should not have to open the records to see it.
         The start (said by the row's label) and tuned rows (labelled "(tuned)") are left out."""
         found: dict[tuple[str, str], dict[str, Any]] = {}
-        known = set(list_methods())
         for record in self.students:
-            if record.get("tuned_from") or record["method"] not in known:
+            if record.get("tuned_from"):
                 continue
-            defaults = asdict(get_method(record["method"]).hparams_for(record["task"], {}))
-            changed = {
-                name: value
-                for name, value in (record.get("hparams") or {}).items()
-                if name != "student_start" and name in defaults and value != defaults[name]
-            }
+            changed = {name: value for name, value in hand_set_hparams(record).items() if name != "student_start"}
             if changed:
                 found.setdefault((record["task"], method_label(record)), {}).update(changed)
         if not found:
@@ -120,6 +114,19 @@ class Experiment:
             if record.get("majority_baseline") and record["task"] not in found:
                 found[record["task"]] = record["majority_baseline"]
         return found
+
+
+def hand_set_hparams(record: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters a run's command set: its record's ``hparams_given``; a record made before that
+    field existed shows those that differ from its method's defaults for the task today (none for a method
+    this installation does not know)."""
+    hparams = record.get("hparams") or {}
+    if "hparams_given" in record:
+        return {name: hparams[name] for name in record["hparams_given"] if name in hparams}
+    if record["method"] not in list_methods():
+        return {}
+    defaults = asdict(get_method(record["method"]).hparams_for(record["task"], {}))
+    return {name: value for name, value in hparams.items() if name in defaults and value != defaults[name]}
 
 
 def group_experiments(

@@ -207,6 +207,9 @@ def student_record(
     record = base_record(plan, data, git, plan.config.method, "student", plan.key, plan.config.seed)
     record.update(
         hparams=dataclasses.asdict(plan.method.hp),
+        # which of them the command set (the rest were the method's defaults for the task when it ran), so a
+        # table can say "set by hand" without comparing with the defaults of a later version
+        hparams_given=sorted(plan.config.method_overrides),
         train=dataclasses.asdict(plan.config.train),
         loss_history=loss_history(log_history),
         **trained_fields(log_history, plan),

@@ -113,6 +113,7 @@ def test_set_overrides_are_typed_and_recorded(tiny_bert, glue_dir, workdir, caps
     assert main(args) == 0
     record = only_record(workdir / "results")
     assert record["hparams"]["kl_alpha"] == 3.0 and record["hparams"]["filter_nonlinear"] is True
+    assert record["hparams_given"] == ["filter_nonlinear", "kl_alpha"]  # the rest: the method's task defaults
     assert record["model"]["student_start"] == "finetuned"
 
 

@@ -302,3 +302,22 @@ def test_settings_set_by_hand_are_said_under_the_table(tmp_path, capsys):
     assert expected in " ".join(capsys.readouterr().out.split())
     assert main(["leaderboard", "--results-dir", str(results), "--write"]) == 0
     assert expected in (results / "leaderboard.md").read_text()
+
+
+def test_set_by_hand_reads_what_the_command_set_not_todays_defaults():
+    """A record names the hyper-parameters its command set (``hparams_given``): a default changed in a later
+    version does not turn its other values into hand-set ones, and a value set equal to a default is said."""
+    from distillbench.experiments import group_experiments
+
+    hparams = {"temperature": 9.0, "kl_alpha": 0.5}  # neither is kd's default today
+    records = [
+        record("kd", "mrpc", seed, {"accuracy": 0.8, "f1": 0.8}, hparams=hparams, hparams_given=["kl_alpha"])
+        for seed in (1, 2)
+    ]
+    (experiment,) = group_experiments(records)
+    assert experiment.hand_set() == (
+        "Set by hand (every other setting is its method's default for the task): kd on MRPC kl_alpha=0.5."
+    )
+    for r in records:
+        r["hparams_given"] = []
+    assert group_experiments(records)[0].hand_set() == ""
