@@ -715,7 +715,7 @@ def command_table(args: argparse.Namespace) -> int:
         ranked,
         score_table,
     )
-    from distillbench.leaderboard import FORMATS, SCORES, aggregate, render
+    from distillbench.leaderboard import FORMATS, SCORES, aggregate, render, render_within
     from distillbench.method import list_methods
     from distillbench.reference import reference_table
     from distillbench.selection import collect
@@ -754,7 +754,9 @@ def command_table(args: argparse.Namespace) -> int:
             skipped += len(marks.skipped)
         scored = f"{eval_set_note(experiment.tasks)}; mean ± std over seeds, {scale_note(experiment.tasks)}"
         block = f"{_wrap(experiment.title())}\n{args.score} epoch, {scored}\n\n"
-        block += render(score_table(experiment, args.score, marks), args.format)
+        table = score_table(experiment, args.score, marks)
+        terminal = args.format == "md" and args.out is None
+        block += render_within(table, TERMINAL_WIDTH) if terminal else render(table, args.format)
         hand_set = experiment.hand_set()
         if hand_set:
             block += f"\n{_wrap(hand_set)}\n"
@@ -806,11 +808,14 @@ def strict_exit(strict: bool, skipped: int) -> int:
     return 0
 
 
+TERMINAL_WIDTH = 120  # what the tables, titles and legends `table` prints keep to
+
+
 def _wrap(text: str) -> str:
-    """Titles and legends within the 120 columns the tables keep to."""
+    """Titles and legends within the columns the tables keep to."""
     import textwrap
 
-    return textwrap.fill(text, 120, break_on_hyphens=False, break_long_words=False)
+    return textwrap.fill(text, TERMINAL_WIDTH, break_on_hyphens=False, break_long_words=False)
 
 
 def _render_frame(frame, fmt: str) -> str:

@@ -380,7 +380,8 @@ def headline_lines(experiment: Experiment, marks: Significance) -> list[str]:
             if worse:
                 text += f"; worse: {', '.join(worse)}"
             parts.append(text)
-        lines.append(f"- **{short_label(task_name)}** ({len(mine)} comparisons): " + "; ".join(parts) + ".")
+        counted = f"{len(mine)} comparison{'s' if len(mine) != 1 else ''}"
+        lines.append(f"- **{short_label(task_name)}** ({counted}): " + "; ".join(parts) + ".")
     return lines
 
 

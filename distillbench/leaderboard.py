@@ -130,6 +130,23 @@ def build_table(
     return Table(cells, best, title)
 
 
+def render_within(table: Table, width: int) -> str:
+    """Markdown that keeps to ``width`` columns: a table wider than that (several tasks, the controls' long
+    labels, the budget column) becomes several under each other, each repeating the method column, so a
+    terminal shows every cell without wrapping a row."""
+    first, chunks = table.cells.columns[0], [[]]
+
+    def part(columns: list[str]) -> str:
+        best = {(row, column) for row, column in table.best if column in columns}
+        return render(Table(table.cells[[first, *columns]], best, table.title), "md")
+
+    for column in table.cells.columns[1:]:
+        if chunks[-1] and max(map(len, part([*chunks[-1], column]).splitlines())) > width:
+            chunks.append([])
+        chunks[-1].append(column)
+    return "\n".join(part(columns) for columns in chunks)
+
+
 def average_label(benchmark: str, tasks_in: list[str]) -> str:
     """``GLUE avg`` only over every task of the benchmark; otherwise it names what it averages."""
     every = [t for t in list_tasks() if get_task(t).benchmark == benchmark]

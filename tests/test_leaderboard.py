@@ -321,3 +321,18 @@ def test_set_by_hand_reads_what_the_command_set_not_todays_defaults():
     for r in records:
         r["hparams_given"] = []
     assert group_experiments(records)[0].hand_set() == ""
+
+
+def test_a_table_wider_than_the_terminal_is_split_by_columns_each_part_keeping_the_method():
+    from distillbench.leaderboard import Table, render_within
+
+    columns = {f"task {i} metric/metric": [f"{i}1.0±0.{i}/{i}2.0±0.{i}", f"{i}3.0/{i}4.0"] for i in range(6)}
+    cells = pd.DataFrame({"method": ["finetune (from fine-tuned)", "kd"], **columns})
+    table = Table(cells, {(1, "task 4 metric/metric")}, "")
+    text = render_within(table, 80)
+    parts = text.split("\n\n")
+    assert len(parts) > 1 and max(len(line) for line in text.splitlines()) <= 80
+    assert all(part.splitlines()[0].startswith("| method ") for part in parts)
+    assert [c for part in parts for c in columns if f" {c} " in part.splitlines()[0]] == list(columns)
+    assert text.count("**") == 2 and "**43.0/44.0**" in text
+    assert render_within(table, 10_000) == render(table, "md")  # what fits stays one table
