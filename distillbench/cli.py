@@ -789,8 +789,10 @@ def command_table(args: argparse.Namespace) -> int:
     text = (
         "\n\n".join(blocks)
         if blocks
-        else f"No usable records{f' of {asked}' if asked and selection.records else ''} in {args.results_dir}: "
-        f"{selection.report()}."
+        else _wrap(
+            f"No usable records{f' of {asked}' if asked and selection.records else ''} in {args.results_dir}: "
+            f"{selection.report()}."
+        )
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -55,13 +55,14 @@ def violation(name: str, value: Any, check: dict[str, Any]) -> str | None:
     return None
 
 
-def check_fields(instance: Any, what: str) -> None:
-    """Raise one :class:`UserError` line for the first field of ``instance`` outside its declared rule."""
+def check_fields(instance: Any, what: str, flags: dict[str, str] | None = None) -> None:
+    """Raise one :class:`UserError` line for the first field of ``instance`` outside its declared rule,
+    named by ``what`` or, for a field the command line sets with a flag of its own, by that flag."""
     for item in dataclasses.fields(instance):
         check = item.metadata.get("check")
         problem = check and violation(item.name, getattr(instance, item.name), check)
         if problem:
-            raise UserError(f"{what}: {problem}")
+            raise UserError(f"{(flags or {}).get(item.name, what)}: {problem}")
 
 
 def help_of(item: dataclasses.Field) -> str:

@@ -77,12 +77,12 @@ class OutputCaches:
         size = estimated_bytes(lengths, spec, model.config.hidden_size)
         skip = None
         if size > cfg.teacher_cache_max_gb * 2**30:
-            skip = f"it would take {size / 2**30:.1f} GiB > teacher_cache_max_gb={cfg.teacher_cache_max_gb}"
+            skip = f"caching them would take {size / 2**30:.1f} GiB > teacher_cache_max_gb={cfg.teacher_cache_max_gb}"
         elif self.data.rows_to_train(cfg) < len(lengths):
-            skip = "this run trains on fewer rows than building it would run the teacher on"
+            skip = "the run trains on fewer rows than caching would read"
         # Across tokenizers, and for a top-k objective, the cache is how the teacher reaches the student.
         if cfg.teacher_cache == "auto" and not folder.is_dir() and skip and not plan.cross_tokenizer and not top_k:
-            print(f"teacher cache skipped: {skip} (--teacher-cache on builds it anyway)", file=sys.stderr)
+            print(f"teacher outputs computed live: {skip} (--teacher-cache on caches them)", file=sys.stderr)
             return None
         show = plan.paths.show_progress
         with distributed.main_first():  # rank 0 runs the teacher over the data; the others read its cache

@@ -17,13 +17,16 @@ from distillbench.method import get_method
 from distillbench.task import Task, get_task
 from distillbench.tracking import parse_report_to
 
+# training settings that `run` takes as flags of their own: an error names the flag the user typed
+TRAIN_FLAGS = {"epochs": "--epochs", "max_steps": "--max-steps", "teacher_cache": "--teacher-cache"}
+
 
 def check_settings(config: RunConfig) -> None:
     """Raise one :class:`UserError` for the first seed, training setting, hyper-parameter or task option
     that is out of its declared range or contradicts another."""
     task_cls = get_task(config.task)
     check_seeds(config)
-    check_fields(config.train, "--set")
+    check_fields(config.train, "--set", TRAIN_FLAGS)
     if config.train.holdout_fraction and not task_cls.rows_scorable:
         raise UserError(f"--set holdout_fraction: {config.task} is scored from raw examples; it cannot hold out")
     parse_report_to(config.train.report_to)

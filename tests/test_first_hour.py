@@ -212,7 +212,7 @@ def test_no_data_folder_and_no_hub_is_one_line_and_nothing_written(tmp_path):
     [
         (["--method", "nope", "--task", "mrpc"], "error: unknown method"),
         (["--method", "kd", "--task", "nope"], "error: unknown task"),
-        (["--method", "kd", "--task", "mrpc", "--epochs", "-1"], "error: --set: epochs=-1.0: must be > 0"),
+        (["--method", "kd", "--task", "mrpc", "--epochs", "-1"], "error: --epochs: epochs=-1.0: must be > 0"),
         (["--method", "kd", "--task", "mrpc", "--set", "temperature=0"], "error: kd: temperature=0.0: must be > 0"),
         (["--method", "kd", "--task", "mrpc", "--seed", "-3"], "error: --seed -3: seeds are non-negative"),
     ],
