@@ -57,9 +57,10 @@ class Source:
 
     path: Path
     why: str
+    hint: str = ""  # after the path: where else the user may want to read
 
     def line(self) -> str:
-        return f"reading {self.why}: {_shown(self.path)}"
+        return f"reading {self.why}: {_shown(self.path)}{self.hint}"
 
 
 def reading_folder(given: Path | None) -> Source:
@@ -68,7 +69,7 @@ def reading_folder(given: Path | None) -> Source:
         return Source(given, "the folder given")
     own = workspace()
     if has_records(own):
-        return Source(own, f"your workspace (the published results: --results-dir {_shown(published())})")
+        return Source(own, "your workspace", f" (for the published campaign: --results-dir {_shown(published())})")
     return Source(published(), "the published results (your workspace has no runs yet)")
 
 

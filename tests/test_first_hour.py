@@ -57,7 +57,8 @@ def test_a_users_run_leaves_a_fresh_clones_results_and_leaderboard_untouched(tin
     assert list(clone.glob("outputs/*/student")) and not list(clone.glob("outputs/*/checkpoint-*"))
     board = cli(["leaderboard", "--html", str(tmp_path / "page")], clone)
     assert board.returncode == 0, board.stderr[-2000:]
-    assert board.stderr.splitlines()[0].startswith("reading your workspace")
+    first = board.stderr.splitlines()[0]  # the folder read first, then where the published campaign is
+    assert first.startswith(f"reading your workspace: {DEFAULT_WORKSPACE} (") and "--results-dir results" in first
     assert sorted(p.name for p in (tmp_path / "page").iterdir()) == ["index.html"]
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
     assert status == ""  # results/, the leaderboard, the READMEs: all as committed; the workspace is ignored
