@@ -43,6 +43,18 @@ def _gap(record: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
+def _when(best: dict[str, Any]) -> str:
+    """Where the best evaluation fell: the step leads, because a bounded run (``--max-steps``) ends a small
+    fraction into its first epoch and "epoch 0.05" alone reads as a mistake."""
+    if best.get("epoch") is None:
+        return ""
+    return (
+        f"  (step {best['step']}, epoch {best['epoch']:.2f})"
+        if best.get("step") is not None
+        else f"  (epoch {best['epoch']:.2f})"
+    )
+
+
 def run_summary(record: dict[str, Any]) -> str:
     teacher, main = record.get("teacher") or {}, record.get("main_metric", "")
     best = record.get("best_epoch") or {}
@@ -51,8 +63,7 @@ def run_summary(record: dict[str, Any]) -> str:
         f"distillbench  {record['method']} on {record['task']}  (seed {record['seed']})",
         f"  teacher        {_format_metrics(teacher.get('metrics'), main)}",
         f"  student final  {_format_metrics(record['metrics'], main)}",
-        f"  student best   {_format_metrics(best.get('metrics'), main)}"
-        + (f"  (epoch {best['epoch']:.2f})" if best.get("epoch") is not None else ""),
+        f"  student best   {_format_metrics(best.get('metrics'), main)}{_when(best)}",
         *(
             [f"  majority class {_format_metrics(record['majority_baseline'])}"]
             if record.get("majority_baseline")
@@ -62,6 +73,11 @@ def run_summary(record: dict[str, Any]) -> str:
         f"  loss terms     {_format_metrics(record.get('loss_terms'))}",
         f"  wall time      {record['wall_time_s']:.0f} s",
         f"  record         {record.get('_path', record['run_id'])}",
+        *(
+            [f"  student model  {saved}  (with its tokenizer)"]
+            if (saved := (record.get("model") or {}).get("output_dir"))
+            else []
+        ),
     ]
     bounded = bounded_by(record)
     if bounded:
@@ -118,6 +134,7 @@ def plan_summary(plan: Plan) -> str:
         f"  hyper-params   {'  '.join(f'{k}={v}' for k, v in hparams.items())}",
         f"  training       {'  '.join(f'{k}={v}' for k, v in training.items() if v is not None)}",
         f"  record         {plan.paths.results_dir / 'runs' / f'{plan.run_name}.json'}",
+        f"  student model  {plan.output_folder / 'student'}  (checkpoints beside it, for resuming)",
     ]
     return "\n".join(lines)
 

@@ -257,7 +257,10 @@ def test_max_steps_bounds_the_teacher_unless_a_full_teacher_is_cached(tiny_bert,
     full = plan_from_arguments(parser.parse_args([*base, "--set", "teacher_max_steps=-1", "--max-steps", "5"]))
     capsys.readouterr()
     assert main([*base, "--dry-run"]) == 0
-    assert "teacher fine-tune → kd on the student" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "teacher fine-tune → kd on the student" in out
+    where = Path("outputs") / plan_from_arguments(parser.parse_args(base)).run_name / "student"
+    assert f"student model  {where}" in out  # where the trained student will be
     folder = full.paths.cache_dir / "stages" / f"mrpc-teacher-finetune-{stable_key(finetune_settings(full, 'teacher'))}"
     folder.mkdir(parents=True)
     (folder / MARKER).write_text("{}")

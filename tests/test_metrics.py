@@ -83,6 +83,12 @@ def test_run_summary_puts_the_gap_and_the_majority_baseline_beside_the_scores():
     }
     text = run_summary(record)
     assert "teacher − student accuracy = +0.1000" in text and "above the majority class: teacher, student" in text
+    assert "student model" not in text  # an older record that does not say where its student went
+    # a bounded run's best evaluation is named by its step first: "epoch 0.05" alone reads as a mistake
+    record |= {"best_epoch": {"epoch": 0.0512, "step": 100, "metrics": {"accuracy": 0.7}}}
+    record |= {"model": {"output_dir": "outputs/sst2-kd-seed1-x/student"}}
+    text = run_summary(record)
+    assert "(step 100, epoch 0.05)" in text and "student model  outputs/sst2-kd-seed1-x/student" in text
     record["metrics"] = {"accuracy": 0.5}
     assert "above the majority class: teacher" in run_summary(record)
     # lower is better (perplexity): the gap reads student − teacher, positive when the student is behind;
