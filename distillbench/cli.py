@@ -706,6 +706,9 @@ def _names(text: str | None, known: list[str], kind: str) -> list[str] | None:
 def command_table(args: argparse.Namespace) -> int:
     from distillbench.efficiency import fill_budgets
     from distillbench.experiments import (
+        BUDGET_COLUMN,
+        BUDGET_LEGEND,
+        N_LEGEND,
         experiment_significance,
         findings_legend,
         findings_table,
@@ -757,6 +760,8 @@ def command_table(args: argparse.Namespace) -> int:
         table = score_table(experiment, args.score, marks)
         terminal = args.format == "md" and args.out is None
         block += render_within(table, TERMINAL_WIDTH) if terminal else render(table, args.format)
+        legend = f"{N_LEGEND}." + (f" {BUDGET_LEGEND}" if BUDGET_COLUMN in table.cells else "")
+        block += f"\n{_wrap(legend)}\n"
         hand_set = experiment.hand_set()
         if hand_set:
             block += f"\n{_wrap(hand_set)}\n"

@@ -212,6 +212,7 @@ def score_table(experiment: Experiment, score: str, marks: Significance | None =
     return Table(cells, best, table.title)
 
 
+N_LEGEND = "n: seeds behind each score (2/5: the tasks have different numbers of seeds, fewest first)"
 BUDGET_COLUMN = "labels · train FLOPs"
 BUDGET_LEGEND = (
     f"{BUDGET_COLUMN}: the labelled epochs the student saw over all its stages (a fine-tuned start and a "

@@ -15,6 +15,7 @@ from distillbench.bench_report import bench_markdown, on_policy_markdown, perfor
 from distillbench.efficiency import efficiency_table, fill_budgets
 from distillbench.experiments import (
     BUDGET_LEGEND,
+    N_LEGEND,
     NOTHING_RANKED,
     Experiment,
     experiment_significance,
@@ -168,7 +169,7 @@ def experiment_markdown(experiment: Experiment, marks: Significance, figures: li
         "",
         render(score_table(experiment, "final", marks), "md"),
         f"Final epoch, {eval_set_note(experiment.tasks)}. Cells: mean ± std over seeds, "
-        f"{scale_note(experiment.tasks)}; n: seeds; **bold**: best student per column. "
+        f"{scale_note(experiment.tasks)}; {N_LEGEND}; **bold**: best student per column. "
         f"{marks.legend()} {BUDGET_LEGEND}",
         "",
     ]

@@ -143,6 +143,9 @@ def test_table_shows_the_budget_the_leaderboard_counts(tiny_bert, glue_dir, work
     assert read["budget"]["training_flops"] == pytest.approx(with_flops(count(read) | read["budget"])["training_flops"])
     assert read["budget"]["training_flops"] > 1.0
     assert f"1 ep · {flops_text([read['budget']['training_flops']])}" in shown  # not the mean with a stale 1.0
+    # the terminal explains its columns under the table, as the leaderboard's legend does
+    flat = " ".join(shown.split())
+    assert "n: seeds behind each score" in flat and "labels · train FLOPs: the labelled epochs" in flat
 
 
 def test_controls_start_where_ted_does_are_labelled_and_count_the_head_start(tiny_bert, glue_dir, workdir):
