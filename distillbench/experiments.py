@@ -382,6 +382,13 @@ def headline_lines(experiment: Experiment, marks: Significance) -> list[str]:
                 text += f"; worse: {', '.join(worse)}"
             parts.append(text)
         counted = f"{len(mine)} comparison{'s' if len(mine) != 1 else ''}"
+        per_row: dict[str, set[int]] = defaultdict(set)
+        for record in experiment.students:
+            if record["task"] == task_name:
+                per_row[row_key(record)[1]].add(record["seed"])
+        fewest, most = min(map(len, per_row.values())), max(map(len, per_row.values()))
+        if fewest < len(experiment.seeds):  # a task whose seeds are still running reads as partial, not settled
+            counted += f", {fewest}{f'–{most}' if most > fewest else ''} of {len(experiment.seeds)} seeds per method"
         lines.append(f"- **{short_label(task_name)}** ({counted}): " + "; ".join(parts) + ".")
     return lines
 

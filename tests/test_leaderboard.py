@@ -336,3 +336,28 @@ def test_a_table_wider_than_the_terminal_is_split_by_columns_each_part_keeping_t
     assert [c for part in parts for c in columns if f" {c} " in part.splitlines()[0]] == list(columns)
     assert text.count("**") == 2 and "**43.0/44.0**" in text
     assert render_within(table, 10_000) == render(table, "md")  # what fits stays one table
+
+
+def test_the_headline_says_when_a_task_has_fewer_seeds_than_its_experiment():
+    """A task whose seeds are still running is read as partial in the headline, not as a settled finding."""
+    from distillbench.experiments import experiment_significance, group_experiments, headline_lines, ranked
+
+    records = select(read_records(Path(__file__).resolve().parents[1] / "results")).records
+    campaign = next(
+        e for e in ranked(group_experiments(records)) if e.tasks == ["mrpc", "stsb"] and "length-grouped" in e.budget
+    )
+    assert campaign.seeds == [1, 2, 3]
+    complete = headline_lines(campaign, experiment_significance(campaign, "final", resamples=1000))
+    assert not any("seeds per method" in line for line in complete)
+    partial = dataclasses.replace(
+        campaign, records=[r for r in campaign.records if not (r["task"] == "stsb" and r["seed"] == 3)]
+    )
+    lines = headline_lines(partial, experiment_significance(partial, "final", resamples=1000))
+    stsb, mrpc = (next(line for line in lines if f"**{name}**" in line) for name in ("STS-B", "MRPC"))
+    assert "2 of 3 seeds per method)" in stsb and "seeds" not in mrpc
+    # one method behind the others: the range says so
+    uneven = dataclasses.replace(
+        campaign, records=[r for r in campaign.records if not (r["method"] == "ted" and r["seed"] == 3)]
+    )
+    lines = headline_lines(uneven, experiment_significance(uneven, "final", resamples=1000))
+    assert all("2–3 of 3 seeds per method)" in line for line in lines if "**" in line)
