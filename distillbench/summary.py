@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 from distillbench.config import result_settings
@@ -131,12 +132,20 @@ def plan_summary(plan: Plan) -> str:
             * plan.cross_tokenizer
         ),
         f"  stages         {' → '.join(stages)}",
-        f"  hyper-params   {'  '.join(f'{k}={v}' for k, v in hparams.items())}",
-        f"  training       {'  '.join(f'{k}={v}' for k, v in training.items() if v is not None)}",
+        _settings_line("hyper-params", hparams),
+        _settings_line("training", {k: v for k, v in training.items() if v is not None}),
         f"  record         {plan.paths.results_dir / 'runs' / f'{plan.run_name}.json'}",
         f"  student model  {plan.output_folder / 'student'}  (checkpoints beside it, for resuming)",
     ]
     return "\n".join(lines)
+
+
+def _settings_line(label: str, settings: dict[str, Any]) -> str:
+    """``k=v`` pairs after a label, wrapped at 120 columns under the first pair: a line of fifteen
+    settings would otherwise wrap mid-word in the terminal."""
+    pairs = "  ".join(f"{k}={v}" for k, v in settings.items())
+    indent = " " * 17
+    return textwrap.fill(pairs, 120, initial_indent=f"  {label:<15}", subsequent_indent=indent, break_on_hyphens=False)
 
 
 def _teacher_text(plan: Plan) -> str:

@@ -261,6 +261,7 @@ def test_max_steps_bounds_the_teacher_unless_a_full_teacher_is_cached(tiny_bert,
     assert "teacher fine-tune → kd on the student" in out
     where = Path("outputs") / plan_from_arguments(parser.parse_args(base)).run_name / "student"
     assert f"student model  {where}" in out  # where the trained student will be
+    assert max(map(len, out.splitlines())) <= 120  # settings wrap under their label, not mid-word
     folder = full.paths.cache_dir / "stages" / f"mrpc-teacher-finetune-{stable_key(finetune_settings(full, 'teacher'))}"
     folder.mkdir(parents=True)
     (folder / MARKER).write_text("{}")
