@@ -703,7 +703,20 @@ def _names(text: str | None, known: list[str], kind: str) -> list[str] | None:
     return names
 
 
+def check_score(args: argparse.Namespace) -> None:
+    """``--score`` (and ``--format``, ``--resamples`` where the command has them), before the heavy imports."""
+    from distillbench.labels import FORMATS, SCORES
+
+    if args.score not in SCORES:
+        raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
+    if getattr(args, "format", None) is not None and args.format not in FORMATS:
+        raise UserError(f"unknown format {args.format!r}; choose one of {', '.join(FORMATS)}")
+    if getattr(args, "resamples", None) is not None and args.resamples < 1000:
+        raise UserError("--resamples must be at least 1000")
+
+
 def command_table(args: argparse.Namespace) -> int:
+    check_score(args)
     from distillbench.efficiency import fill_budgets
     from distillbench.experiments import (
         BUDGET_COLUMN,
@@ -718,18 +731,12 @@ def command_table(args: argparse.Namespace) -> int:
         ranked,
         score_table,
     )
-    from distillbench.leaderboard import FORMATS, SCORES, aggregate, render, render_within
+    from distillbench.leaderboard import aggregate, render, render_within
     from distillbench.method import list_methods
     from distillbench.reference import reference_table
     from distillbench.selection import collect
     from distillbench.task import eval_set_note, list_tasks, scale_note
 
-    if args.format not in FORMATS:
-        raise UserError(f"unknown format {args.format!r}; choose one of {', '.join(FORMATS)}")
-    if args.score not in SCORES:
-        raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
-    if args.resamples < 1000:
-        raise UserError("--resamples must be at least 1000")
     tasks = _names(args.tasks, list_tasks(), "task")
     methods = _names(args.methods, list_methods(), "method")
     announce(args)
@@ -837,16 +844,12 @@ def _render_frame(frame, fmt: str) -> str:
 
 
 def command_compare(args: argparse.Namespace) -> int:
+    check_score(args)
     from distillbench.labels import EXPERIMENT, method_label, row_key
-    from distillbench.leaderboard import SCORES
     from distillbench.selection import collect
     from distillbench.significance import compare_records, describe
     from distillbench.task import get_task
 
-    if args.score not in SCORES:
-        raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
-    if args.resamples < 1000:
-        raise UserError("--resamples must be at least 1000")
     task = get_task(args.task)
     selection = collect(args.results_dir, args.include_dirty, args.include_bounded)
     records = [r for r in selection.records if r["task"] == args.task and r.get("role") == "student"]
@@ -925,8 +928,9 @@ def command_compare(args: argparse.Namespace) -> int:
 def command_plot(args: argparse.Namespace) -> int:
     import json
 
+    if args.kind == "methods":
+        check_score(args)
     from distillbench import plots
-    from distillbench.leaderboard import SCORES
     from distillbench.selection import collect
     from distillbench.workspace import workspace
 
@@ -934,8 +938,6 @@ def command_plot(args: argparse.Namespace) -> int:
     if args.kind == "methods":
         from distillbench.experiments import group_experiments
 
-        if args.score not in SCORES:
-            raise UserError(f"unknown score {args.score!r}; choose one of {', '.join(SCORES)}")
         announce(args)
         experiments = group_experiments(collect(args.results_dir, include_bounded=args.include_bounded).records)
         if not experiments:

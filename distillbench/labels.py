@@ -12,6 +12,9 @@ from typing import Any
 
 from distillbench.portable import packaged_alias
 
+SCORES = ("final", "best")  # which evaluation of a run a table reads: its last epoch or its best
+FORMATS = ("md", "latex", "csv", "html")  # what a table renders to
+
 # A stand-in teacher pre-trained here (``--teacher scratch:<preset>``) lives at standins/<preset>-<key>/model.
 STANDIN_FOLDER = re.compile(r"standins/(?P<preset>[^/]+)-[0-9a-f]{16}/model$")
 

@@ -16,15 +16,13 @@ import pandas as pd
 from distillbench.errors import UserError
 from distillbench.labels import (
     EXPERIMENT,
+    FORMATS,
     base_method,
     row_key,
     score_of,
 )
 from distillbench.method import get_method, method_registry
 from distillbench.task import get_task, list_tasks
-
-FORMATS = ("md", "latex", "csv", "html")
-SCORES = ("final", "best")
 
 
 def aggregate(records: list[dict[str, Any]], score: str = "final") -> pd.DataFrame:

@@ -208,22 +208,34 @@ def test_no_data_folder_and_no_hub_is_one_line_and_nothing_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+RUN, READ = "distillbench.harness", "pandas"  # what `run` and the reading commands take seconds to import
+
+
 @pytest.mark.parametrize(
-    "mistake, told",
+    "mistake, told, heavy",
     [
-        (["--method", "nope", "--task", "mrpc"], "error: unknown method"),
-        (["--method", "kd", "--task", "nope"], "error: unknown task"),
-        (["--method", "kd", "--task", "mrpc", "--epochs", "-1"], "error: --epochs: epochs=-1.0: must be > 0"),
-        (["--method", "kd", "--task", "mrpc", "--set", "temperature=0"], "error: kd: temperature=0.0: must be > 0"),
-        (["--method", "kd", "--task", "mrpc", "--seed", "-3"], "error: --seed -3: seeds are non-negative"),
+        (["run", "--method", "nope", "--task", "mrpc"], "error: unknown method", RUN),
+        (["run", "--method", "kd", "--task", "nope"], "error: unknown task", RUN),
+        (
+            ["run", "--method", "kd", "--task", "mrpc", "--epochs", "-1"],
+            "error: --epochs: epochs=-1.0: must be > 0",
+            RUN,
+        ),
+        (["run", "--method", "kd", "--task", "mrpc", "--set", "temperature=0"], "error: kd: temperature=0.0", RUN),
+        (["run", "--method", "kd", "--task", "mrpc", "--seed", "-3"], "error: --seed -3: seeds are non-negative", RUN),
+        (["table", "--format", "xml"], "error: unknown format 'xml'", READ),
+        (["table", "--score", "worst"], "error: unknown score 'worst'", READ),
+        (["compare", "kd", "finetune", "--task", "mrpc", "--resamples", "10"], "error: --resamples must be", READ),
+        (["plot", "methods", "--score", "worst"], "error: unknown score 'worst'", READ),
     ],
 )
-def test_a_mistake_in_the_arguments_is_told_before_the_training_stack_is_imported(mistake, told):
-    """The harness (models, Trainer, datasets) takes seconds to import on a small machine: a typo in a name
-    or a value out of its range is answered before it, as `list` and `show` are."""
+def test_a_mistake_in_the_arguments_is_told_before_the_heavy_imports(mistake, told, heavy):
+    """The harness (models, Trainer, datasets) and the readers (pandas and what they draw with) take
+    seconds to import on a small machine: a typo in a name or a value out of its range is answered before
+    them, as `list` and `show` are."""
     probe = (
         "import sys; from distillbench.cli import main; "
-        f"code = main(['run', *{mistake!r}]); print(code, 'distillbench.harness' in sys.modules)"
+        f"code = main({mistake!r}); print(code, {heavy!r} in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.split() == ["2", "False"], result.stderr[-2000:]
