@@ -798,20 +798,24 @@ def command_table(args: argparse.Namespace) -> int:
         )
     filters = (("task", tasks), ("method", methods))
     asked = ", ".join(f"{name} {', '.join(values)}" for name, values in filters if values)
-    text = (
-        "\n\n".join(blocks)
-        if blocks
-        else _wrap(
-            f"No usable records{f' of {asked}' if asked and selection.records else ''} in {args.results_dir}: "
-            f"{selection.report()}."
-        )
-    )
+    text = "\n\n".join(blocks) if blocks else _wrap(nothing_to_show(args, selection, asked))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     else:
         print(text)
     return strict_exit(args.strict, skipped)
+
+
+def nothing_to_show(args: argparse.Namespace, selection: Any, asked: str) -> str:
+    """What an empty table says instead: the counts are on the line above it, so this says what to try."""
+    where = f"{args.results_dir}" + (f" for {asked}" if asked and selection.records else "")
+    tries = []
+    if any(reason.startswith("bounded") for reason in selection.excluded):
+        tries.append("its bounded runs (smoke tests such as the demo): --include-bounded")
+    if args.source.published_flag:  # the workspace was read: the published campaign is elsewhere
+        tries.append(f"the published campaign: {args.source.published_flag}")
+    return f"Nothing to show from {where}." + (f" To see {'; '.join(tries)}." if tries else "")
 
 
 def strict_exit(strict: bool, skipped: int) -> int:

@@ -57,10 +57,11 @@ class Source:
 
     path: Path
     why: str
-    hint: str = ""  # after the path: where else the user may want to read
+    published_flag: str = ""  # when the workspace is read: the flag that reads the published campaign instead
 
     def line(self) -> str:
-        return f"reading {self.why}: {_shown(self.path)}{self.hint}"
+        hint = f" (for the published campaign: {self.published_flag})" if self.published_flag else ""
+        return f"reading {self.why}: {_shown(self.path)}{hint}"
 
 
 def reading_folder(given: Path | None) -> Source:
@@ -69,7 +70,7 @@ def reading_folder(given: Path | None) -> Source:
         return Source(given, "the folder given")
     own = workspace()
     if has_records(own):
-        return Source(own, "your workspace", f" (for the published campaign: --results-dir {_shown(published())})")
+        return Source(own, "your workspace", f"--results-dir {_shown(published())}")
     return Source(published(), "the published results (your workspace has no runs yet)")
 
 

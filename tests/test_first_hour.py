@@ -60,6 +60,10 @@ def test_a_users_run_leaves_a_fresh_clones_results_and_leaderboard_untouched(tin
     first = board.stderr.splitlines()[0]  # the folder read first, then where the published campaign is
     assert first.startswith(f"reading your workspace: {DEFAULT_WORKSPACE} (") and "--results-dir results" in first
     assert sorted(p.name for p in (tmp_path / "page").iterdir()) == ["index.html"]
+    table = cli(["table"], clone)  # after a smoke test the workspace ranks nothing: the output says what to try
+    said = " ".join(table.stdout.split())
+    assert said.startswith(f"Nothing to show from {DEFAULT_WORKSPACE}.") and "--include-bounded" in said
+    assert said.endswith("the published campaign: --results-dir results.") and table.returncode == 0
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
     assert status == ""  # results/, the leaderboard, the READMEs: all as committed; the workspace is ignored
 
