@@ -721,13 +721,13 @@ def command_table(args: argparse.Namespace) -> int:
     from distillbench.experiments import (
         BUDGET_COLUMN,
         BUDGET_LEGEND,
-        N_LEGEND,
         experiment_significance,
         findings_legend,
         findings_table,
         group_experiments,
         history,
         history_table,
+        n_legend,
         ranked,
         score_table,
     )
@@ -767,7 +767,7 @@ def command_table(args: argparse.Namespace) -> int:
         table = score_table(experiment, args.score, marks)
         terminal = args.format == "md" and args.out is None
         block += render_within(table, TERMINAL_WIDTH) if terminal else render(table, args.format)
-        legend = f"{N_LEGEND}." + (f" {BUDGET_LEGEND}" if BUDGET_COLUMN in table.cells else "")
+        legend = f"{n_legend(table.cells)}." + (f" {BUDGET_LEGEND}" if BUDGET_COLUMN in table.cells else "")
         block += f"\n{_wrap(legend)}\n"
         hand_set = experiment.hand_set()
         if hand_set:

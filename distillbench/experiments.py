@@ -212,7 +212,14 @@ def score_table(experiment: Experiment, score: str, marks: Significance | None =
     return Table(cells, best, table.title)
 
 
-N_LEGEND = "n: seeds behind each score (2/5: the tasks have different numbers of seeds, fewest first)"
+def n_legend(cells: pd.DataFrame) -> str:
+    """What the ``n`` column means; its two-number form explained only where a cell uses it."""
+    uneven = "n" in cells and cells["n"].astype(str).str.contains("/").any()
+    return "n: seeds behind each score" + (
+        " (2/5: the tasks have different numbers of seeds, fewest first)" if uneven else ""
+    )
+
+
 BUDGET_COLUMN = "labels · train FLOPs"
 BUDGET_LEGEND = (
     f"{BUDGET_COLUMN}: the labelled epochs the student saw over all its stages (a fine-tuned start and a "

@@ -15,7 +15,6 @@ from distillbench.bench_report import bench_markdown, on_policy_markdown, perfor
 from distillbench.efficiency import efficiency_table, fill_budgets
 from distillbench.experiments import (
     BUDGET_LEGEND,
-    N_LEGEND,
     NOTHING_RANKED,
     Experiment,
     experiment_significance,
@@ -29,6 +28,7 @@ from distillbench.experiments import (
     headline_lines,
     history,
     history_table,
+    n_legend,
     ranked,
     score_table,
 )
@@ -164,12 +164,13 @@ def headline_markdown(reading: Reading) -> str:
 
 
 def experiment_markdown(experiment: Experiment, marks: Significance, figures: list[str]) -> list[str]:
+    table = score_table(experiment, "final", marks)
     parts = [
         f"### {experiment.title()}",
         "",
-        render(score_table(experiment, "final", marks), "md"),
+        render(table, "md"),
         f"Final epoch, {eval_set_note(experiment.tasks)}. Cells: mean ± std over seeds, "
-        f"{scale_note(experiment.tasks)}; {N_LEGEND}; **bold**: best student per column. "
+        f"{scale_note(experiment.tasks)}; {n_legend(table.cells)}; **bold**: best student per column. "
         f"{marks.legend()} {BUDGET_LEGEND}",
         "",
     ]

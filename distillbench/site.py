@@ -23,7 +23,6 @@ from distillbench.efficiency import efficiency_table, read_efficiency
 from distillbench.experiments import (
     BUDGET_LEGEND,
     MAJORITY,
-    N_LEGEND,
     NOTHING_RANKED,
     Experiment,
     findings_legend,
@@ -34,6 +33,7 @@ from distillbench.experiments import (
     headline_legend,
     headline_lines,
     history_table,
+    n_legend,
     score_table,
 )
 from distillbench.labels import row_key
@@ -183,7 +183,7 @@ def experiment_html(experiment: Experiment, marks: Significance) -> list[str]:
             _colours(table.cells),
         ),
         f'<p class="legend">Final epoch, {eval_set_note(experiment.tasks)}. Cells: mean ± std over seeds, '
-        f"{scale_note(experiment.tasks)}; {N_LEGEND}; <b>bold</b>: best student per column. "
+        f"{scale_note(experiment.tasks)}; {n_legend(table.cells)}; <b>bold</b>: best student per column. "
         f"{html.escape(marks.legend())} {html.escape(BUDGET_LEGEND)}</p>",
     ]
     hand_set = experiment.hand_set()
