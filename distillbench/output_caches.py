@@ -79,10 +79,13 @@ class OutputCaches:
         if size > cfg.teacher_cache_max_gb * 2**30:
             skip = f"caching them would take {size / 2**30:.1f} GiB > teacher_cache_max_gb={cfg.teacher_cache_max_gb}"
         elif self.data.rows_to_train(cfg) < len(lengths):
-            skip = "the run trains on fewer rows than caching would read"
+            skip = "this short run reads fewer training rows than caching the whole set would"
         # Across tokenizers, and for a top-k objective, the cache is how the teacher reaches the student.
         if cfg.teacher_cache == "auto" and not folder.is_dir() and skip and not plan.cross_tokenizer and not top_k:
-            print(f"teacher outputs computed live: {skip} (--teacher-cache on caches them)", file=sys.stderr)
+            print(
+                f"teacher outputs computed on the fly, not cached: {skip} (--teacher-cache on caches anyway)",
+                file=sys.stderr,
+            )
             return None
         show = plan.paths.show_progress
         with distributed.main_first():  # rank 0 runs the teacher over the data; the others read its cache

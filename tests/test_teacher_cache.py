@@ -227,7 +227,7 @@ def test_auto_skips_a_cache_over_the_disk_limit_and_on_builds_it(tiny_bert, glue
     teacher_dir, info = runner.stages.finetuned("teacher")
     teacher = load_for_task(str(teacher_dir), runner.task.model_class, runner.task.model_kwargs(), False)
     assert runner.caches.for_teacher(teacher, info) is None
-    assert "teacher outputs computed live" in capsys.readouterr().err
+    assert "teacher outputs computed on the fly, not cached" in capsys.readouterr().err
     runner.plan.config.train.teacher_cache = "on"
     assert runner.caches.for_teacher(teacher, info) is not None
 
@@ -237,7 +237,7 @@ def test_auto_skips_a_cache_a_short_run_would_not_repay(tiny_bert, glue_dir, tmp
     teacher_dir, info = runner.stages.finetuned("teacher")
     teacher = load_for_task(str(teacher_dir), runner.task.model_class, runner.task.model_kwargs(), False)
     assert runner.caches.for_teacher(teacher, info) is None
-    assert "fewer rows than caching would read" in capsys.readouterr().err
+    assert "this short run reads fewer training rows than caching the whole set would" in capsys.readouterr().err
     runner.plan.config.train.max_steps = 6  # 48 rows: one teacher pass either way, and later epochs/runs gain
     assert runner.caches.for_teacher(teacher, info) is not None
 
