@@ -1,6 +1,6 @@
 """Tiny, self-made fixtures: a word-level BERT tokenizer, random 4-layer BERTs, GLUE-layout TSVs.
 
-Nothing here needs ../shared or the hub, so the suite runs on a clean clone in a few minutes.
+Nothing here needs ../shared or the hub, so the suite runs on a clean clone, CPU only.
 """
 
 from __future__ import annotations
