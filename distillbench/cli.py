@@ -703,7 +703,7 @@ def _names(text: str | None, known: list[str], kind: str) -> list[str] | None:
     return names
 
 
-def check_score(args: argparse.Namespace) -> None:
+def check_reading_options(args: argparse.Namespace) -> None:
     """``--score`` (and ``--format``, ``--resamples`` where the command has them), before the heavy imports."""
     from distillbench.labels import FORMATS, SCORES
 
@@ -716,7 +716,7 @@ def check_score(args: argparse.Namespace) -> None:
 
 
 def command_table(args: argparse.Namespace) -> int:
-    check_score(args)
+    check_reading_options(args)
     from distillbench.efficiency import fill_budgets
     from distillbench.experiments import (
         BUDGET_COLUMN,
@@ -848,7 +848,7 @@ def _render_frame(frame, fmt: str) -> str:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    check_score(args)
+    check_reading_options(args)
     from distillbench.labels import EXPERIMENT, method_label, row_key
     from distillbench.selection import collect
     from distillbench.significance import compare_records, describe
@@ -933,7 +933,7 @@ def command_plot(args: argparse.Namespace) -> int:
     import json
 
     if args.kind == "methods":
-        check_score(args)
+        check_reading_options(args)
     from distillbench import plots
     from distillbench.selection import collect
     from distillbench.workspace import workspace
