@@ -809,9 +809,11 @@ def command_table(args: argparse.Namespace) -> int:
 
 def nothing_to_show(args: argparse.Namespace, selection: Any, asked: str) -> str:
     """What an empty table says instead: the counts are on the line above it, so this says what to try."""
+    from distillbench.selection import EXCLUDED_BOUNDED
+
     where = f"{args.results_dir}" + (f" for {asked}" if asked and selection.records else "")
     tries = []
-    if any(reason.startswith("bounded") for reason in selection.excluded):
+    if EXCLUDED_BOUNDED in selection.excluded:
         tries.append("its bounded runs (smoke tests such as the demo): --include-bounded")
     if args.source.published_flag:  # the workspace was read: the published campaign is elsewhere
         tries.append(f"the published campaign: {args.source.published_flag}")

@@ -61,13 +61,18 @@ class Experiment:
     def seeds(self) -> list[int]:
         return sorted({r["seed"] for r in self.students})
 
+    def seeds_per_row(self, task: str | None = None) -> dict[tuple, set[int]]:
+        """The seeds each (task, method row) ran, on one task or all: how complete a row's evidence is."""
+        seeds: dict[tuple, set[int]] = defaultdict(set)
+        for record in self.students:
+            if task is None or record["task"] == task:
+                seeds[row_key(record)[:2]].add(record["seed"])
+        return seeds
+
     @property
     def most_seeds(self) -> int:
         """The most seeds any one method ran on any one task."""
-        counts: dict[tuple, set] = defaultdict(set)
-        for record in self.students:
-            counts[row_key(record)[:2]].add(record["seed"])
-        return max((len(seeds) for seeds in counts.values()), default=0)
+        return max(map(len, self.seeds_per_row().values()), default=0)
 
     @property
     def bounded(self) -> bool:
@@ -389,11 +394,8 @@ def headline_lines(experiment: Experiment, marks: Significance) -> list[str]:
                 text += f"; worse: {', '.join(worse)}"
             parts.append(text)
         counted = f"{len(mine)} comparison{'s' if len(mine) != 1 else ''}"
-        per_row: dict[str, set[int]] = defaultdict(set)
-        for record in experiment.students:
-            if record["task"] == task_name:
-                per_row[row_key(record)[1]].add(record["seed"])
-        fewest, most = min(map(len, per_row.values())), max(map(len, per_row.values()))
+        counts = [len(seeds) for seeds in experiment.seeds_per_row(task_name).values()]
+        fewest, most = min(counts), max(counts)
         if fewest < len(experiment.seeds):  # a task whose seeds are still running reads as partial, not settled
             counted += f", {fewest}{f'–{most}' if most > fewest else ''} of {len(experiment.seeds)} seeds per method"
         lines.append(f"- **{short_label(task_name)}** ({counted}): " + "; ".join(parts) + ".")

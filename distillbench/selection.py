@@ -62,6 +62,9 @@ def bounded_by(record: dict[str, Any]) -> list[str]:
     return reasons
 
 
+EXCLUDED_BOUNDED = "bounded (preset, --max-steps; --include-bounded shows them)"
+
+
 def select(records: list[dict[str, Any]], include_dirty: bool = False, include_bounded: bool = False) -> Selection:
     """Drop incomplete, dirty-tree, tuning-trial (a study is its own evidence) and bounded (a preset such
     as the demo, ``--max-steps``, ``max_train_samples``; kept when asked) records; within a group keep the
@@ -82,7 +85,7 @@ def select(records: list[dict[str, Any]], include_dirty: bool = False, include_b
         elif (record.get("data") or {}).get("held_out"):
             selection.excluded["scored on held-out train (a settings study), not the dev set"] += 1
         elif bounded_by(record) and not include_bounded:
-            selection.excluded["bounded (preset, --max-steps; --include-bounded shows them)"] += 1
+            selection.excluded[EXCLUDED_BOUNDED] += 1
         else:
             candidates.append(record)
     teachers = read_teachers(candidates)
