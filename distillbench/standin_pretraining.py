@@ -110,7 +110,7 @@ def pretrain(spec: str, task: Task, folder: Path, show_progress: bool) -> dict[s
         preprocess_logits_for_metrics=task.reduce_eval_logits,
     )
     if not os.environ.get(VERBOSE_ENV):
-        quiet_logs(trainer)
+        quiet_logs(trainer, "teacher-pretraining")
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(folder / "trainer"))
     scores = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items() if k.removeprefix("eval_") in
               ("perplexity", "bits_per_byte", "word_perplexity", "nll")}  # fmt: skip

@@ -153,9 +153,10 @@ class Training:
         data_collator: Any = None,
         callbacks: tuple[TrainerCallback, ...] = (),
         capture: EvalCapture | None = None,
+        stage: str | None = None,
     ) -> DistillTrainer:
         """A :class:`DistillTrainer` evaluating on the task's dev split(s) with the task's metric;
-        ``capture`` keeps every evaluation's per-example predictions."""
+        ``capture`` keeps every evaluation's per-example predictions; ``stage`` names its progress bars."""
         trainer = DistillTrainer(
             model=module,
             args=args,
@@ -169,7 +170,7 @@ class Training:
         if capture is not None:
             capture.attach(trainer)
         if not os.environ.get(VERBOSE_ENV):
-            quiet_logs(trainer)
+            quiet_logs(trainer, stage)
         return trainer
 
     def train(
@@ -191,7 +192,9 @@ class Training:
         args = self.arguments(out_dir, cfg, evaluate, seed, tracking=trainer_arguments(trackers, record_id))
         train = self.data.train_split(cfg.max_train_samples, indexed)
         tracker_callbacks = tracking_callbacks(trackers, self.plan.output_folder / "tensorboard" / name)
-        trainer = self.trainer(module, args, train, callbacks=(*callbacks, *tracker_callbacks), capture=capture)
+        trainer = self.trainer(
+            module, args, train, callbacks=(*callbacks, *tracker_callbacks), capture=capture, stage=name
+        )
         checkpoint = last_complete_checkpoint(out_dir)
         if capture is not None:
             capture.keep_in(out_dir / EVALUATIONS_FOLDER, checkpoint and int(Path(checkpoint).name.split("-")[1]))
@@ -206,18 +209,34 @@ class Training:
         return flatten_metrics(trainer.evaluate(), self.task)
 
 
-class SilentLogProgress(ProgressCallback):
-    """The Trainer's progress bar without the log dict it prints under it every ``logging_steps``: the
-    loss terms go to the record, the trackers and the run's summary instead."""
+class StageProgress(ProgressCallback):
+    """The Trainer's progress bars named after their stage (a run trains several stages, each with its
+    evaluations, and unnamed bars do not say which is which), without the log dict it prints under them
+    every ``logging_steps``: the loss terms go to the record, the trackers and the run's summary instead."""
+
+    def __init__(self, stage: str | None = None) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.stage and self.training_bar is not None:
+            self.training_bar.set_description(self.stage)
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        opened = self.prediction_bar is None
+        super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+        if opened and self.prediction_bar is not None:
+            self.prediction_bar.set_description(f"{self.stage}: evaluating" if self.stage else "evaluating")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         return None
 
 
-def quiet_logs(trainer: DistillTrainer) -> None:
-    """Unless ``--verbose``: no log dicts on the terminal (the bar stays when progress is shown)."""
+def quiet_logs(trainer: DistillTrainer, stage: str | None = None) -> None:
+    """Unless ``--verbose``: no log dicts on the terminal (the bar stays, named, when progress is shown)."""
     if trainer.pop_callback(PrinterCallback) is None and trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(SilentLogProgress)
+        trainer.add_callback(StageProgress(stage))
 
 
 def check_aligned(student: RunData, teacher: RunData) -> None:

@@ -26,6 +26,22 @@ os.environ.setdefault("DISTILLBENCH_RESULTS", "results")
 EXAMPLE_PLUGINS = sorted((Path(__file__).resolve().parents[1] / "examples" / "plugins").glob("*.py"))
 
 
+@pytest.fixture(scope="session")
+def suite_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One stage and bootstrap cache for the whole session, never the user's own."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def away_from_the_checkout(tmp_path: Path, suite_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in a temporary working directory with the suite's cache: a run's default
+    ``outputs/``, workspace and ``results`` never land in the user's checkout, nor its caches in theirs.
+    ``--verbose`` sets an environment variable for the process: it ends with the test that passed it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISTILLBENCH_CACHE", str(suite_cache))
+    monkeypatch.setenv("DISTILLBENCH_VERBOSE", "")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """The example file plug-ins join the registries, so every test parametrised over ``list_methods()``
     covers them as it covers the built-ins (no list to edit)."""

@@ -314,3 +314,13 @@ def test_the_libraries_are_quiet_unless_verbose(monkeypatch):
     assert "TRANSFORMERS_VERBOSITY" not in os.environ
     quiet_libraries(verbose=False)
     assert os.environ["TRANSFORMERS_VERBOSITY"] == "error" and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_progress_bars_name_the_stage_they_train_or_evaluate(tiny_bert, glue_dir, workdir, capfd):
+    """A run trains the teacher (its own cache: not read from a stage another test trained), then the
+    student, each with its evaluations: each bar says which."""
+    args = [a for a in tiny_run_args(tiny_bert, glue_dir, "kd") if a != "--no-progress"]
+    assert main(args) == 0
+    bars = capfd.readouterr().err
+    assert "teacher-finetune: 100%" in bars and "kd-student: 100%" in bars
+    assert "teacher-finetune: evaluating" in bars and "kd-student: evaluating" in bars
