@@ -391,8 +391,8 @@ def clm_run_args(teacher: Path, text_dir: Path, method: str, *extra: str) -> lis
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh working directory with its own stage cache, so runs never touch the repository."""
-    monkeypatch.chdir(tmp_path)
+    """The test's working directory (``away_from_the_checkout`` made it) with a stage cache of its own
+    instead of the suite's, so its runs train every stage themselves."""
     monkeypatch.setenv("DISTILLBENCH_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
